@@ -1,0 +1,180 @@
+//! Developer commands for the workspace, run as `cargo xtask <command>`.
+//!
+//! - `test`: the project's one test command. Makes sure `redis-server` is on the machine
+//!   (installing it with apt-get when missing and running as root), then runs every test of
+//!   the workspace. Under `CI=true` a missing `redis-server` fails the run.
+//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`.
+//! - `bench [ARGS..]`: the criterion benchmarks (`cargo bench -p sync-benches`).
+//!
+//! Environment: `PROPTEST_CASES` raises the number of property-test cases (CI keeps the
+//! default small); `XTASK_NO_INSTALL=1` never installs system packages.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        Some((command, rest)) => (command.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let outcome = match command {
+        "test" => test(rest),
+        "ci" => ci(rest),
+        "bench" => bench(rest),
+        "help" | "--help" | "-h" => {
+            println!("{}", usage());
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n\n{}", usage())),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <command>\n\
+     \n\
+     commands:\n\
+     \x20 test [ARGS..]   run every test of the workspace (starts from a redis-server check)\n\
+     \x20 ci              fmt --check, clippy -D warnings, then test\n\
+     \x20 bench [ARGS..]  run the criterion benchmarks\n"
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn run(mut command: Command) -> Result {
+    eprintln!("xtask: running {command:?}");
+    let status = command
+        .status()
+        .map_err(|error| format!("could not start {command:?}: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed with {status}"))
+    }
+}
+
+fn is_ci() -> bool {
+    env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
+}
+
+fn test(args: &[String]) -> Result {
+    let redis = ensure_redis_server()?;
+    let mut command = cargo();
+    command.args(["test", "--workspace", "--all-features"]).args(args);
+    if let Some(path) = redis {
+        command.env("REDIS_SERVER", path);
+    }
+    run(command)
+}
+
+fn ci(args: &[String]) -> Result {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(fmt)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(clippy)?;
+    test(args)
+}
+
+fn bench(args: &[String]) -> Result {
+    let mut command = cargo();
+    command.args(["bench", "-p", "sync-benches"]).args(args);
+    if let Ok(Some(path)) = ensure_redis_server() {
+        command.env("REDIS_SERVER", path);
+    }
+    run(command)
+}
+
+/// Finds `redis-server`, installing it with apt-get when it is missing and we may.
+///
+/// Returns `Ok(None)` when it is missing outside CI (the Redis tests then say so and skip);
+/// under `CI=true` a missing server is an error.
+fn ensure_redis_server() -> Result<Option<PathBuf>> {
+    if let Some(path) = find_redis_server() {
+        return Ok(Some(path));
+    }
+    let may_install = env::var("XTASK_NO_INSTALL").is_err() && is_root() && on_path("apt-get");
+    if may_install {
+        eprintln!("xtask: redis-server is missing; installing it with apt-get");
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-qq"]);
+        let mut install = Command::new("apt-get");
+        install
+            .args(["install", "-y", "-qq", "redis-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        if let Err(error) = run(update).and_then(|()| run(install)) {
+            eprintln!("xtask: installing redis-server failed: {error}");
+        }
+    }
+    match find_redis_server() {
+        Some(path) => Ok(Some(path)),
+        None if is_ci() => Err("redis-server is required under CI=true and is missing".into()),
+        None => {
+            eprintln!("xtask: redis-server not found: the Redis tests will be skipped");
+            Ok(None)
+        }
+    }
+}
+
+fn find_redis_server() -> Option<PathBuf> {
+    if let Ok(path) = env::var("REDIS_SERVER") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    let from_path = env::var_os("PATH").and_then(|paths| {
+        env::split_paths(&paths)
+            .map(|dir| dir.join("redis-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    from_path.or_else(|| {
+        let fallback = PathBuf::from("/usr/bin/redis-server");
+        fallback.is_file().then_some(fallback)
+    })
+}
+
+fn on_path(program: &str) -> bool {
+    env::var_os("PATH").is_some_and(|paths| {
+        env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+}
