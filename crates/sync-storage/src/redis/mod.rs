@@ -501,67 +501,54 @@ fn parse_hash<T: std::str::FromStr>(value: &Value, key: &str) -> Result<BTreeMap
 }
 
 impl StateStorage for RedisStorage {
-    fn get_state(&self, account: AccountId) -> impl Future<Output = Result<Option<State>>> + Send {
-        async move {
-            let key = self.state_key(account);
-            let values: Vec<Value> = self
-                .with_retries(Op::Read, "HMGET", |mut connection| {
-                    let key = key.clone();
-                    async move {
-                        redis::cmd("HMGET")
-                            .arg(key)
-                            .arg(&["pts", "qts", "date", "seq"])
-                            .query_async(&mut connection)
-                            .await
-                    }
-                })
-                .await?;
-            parse_state(&values, &key)
-        }
+    async fn get_state(&self, account: AccountId) -> Result<Option<State>> {
+        let key = self.state_key(account);
+        let values: Vec<Value> = self
+            .with_retries(Op::Read, "HMGET", |mut connection| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(&["pts", "qts", "date", "seq"])
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
+        parse_state(&values, &key)
     }
 
-    fn get_channel_pts(
-        &self,
-        account: AccountId,
-        channel: ChannelId,
-    ) -> impl Future<Output = Result<Option<i32>>> + Send {
-        async move {
-            let key = self.channels_key(account);
-            let value: Value = self
-                .with_retries(Op::Read, "HGET", |mut connection| {
-                    let key = key.clone();
-                    async move {
-                        redis::cmd("HGET")
-                            .arg(key)
-                            .arg(channel)
-                            .query_async(&mut connection)
-                            .await
-                    }
-                })
-                .await?;
-            parse_number(&value, || format!("{key} field {channel}"))
-        }
+    async fn get_channel_pts(&self, account: AccountId, channel: ChannelId) -> Result<Option<i32>> {
+        let key = self.channels_key(account);
+        let value: Value = self
+            .with_retries(Op::Read, "HGET", |mut connection| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg(channel)
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
+        parse_number(&value, || format!("{key} field {channel}"))
     }
 
-    fn channels(
-        &self,
-        account: AccountId,
-    ) -> impl Future<Output = Result<BTreeMap<ChannelId, i32>>> + Send {
-        async move {
-            let key = self.channels_key(account);
-            let value: Value = self
-                .with_retries(Op::Read, "HGETALL", |mut connection| {
-                    let key = key.clone();
-                    async move {
-                        redis::cmd("HGETALL")
-                            .arg(key)
-                            .query_async(&mut connection)
-                            .await
-                    }
-                })
-                .await?;
-            parse_hash(&value, &key)
-        }
+    async fn channels(&self, account: AccountId) -> Result<BTreeMap<ChannelId, i32>> {
+        let key = self.channels_key(account);
+        let value: Value = self
+            .with_retries(Op::Read, "HGETALL", |mut connection| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HGETALL")
+                        .arg(key)
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
+        parse_hash(&value, &key)
     }
 
     fn apply(
@@ -583,52 +570,44 @@ impl StateStorage for RedisStorage {
         }
     }
 
-    fn load(&self, account: AccountId) -> impl Future<Output = Result<Snapshot>> + Send {
-        async move {
-            let (state_key, channels_key) = (self.state_key(account), self.channels_key(account));
-            let reply: Value = self
-                .with_retries(Op::Read, "load script", |mut connection| {
-                    let mut invocation = self.load.prepare_invoke();
-                    invocation.key(&state_key).key(&channels_key);
-                    async move { invocation.invoke_async(&mut connection).await }
-                })
-                .await?;
-            let Value::Array(parts) = &reply else {
-                return Err(corrupt("load script reply", &reply));
-            };
-            let [Value::Array(state), channels] = parts.as_slice() else {
-                return Err(corrupt("load script reply", &reply));
-            };
-            Ok(Snapshot {
-                state: parse_state(state, &state_key)?,
-                channels: parse_hash(channels, &channels_key)?,
+    async fn load(&self, account: AccountId) -> Result<Snapshot> {
+        let (state_key, channels_key) = (self.state_key(account), self.channels_key(account));
+        let reply: Value = self
+            .with_retries(Op::Read, "load script", |mut connection| {
+                let mut invocation = self.load.prepare_invoke();
+                invocation.key(&state_key).key(&channels_key);
+                async move { invocation.invoke_async(&mut connection).await }
             })
-        }
+            .await?;
+        let Value::Array(parts) = &reply else {
+            return Err(corrupt("load script reply", &reply));
+        };
+        let [Value::Array(state), channels] = parts.as_slice() else {
+            return Err(corrupt("load script reply", &reply));
+        };
+        Ok(Snapshot {
+            state: parse_state(state, &state_key)?,
+            channels: parse_hash(channels, &channels_key)?,
+        })
     }
 }
 
 impl AccessHashStorage for RedisStorage {
-    fn get_access_hash(
-        &self,
-        account: AccountId,
-        channel: ChannelId,
-    ) -> impl Future<Output = Result<Option<i64>>> + Send {
-        async move {
-            let key = self.access_hashes_key(account);
-            let value: Value = self
-                .with_retries(Op::Read, "HGET", |mut connection| {
-                    let key = key.clone();
-                    async move {
-                        redis::cmd("HGET")
-                            .arg(key)
-                            .arg(channel)
-                            .query_async(&mut connection)
-                            .await
-                    }
-                })
-                .await?;
-            parse_number(&value, || format!("{key} field {channel}"))
-        }
+    async fn get_access_hash(&self, account: AccountId, channel: ChannelId) -> Result<Option<i64>> {
+        let key = self.access_hashes_key(account);
+        let value: Value = self
+            .with_retries(Op::Read, "HGET", |mut connection| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg(channel)
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
+        parse_number(&value, || format!("{key} field {channel}"))
     }
 
     fn set_access_hashes(

@@ -34,10 +34,11 @@ impl Model {
             next.state = Some(new);
         }
         for channel in &commit.channels {
-            if let Some(&old) = next.channels.get(&channel.channel_id) {
-                if !channel.reset && channel.pts < old {
-                    return Err(Sequence::Channel(channel.channel_id));
-                }
+            if let Some(&old) = next.channels.get(&channel.channel_id)
+                && !channel.reset
+                && channel.pts < old
+            {
+                return Err(Sequence::Channel(channel.channel_id));
             }
             next.channels.insert(channel.channel_id, channel.pts);
         }

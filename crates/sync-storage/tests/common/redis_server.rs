@@ -18,6 +18,7 @@ pub struct RedisServer {
 
 /// Finds redis-server: `REDIS_SERVER`, else `redis-server` on `PATH`. When it is missing the
 /// test fails under CI and is skipped (with a note) elsewhere.
+#[allow(clippy::print_stderr)] // The skip note is for the person running the tests.
 pub fn find_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("REDIS_SERVER").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path));
@@ -111,12 +112,12 @@ impl RedisServer {
     /// Waits until the server answers PING (it may be loading its AOF first).
     fn wait_ready(&mut self) {
         for _ in 0..1000 {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(self.dir.path().join("redis.log"))
-                        .unwrap_or_default();
-                    panic!("redis-server exited with {status}:\n{log}");
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                panic!("redis-server exited with {status}:\n{log}");
             }
             if let Ok(mut stream) = UnixStream::connect(self.socket()) {
                 // Any answer but -LOADING means it serves commands (with ACLs on, PING
