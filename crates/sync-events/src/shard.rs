@@ -16,7 +16,7 @@
 use std::mem;
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{AtomicU64, Mutex, Ordering, lock};
+use crate::sync::{AtomicU64, Mutex, Ordering, fence, lock};
 
 /// What [`Shard::push`] did.
 pub(crate) struct Pushed {
@@ -252,13 +252,18 @@ impl<E> Shard<E> {
         }
     }
 
-    /// Called by the worker after each batch. The store and the load are `SeqCst`, as are the
-    /// watcher's store of `wake_at` and its re-check of `delivered` (see
-    /// [`Shard::poll_watch`]): in the single total order of those four operations, either the
-    /// worker sees the new `wake_at` or the watcher sees the new count.
+    /// Called by the worker after each batch: publishes the count and wakes every watcher it
+    /// satisfies.
+    ///
+    /// This is the store-buffering (Dekker) pattern: the worker stores `delivered` then loads
+    /// `wake_at`; a watcher stores `wake_at` then loads `delivered` (see
+    /// [`Shard::poll_watch`]). A `SeqCst` fence between the store and the load on both sides
+    /// guarantees that at least one of them sees the other's store, so a watcher is either
+    /// woken here or sees its target reached itself.
     pub(crate) fn publish(&self, delivered: u64) {
-        self.delivered.store(delivered, Ordering::SeqCst);
-        if delivered >= self.wake_at.load(Ordering::SeqCst) {
+        self.delivered.store(delivered, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if delivered >= self.wake_at.load(Ordering::Relaxed) {
             self.wake_watchers(delivered);
         }
     }
@@ -275,7 +280,7 @@ impl<E> Shard<E> {
             }
         });
         let min = w.watchers.iter().map(|x| x.at).min().unwrap_or(u64::MAX);
-        self.wake_at.store(min, Ordering::SeqCst);
+        self.wake_at.store(min, Ordering::Relaxed);
         drop(w);
         for waker in due {
             waker.wake();
@@ -294,14 +299,16 @@ impl<E> Shard<E> {
             Target::Delivered(n) => n,
             Target::Finished => u64::MAX,
         };
-        if at != u64::MAX && self.delivered.load(Ordering::SeqCst) >= at {
+        // Acquire: the observer's work on the awaited events happens-before the caller's next
+        // step.
+        if at != u64::MAX && self.delivered.load(Ordering::Acquire) >= at {
             self.unwatch(id);
             return Poll::Ready(true);
         }
         let mut w = lock(&self.watch);
         if w.finished {
             // `delivered` is final once `finished` is set (the worker stored it before).
-            let reached = at == u64::MAX || self.delivered.load(Ordering::SeqCst) >= at;
+            let reached = at == u64::MAX || self.delivered.load(Ordering::Acquire) >= at;
             if let Some(old) = id.take() {
                 w.watchers.retain(|x| x.id != old);
             }
@@ -329,10 +336,11 @@ impl<E> Shard<E> {
             }),
         }
         let min = w.watchers.iter().map(|x| x.at).min().unwrap_or(u64::MAX);
-        // Invariant 3 for watchers: see `publish`.
-        self.wake_at.store(min, Ordering::SeqCst);
+        self.wake_at.store(min, Ordering::Relaxed);
         drop(w);
-        if at != u64::MAX && self.delivered.load(Ordering::SeqCst) >= at {
+        // Invariant 3 for watchers: the other half of the fence pairing in `publish`.
+        fence(Ordering::SeqCst);
+        if at != u64::MAX && self.delivered.load(Ordering::Acquire) >= at {
             self.unwatch(id);
             return Poll::Ready(true);
         }
@@ -358,7 +366,7 @@ impl<E> Shard<E> {
         let mut w = lock(&self.watch);
         w.finished = true;
         let watchers = mem::take(&mut w.watchers);
-        self.wake_at.store(u64::MAX, Ordering::SeqCst);
+        self.wake_at.store(u64::MAX, Ordering::Relaxed);
         drop(w);
         for watcher in watchers {
             watcher.waker.wake();
@@ -379,7 +387,7 @@ impl<E> Shard<E> {
         // The worker will never run again, so `delivered` is final and `accepted` cannot grow.
         let lost = st
             .accepted
-            .saturating_sub(self.delivered.load(Ordering::SeqCst));
+            .saturating_sub(self.delivered.load(Ordering::Acquire));
         drop(st);
         self.lost.store(lost, Ordering::Relaxed);
         // Dropped outside the lock: an event's destructor is user code.

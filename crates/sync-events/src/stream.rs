@@ -367,7 +367,7 @@ impl<E: Event> EventStream<E> {
             self.inner
                 .shards
                 .get(mark.shard)
-                .is_some_and(|s| s.delivered.load(Ordering::SeqCst) >= mark.position)
+                .is_some_and(|s| s.delivered.load(Ordering::Acquire) >= mark.position)
         })
     }
 
