@@ -424,6 +424,16 @@ impl<U: Update, E: Entities> Engine<U, E> {
         self.channels.get(&channel_id).copied()
     }
 
+    /// True when the engine waits for nothing: no request in flight or planned, no update
+    /// buffered. A driver can use it to tell when the account is caught up.
+    pub fn is_idle(&self) -> bool {
+        self.requests.is_empty()
+            && self.buffered_total == 0
+            && self.common.fetch.state == FetchState::Idle
+            && self.channel_queue.is_empty()
+            && self.channel_boxes.values().all(|c| c.fetch.state == FetchState::Idle)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
@@ -567,6 +577,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         self.check_difference(&difference)?;
         self.requests.remove(&id);
         self.last_activity = now;
+        self.common.fetch.attempts = 0;
         match difference {
             Difference::Empty { date, seq } => {
                 self.state.date = date;
@@ -598,14 +609,21 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 }
             }
             Difference::TooLong { pts } => {
+                let moved = pts != self.state.pts;
                 self.state.pts = pts;
                 self.open_change.state = true;
                 self.open_change.state_reset = true;
                 self.stats.too_long += 1;
                 self.notify(Output::DifferenceTooLong { pts });
-                // The rest of the state (qts, seq, date) still has to be caught up.
-                self.common.fetch.state = FetchState::Idle;
-                self.start_common_fetch();
+                if moved {
+                    // The rest of the state (qts, seq, date) still has to be caught up.
+                    self.common.fetch.state = FetchState::Idle;
+                    self.start_common_fetch();
+                } else {
+                    // "Too long" without moving on would repeat forever: stop here; pushes and
+                    // the idle rule bring the next attempt.
+                    self.finish_common(now);
+                }
             }
         }
         Ok(())
@@ -651,6 +669,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
         self.requests.remove(&id);
         self.channel_requests_in_flight = self.channel_requests_in_flight.saturating_sub(1);
         let reset = matches!(difference.kind, ChannelDifferenceKind::TooLong { .. });
+        if let Some(channel) = self.channel_boxes.get_mut(&channel_id) {
+            channel.fetch.attempts = 0;
+        }
         match difference.kind {
             ChannelDifferenceKind::Empty { .. } => {}
             ChannelDifferenceKind::Difference { updates, entities, .. } => {
@@ -760,8 +781,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 Timer::Idle => {
                     self.idle_scheduled = None;
                     let idle_until = self.last_activity + self.config.idle_timeout;
-                    if idle_until <= now && self.common.fetch.state == FetchState::Idle {
-                        self.start_common_fetch();
+                    if idle_until <= now {
+                        // Idle for long enough: ask for the difference (unless a fetch is under
+                        // way anyway), and count the idle period afresh from now.
+                        self.last_activity = now;
+                        if self.common.fetch.state == FetchState::Idle && self.has_state {
+                            self.start_common_fetch();
+                        }
                     }
                     self.arm_idle();
                 }
