@@ -1166,11 +1166,14 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
     /// `updateChannelTooLong`: fetch the channel's difference. Never rewinds a known pts.
     fn channel_too_long(&mut self, channel_id: ChannelId, pts: Option<i32>) {
-        self.stats.too_long += 1;
         match (self.channels.get(&channel_id).copied(), pts) {
             (Some(local), Some(pts)) if pts <= local => {} // nothing newer than what we have
-            (Some(_), _) => self.start_channel_fetch(channel_id),
+            (Some(_), _) => {
+                self.stats.too_long += 1;
+                self.start_channel_fetch(channel_id);
+            }
             (None, Some(pts)) => {
+                self.stats.too_long += 1;
                 self.channels.insert(channel_id, pts);
                 self.open_change.channel(channel_id, true);
                 self.notify(Output::ChannelTooLong { channel_id, pts: Some(pts) });
