@@ -5,7 +5,6 @@
 //! test, e.g. when redis-server is missing; the guard keeps a temp dir or server alive).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sync_storage::{
@@ -611,9 +610,4 @@ async fn check_against_model(
         )));
     }
     Ok(())
-}
-
-/// Keeps `Arc` in use for backends that are shared through one.
-pub fn shared<S>(storage: S) -> Arc<S> {
-    Arc::new(storage)
 }

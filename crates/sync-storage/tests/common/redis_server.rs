@@ -20,14 +20,15 @@ pub struct RedisServer {
 /// test fails under CI and is skipped (with a note) elsewhere.
 #[allow(clippy::print_stderr)] // The skip note is for the person running the tests.
 pub fn find_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("REDIS_SERVER").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("redis-server"))
-            .find(|p| p.is_file())
-    });
+    // A REDIS_SERVER that names no file counts as missing, like an empty PATH search.
+    let found = match std::env::var_os("REDIS_SERVER").filter(|p| !p.is_empty()) {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("redis-server"))
+                .find(|p| p.is_file())
+        }),
+    };
     if found.is_none() {
         let message = "redis-server not found (set REDIS_SERVER or put it on PATH)";
         assert!(!super::is_ci(), "{message}: CI must run the Redis tests");
