@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::error::{ConfigError, NotHandled, SendError, SendFailure};
-use crate::observer::{AsAsync, AsyncObserverFactory, ObserverFactory};
+use crate::observer::{AsyncObserverFactory, ObserverFactory};
 use crate::panic::{ObserverPanic, PanicPhase, Payload, message};
 use crate::receipt::Receipt;
 use crate::route::shard_for_event;
@@ -109,12 +109,16 @@ impl Builder {
     ///
     /// Returns the stream (a cloneable handle for senders) and the workers, which must be run:
     /// [`Workers::spawn_threads`] or, on an executor, [`Workers::spawn_with`].
-    pub fn build<E, F>(self, factory: F) -> Result<(EventStream<E>, Workers), ConfigError>
+    pub fn build<E, F>(self, mut factory: F) -> Result<(EventStream<E>, Workers), ConfigError>
     where
         E: Event,
         F: ObserverFactory<E>,
     {
-        self.build_async(AsAsync(factory))
+        let inner = self.inner()?;
+        let workers = (0..inner.shards.len())
+            .map(|shard| ShardWorker::new_sync(Arc::clone(&inner), shard, factory.make(shard)))
+            .collect();
+        Ok((EventStream { inner }, Workers::new(workers)))
     }
 
     /// Builds a stream whose shards run asynchronous observers made by `factory`.
@@ -126,24 +130,29 @@ impl Builder {
         E: Event,
         F: AsyncObserverFactory<E>,
     {
+        let inner = self.inner()?;
+        let workers = (0..inner.shards.len())
+            .map(|shard| ShardWorker::new_async(Arc::clone(&inner), shard, factory.make(shard)))
+            .collect();
+        Ok((EventStream { inner }, Workers::new(workers)))
+    }
+
+    /// The shared state, once the settings are checked.
+    fn inner<E>(self) -> Result<Arc<Inner<E>>, ConfigError> {
         if self.shards == 0 {
             return Err(ConfigError::ZeroShards);
         }
         if self.capacity == 0 {
             return Err(ConfigError::ZeroCapacity);
         }
-        let inner = Arc::new(Inner {
+        Ok(Arc::new(Inner {
             shards: (0..self.shards).map(|_| Shard::new()).collect(),
             capacity: self.capacity,
             overflow: self.overflow,
             closed: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
             on_panic: self.on_panic,
-        });
-        let workers = (0..self.shards)
-            .map(|shard| ShardWorker::new(Arc::clone(&inner), shard, factory.make(shard)))
-            .collect();
-        Ok((EventStream { inner }, Workers::new(workers)))
+        }))
     }
 }
 

@@ -8,15 +8,17 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
 use crate::error::SpawnError;
-use crate::observer::AsyncObserver;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::observer::{AsyncObserver, Observer};
 use crate::panic::{PanicPhase, catch_future};
 use crate::stream::Inner;
 use crate::sync::block_on;
 
-/// The worker of shard `index`: takes whatever is queued at each wake-up and hands it to the
-/// observer one event at a time, awaiting each; shuts the observer down once the shard is
-/// closed and drained.
-async fn run<E, O>(inner: Arc<Inner<E>>, index: usize, mut observer: O)
+/// The worker of shard `index` for an async observer: takes whatever is queued at each
+/// wake-up and hands it to the observer one event at a time, awaiting each; shuts the observer
+/// down once the shard is closed and drained.
+async fn run_async<E, O>(inner: Arc<Inner<E>>, index: usize, mut observer: O)
 where
     E: Send + 'static,
     O: AsyncObserver<E>,
@@ -46,6 +48,44 @@ where
     shard.finish();
 }
 
+/// The worker of shard `index` for a synchronous observer: like [`run_async`], but a whole
+/// batch is handled in one plain loop (one unwinding guard per batch rather than an awaited
+/// future per event), which is most of the cost of a trivial observer.
+async fn run_sync<E, O>(inner: Arc<Inner<E>>, index: usize, mut observer: O)
+where
+    E: Send + 'static,
+    O: Observer<E>,
+{
+    let Some(shard) = inner.shards.get(index) else {
+        return;
+    };
+    let mut batch = Vec::new();
+    let mut delivered = 0_u64;
+    while poll_fn(|cx| shard.poll_take(cx, &mut batch)).await {
+        let mut events = batch.drain(..);
+        // After a panic the loop resumes with the next event: `events` lives outside the
+        // guarded closure, and the panicking event was already taken from it.
+        while let Err(payload) = catch_unwind(AssertUnwindSafe(|| {
+            for event in &mut events {
+                observer.handle(event);
+                delivered += 1;
+                shard.progress(delivered);
+            }
+        })) {
+            delivered += 1;
+            shard.progress(delivered);
+            inner.report_panic(index, PanicPhase::Handle, &payload);
+        }
+        drop(events);
+        shard.publish(delivered);
+    }
+    // As in `run_async`: closed and drained, and the only shutdown call.
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| observer.shutdown())) {
+        inner.report_panic(index, PanicPhase::Shutdown, &payload);
+    }
+    shard.finish();
+}
+
 /// The worker of one shard: a plain future to run on any executor (or on a thread with
 /// [`ShardWorker::run_blocking`]). It completes after the stream is shut down and the shard is
 /// drained and its observer shut down.
@@ -64,15 +104,38 @@ pub struct ShardWorker {
 }
 
 impl ShardWorker {
-    pub(crate) fn new<E, O>(inner: Arc<Inner<E>>, shard: usize, observer: O) -> Self
+    /// A worker for an async observer.
+    pub(crate) fn new_async<E, O>(inner: Arc<Inner<E>>, shard: usize, observer: O) -> Self
     where
         E: Send + 'static,
         O: AsyncObserver<E>,
     {
-        let for_abandon = Arc::clone(&inner);
+        let run = Box::pin(run_async(Arc::clone(&inner), shard, observer));
+        Self::with_run(inner, shard, run)
+    }
+
+    /// A worker for a synchronous observer.
+    pub(crate) fn new_sync<E, O>(inner: Arc<Inner<E>>, shard: usize, observer: O) -> Self
+    where
+        E: Send + 'static,
+        O: Observer<E>,
+    {
+        let run = Box::pin(run_sync(Arc::clone(&inner), shard, observer));
+        Self::with_run(inner, shard, run)
+    }
+
+    fn with_run<E>(
+        inner: Arc<Inner<E>>,
+        shard: usize,
+        run: Pin<Box<dyn Future<Output = ()> + Send + 'static>>,
+    ) -> Self
+    where
+        E: Send + 'static,
+    {
+        let for_abandon = inner;
         Self {
             shard,
-            run: Box::pin(run(inner, shard, observer)),
+            run,
             abandon: Some(Box::new(move || {
                 if let Some(s) = for_abandon.shards.get(shard) {
                     s.abandon();

@@ -739,3 +739,45 @@ fn async_observers_on_tokio_keep_order_and_report_handling() {
     });
     check_logs(&logs, shards, PRODUCERS * EACH as usize);
 }
+
+#[test]
+fn a_panicking_async_observer_is_isolated() {
+    struct Flaky(Vec<u64>, std::sync::mpsc::Sender<Vec<u64>>);
+    impl AsyncObserver<(u64, u64)> for Flaky {
+        async fn handle(&mut self, (_, n): (u64, u64)) {
+            tokio::task::yield_now().await;
+            assert!(n != 3, "async observer failure");
+            self.0.push(n);
+        }
+        async fn shutdown(&mut self) {
+            let _ = self.1.send(std::mem::take(&mut self.0));
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let stats = runtime.block_on(async move {
+        let (stream, workers) = Builder::new()
+            .shards(1)
+            .build_async(move |_| Flaky(Vec::new(), tx.clone()))
+            .expect("valid config");
+        workers.spawn_with(|w| {
+            tokio::spawn(w);
+        });
+        stream
+            .send_batch_async((0..6).map(|n| (0, n)))
+            .await
+            .expect("open");
+        stream.shutdown();
+        stream.drained().await;
+        stream.stats().total()
+    });
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![vec![0, 1, 2, 4, 5]]);
+    assert_eq!((stats.panics, stats.delivered), (1, 6));
+    assert!(
+        stats
+            .last_panic
+            .is_some_and(|m| m.contains("async observer failure"))
+    );
+}
