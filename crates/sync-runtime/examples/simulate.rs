@@ -1,0 +1,2 @@
+//! Placeholder, replaced by the simulation below.
+fn main() {}

@@ -1,0 +1,261 @@
+//! The calls the manager makes to Telegram, supplied by the application, and how their errors
+//! are classified.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sync_core::{ChannelDifference, ChannelId, Difference, Entities, State, Update};
+
+use crate::handler::Peer;
+
+/// A boxed error from the application's client library, kept as the error's source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `updates.getDifference` as the engine asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DifferenceRequest {
+    /// The local pts.
+    pub pts: i32,
+    /// The local qts.
+    pub qts: i32,
+    /// The local date.
+    pub date: i32,
+    /// `pts_total_limit`, when set.
+    pub pts_total_limit: Option<i32>,
+}
+
+/// `updates.getChannelDifference` as the engine asks for it, with the stored access hash.
+///
+/// Send it with `force = false` and an empty message filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChannelDifferenceRequest {
+    /// Which channel.
+    pub channel_id: ChannelId,
+    /// Its access hash, from storage or learned from updates.
+    pub access_hash: i64,
+    /// The channel's local pts.
+    pub pts: i32,
+    /// How many updates at most.
+    pub limit: i32,
+}
+
+/// The three calls the manager makes to keep an account in sync, implemented by the
+/// application over its MTProto client.
+///
+/// Each call returns the reply mapped to the engine's types, or an [`ApiError`] that says what
+/// to do about the failure. The manager runs several calls at once (a few channel differences
+/// while the common difference is in flight), so implementations are shared (`&self`) and
+/// their futures must be `Send`.
+///
+/// ```
+/// use sync_core::{ChannelDifference, Difference, Sequence, State, Update};
+/// use sync_runtime::{Api, ApiError, ChannelDifferenceRequest, DifferenceRequest, Peer, PeerKey};
+///
+/// #[derive(Debug, Clone)]
+/// struct Message { chat: i64, pts: i32 }
+///
+/// impl Update for Message {
+///     fn sequence(&self) -> Sequence { Sequence::Common { pts: self.pts, pts_count: 1 } }
+/// }
+/// impl Peer for Message {
+///     fn peer(&self) -> Option<PeerKey> { Some(PeerKey::Chat(self.chat)) }
+/// }
+///
+/// struct Client; // the application's MTProto client
+///
+/// impl Api for Client {
+///     type Update = Message;
+///     type Entities = ();
+///
+///     async fn get_state(&self) -> Result<State, ApiError> {
+///         // client.invoke(updates.getState).await, mapped; RPC errors through ApiError::rpc.
+///         Err(ApiError::rpc(420, "FLOOD_WAIT_3"))
+///     }
+///     async fn get_difference(&self, request: DifferenceRequest) -> Result<Difference<Message>, ApiError> {
+///         Ok(Difference::Empty { date: request.date, seq: 0 })
+///     }
+///     async fn get_channel_difference(
+///         &self,
+///         request: ChannelDifferenceRequest,
+///     ) -> Result<ChannelDifference<Message>, ApiError> {
+///         Err(ApiError::rpc(400, "CHANNEL_PRIVATE"))
+///     }
+/// }
+/// ```
+pub trait Api: Send + Sync + 'static {
+    /// The application's update type.
+    type Update: Update + Peer + Send + 'static;
+    /// The users and chats that come with updates (`()` when the application keeps them
+    /// elsewhere).
+    type Entities: Entities + Send + Sync + 'static;
+
+    /// `updates.getState`: called once, on the first run of an account without stored state.
+    fn get_state(&self) -> impl Future<Output = Result<State, ApiError>> + Send;
+
+    /// `updates.getDifference`.
+    fn get_difference(
+        &self,
+        request: DifferenceRequest,
+    ) -> impl Future<Output = Result<Difference<Self::Update, Self::Entities>, ApiError>> + Send;
+
+    /// `updates.getChannelDifference`; the reply's `channel_id` must be the requested one.
+    fn get_channel_difference(
+        &self,
+        request: ChannelDifferenceRequest,
+    ) -> impl Future<Output = Result<ChannelDifference<Self::Update, Self::Entities>, ApiError>> + Send;
+}
+
+/// Why a call failed, classified by what the manager should do about it.
+///
+/// Build it from an RPC error with [`ApiError::rpc`], which knows Telegram's error names, or
+/// pick the variant directly for transport errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// A transient failure (network, timeout, RPC 500, `PERSISTENT_TIMESTAMP_OUTDATED`): the
+    /// call is retried with exponential backoff and jitter.
+    #[error("transient failure: {message}")]
+    Transient {
+        /// What happened.
+        message: String,
+        /// The client library's error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// `FLOOD_WAIT_N`: the call is retried after `after` (plus a little jitter).
+    #[error("flood wait of {after:?}")]
+    FloodWait {
+        /// How long Telegram asked to wait.
+        after: Duration,
+    },
+    /// The channel cannot be read any more (`CHANNEL_PRIVATE`, `CHANNEL_INVALID`,
+    /// `CHANNEL_PUBLIC_GROUP_NA`, …): the manager stops tracking it and tells the application
+    /// ([`Notice::ChannelClosed`](crate::Notice::ChannelClosed)). Only meaningful for
+    /// `getChannelDifference`; elsewhere it is treated as transient.
+    #[error("channel inaccessible: {message}")]
+    ChannelInaccessible {
+        /// The RPC error name or a description.
+        message: String,
+    },
+    /// The authorization is gone (`AUTH_KEY_UNREGISTERED`, `SESSION_REVOKED`, `USER_DEACTIVATED`,
+    /// any 401): nothing can be fetched any more, and [`Manager::run`](crate::Manager::run)
+    /// stops with [`RunError::Unauthorized`](crate::RunError::Unauthorized).
+    #[error("authorization lost: {message}")]
+    Unauthorized {
+        /// The RPC error name or a description.
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// Classifies an RPC error by its code and name (`"FLOOD_WAIT_30"`, `"CHANNEL_PRIVATE"`, …).
+    ///
+    /// | error | class |
+    /// | --- | --- |
+    /// | 401, `AUTH_KEY_*`, `SESSION_REVOKED`, `SESSION_EXPIRED`, `USER_DEACTIVATED*` | [`Unauthorized`](Self::Unauthorized) |
+    /// | `FLOOD_WAIT_N`, `FLOOD_PREMIUM_WAIT_N`, `SLOWMODE_WAIT_N` (420) | [`FloodWait`](Self::FloodWait) of N seconds |
+    /// | `CHANNEL_PRIVATE`, `CHANNEL_INVALID`, `CHANNEL_PUBLIC_GROUP_NA`, `CHAT_FORBIDDEN`, `USER_BANNED_IN_CHANNEL` | [`ChannelInaccessible`](Self::ChannelInaccessible) |
+    /// | anything else (500s, `PERSISTENT_TIMESTAMP_OUTDATED`, `TIMEOUT`, unknown 400s) | [`Transient`](Self::Transient) |
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sync_runtime::ApiError;
+    ///
+    /// assert!(matches!(ApiError::rpc(420, "FLOOD_WAIT_7"), ApiError::FloodWait { after } if after == Duration::from_secs(7)));
+    /// assert!(matches!(ApiError::rpc(400, "CHANNEL_PRIVATE"), ApiError::ChannelInaccessible { .. }));
+    /// assert!(matches!(ApiError::rpc(401, "AUTH_KEY_UNREGISTERED"), ApiError::Unauthorized { .. }));
+    /// assert!(matches!(ApiError::rpc(500, "PERSISTENT_TIMESTAMP_OUTDATED"), ApiError::Transient { .. }));
+    /// ```
+    pub fn rpc(code: i32, name: &str) -> Self {
+        let message = format!("{code} {name}");
+        if let Some(seconds) = wait_seconds(name) {
+            return Self::FloodWait {
+                after: Duration::from_secs(seconds),
+            };
+        }
+        let unauthorized = code == 401
+            || name.starts_with("AUTH_KEY_")
+            || name.starts_with("USER_DEACTIVATED")
+            || matches!(
+                name,
+                "SESSION_REVOKED" | "SESSION_EXPIRED" | "SESSION_PASSWORD_NEEDED"
+            );
+        if unauthorized {
+            return Self::Unauthorized { message };
+        }
+        if matches!(
+            name,
+            "CHANNEL_PRIVATE"
+                | "CHANNEL_INVALID"
+                | "CHANNEL_PUBLIC_GROUP_NA"
+                | "CHAT_FORBIDDEN"
+                | "USER_BANNED_IN_CHANNEL"
+        ) {
+            return Self::ChannelInaccessible { message };
+        }
+        Self::Transient {
+            message,
+            source: None,
+        }
+    }
+
+    /// A transient transport failure (connection lost, timeout) with its cause.
+    pub fn network(error: impl Into<BoxError>) -> Self {
+        let source = error.into();
+        Self::Transient {
+            message: source.to_string(),
+            source: Some(source),
+        }
+    }
+}
+
+/// The N of `FLOOD_WAIT_N` and its relatives.
+fn wait_seconds(name: &str) -> Option<u64> {
+    [
+        "FLOOD_WAIT_",
+        "FLOOD_PREMIUM_WAIT_",
+        "SLOWMODE_WAIT_",
+        "FLOOD_TEST_PHONE_WAIT_",
+    ]
+    .iter()
+    .find_map(|prefix| name.strip_prefix(prefix))
+    .and_then(|n| n.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_rpc_errors() {
+        assert!(
+            matches!(ApiError::rpc(420, "FLOOD_WAIT_0"), ApiError::FloodWait { after } if after.is_zero())
+        );
+        assert!(
+            matches!(ApiError::rpc(420, "SLOWMODE_WAIT_12"), ApiError::FloodWait { after } if after.as_secs() == 12)
+        );
+        assert!(matches!(
+            ApiError::rpc(420, "FLOOD_WAIT_X"),
+            ApiError::Transient { .. }
+        ));
+        assert!(matches!(
+            ApiError::rpc(401, "WHATEVER"),
+            ApiError::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            ApiError::rpc(400, "CHANNEL_INVALID"),
+            ApiError::ChannelInaccessible { .. }
+        ));
+        assert!(matches!(
+            ApiError::rpc(400, "PEER_ID_INVALID"),
+            ApiError::Transient { .. }
+        ));
+        assert!(matches!(
+            ApiError::network(std::io::Error::other("reset")),
+            ApiError::Transient {
+                source: Some(_),
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,56 @@
+//! Tunables of the manager.
+
+use std::time::Duration;
+
+/// How a [`Manager`](crate::Manager) behaves. [`Config::default`] suits a user account;
+/// `Config { engine: sync_core::Config::bot(), ..Config::default() }` a bot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The engine's settings (gap timeout, limits, buffer caps, concurrent channel requests).
+    pub engine: sync_core::Config,
+    /// How many pushes [`ManagerHandle::handle`](crate::ManagerHandle::handle) queues before it
+    /// drops the newest (they are recovered by a difference). Default 4,096.
+    pub intake_capacity: usize,
+    /// Dispatch shards: how many peers are handled at the same time. Default 8.
+    pub shards: usize,
+    /// Updates queued per shard before dispatch waits for the handler. Default 1,024.
+    pub shard_capacity: usize,
+    /// First retry delay of a failed call (doubled per attempt up to `retry_max`, then
+    /// jittered down to half at random). Default 500 ms.
+    pub retry_base: Duration,
+    /// Longest retry delay of a failed call, FLOOD_WAIT excepted. Default 60 s.
+    pub retry_max: Duration,
+    /// Extra random delay added to a FLOOD_WAIT, up to this much, so that many accounts do not
+    /// retry at the same instant. Default 1 s.
+    pub flood_wait_jitter: Duration,
+    /// First retry delay of a failed storage write (doubled per attempt up to
+    /// `storage_retry_max`). Default 50 ms.
+    pub storage_retry_base: Duration,
+    /// Longest retry delay of a failed storage write. Default 5 s.
+    pub storage_retry_max: Duration,
+    /// At shutdown, how long the final commits may take to reach storage before the manager
+    /// gives up on them (they are safe to lose: the next start fetches the difference from the
+    /// older stored state). Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// Seed of the retry jitter; `None` picks one at random. Set it to make simulated runs
+    /// repeatable.
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            engine: sync_core::Config::default(),
+            intake_capacity: 4_096,
+            shards: 8,
+            shard_capacity: 1_024,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            flood_wait_jitter: Duration::from_secs(1),
+            storage_retry_base: Duration::from_millis(50),
+            storage_retry_max: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            jitter_seed: None,
+        }
+    }
+}

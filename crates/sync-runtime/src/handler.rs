@@ -1,0 +1,137 @@
+//! What the application supplies to receive updates: a [`Handler`], and a [`Peer`] key on its
+//! update type that decides which updates must be handled in order.
+
+use std::future::{Future, ready};
+use std::sync::Arc;
+
+use sync_core::ChannelId;
+
+use crate::api::BoxError;
+
+/// The peer an update belongs to: updates of one peer are handled one after another, in
+/// order; updates of different peers may be handled at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerKey {
+    /// A private chat with a user (or a bot's user).
+    User(i64),
+    /// A basic group.
+    Chat(i64),
+    /// A channel or supergroup.
+    Channel(ChannelId),
+}
+
+/// Tells the manager which peer an update belongs to.
+///
+/// `None` puts the update on one fixed shard, in order with every other `None` update: use it
+/// for updates that are not about one peer (user status, config changes). Updates of one
+/// sequence that must stay in order relative to each other across peers (for example a
+/// handler that relies on the global `pts` order) should share one key.
+pub trait Peer {
+    /// The peer this update is about.
+    fn peer(&self) -> Option<PeerKey>;
+}
+
+/// Something the application should know besides updates: history it will not receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Notice {
+    /// `updates.differenceTooLong`: the common history up to `pts` was skipped; reload the
+    /// dialogs and open chats.
+    DifferenceTooLong {
+        /// The pts jumped to.
+        pts: i32,
+    },
+    /// A channel's local history is stale (`channelDifferenceTooLong`, or
+    /// `updateChannelTooLong` for a channel that was not tracked): reload its history. With
+    /// `pts: None` the manager does not know where the channel stands; call
+    /// [`ManagerHandle::track_channel`](crate::ManagerHandle::track_channel) once you do.
+    ChannelTooLong {
+        /// Which channel.
+        channel_id: ChannelId,
+        /// The pts the channel is now tracked from, if any.
+        pts: Option<i32>,
+    },
+    /// The channel can no longer be read (`CHANNEL_PRIVATE`, `CHANNEL_INVALID`, no access
+    /// hash): it is not tracked any more.
+    ChannelClosed {
+        /// Which channel.
+        channel_id: ChannelId,
+    },
+}
+
+impl Notice {
+    /// The peer the notice is about; it is handled in order with that peer's updates.
+    pub fn peer(&self) -> Option<PeerKey> {
+        match *self {
+            Self::DifferenceTooLong { .. } => None,
+            Self::ChannelTooLong { channel_id, .. } | Self::ChannelClosed { channel_id } => {
+                Some(PeerKey::Channel(channel_id))
+            }
+        }
+    }
+}
+
+/// The application's update handler.
+///
+/// It is shared by every shard (wrap mutable state in a lock, or key it by peer: updates of
+/// one [`PeerKey`] reach the handler one at a time, in order). An update counts as handled when
+/// `handle` returns, whatever it returns: an error is logged and counted
+/// ([`RuntimeStats::handler_errors`](crate::RuntimeStats)), a panic is caught and counted
+/// ([`RuntimeStats::handler_panics`](crate::RuntimeStats)), and neither stops the manager nor
+/// the peer's later updates. Retry inside the handler if an update must not be skipped.
+///
+/// The handler may call the API and the [`ManagerHandle`](crate::ManagerHandle) (pushes of its
+/// own calls' results, `handle_affected`): the manager never waits for a handler while holding
+/// something a handler needs, so this cannot deadlock.
+///
+/// ```
+/// use std::sync::Arc;
+/// use sync_runtime::{BoxError, Handler, Notice};
+///
+/// struct Bot;
+///
+/// impl Handler<String, ()> for Bot {
+///     async fn handle(&self, update: String, _entities: Arc<[()]>) -> Result<(), BoxError> {
+///         if update.is_empty() {
+///             return Err("empty update".into());
+///         }
+///         Ok(())
+///     }
+///
+///     async fn notice(&self, notice: Notice) {
+///         if let Notice::ChannelTooLong { channel_id, .. } = notice {
+///             let _ = channel_id; // reload that channel's history
+///         }
+///     }
+/// }
+/// ```
+pub trait Handler<U, E>: Send + Sync + 'static {
+    /// Handles one update. `entities` are the users and chats delivered with it (shared by the
+    /// updates of one batch).
+    fn handle(
+        &self,
+        update: U,
+        entities: Arc<[E]>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Learns of skipped history or a lost channel, in order with the peer's updates. The
+    /// default does nothing.
+    fn notice(&self, notice: Notice) -> impl Future<Output = ()> + Send {
+        let _ = notice;
+        ready(())
+    }
+}
+
+impl<U, E, H: Handler<U, E>> Handler<U, E> for Arc<H> {
+    fn handle(
+        &self,
+        update: U,
+        entities: Arc<[E]>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (**self).handle(update, entities)
+    }
+
+    fn notice(&self, notice: Notice) -> impl Future<Output = ()> + Send {
+        (**self).notice(notice)
+    }
+}

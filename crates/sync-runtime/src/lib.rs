@@ -1,0 +1,144 @@
+//! The tokio runtime of the update engine: a per-account [`Manager`] that keeps a Telegram
+//! client's update state in sync and hands every update to the application, in order per peer.
+//!
+//! This is the piece a bot or client author uses. You supply three things:
+//!
+//! - an [`Api`]: `getState`, `getDifference` and `getChannelDifference` over your MTProto
+//!   client, with errors classified by [`ApiError`] ([`ApiError::rpc`] knows Telegram's
+//!   names: FLOOD_WAIT, CHANNEL_PRIVATE, AUTH_KEY_UNREGISTERED, …);
+//! - a storage: any [`sync_storage::StateStorage`] + [`sync_storage::AccessHashStorage`]
+//!   (memory, the embedded file store, Redis);
+//! - a [`Handler`] for updates (and [`Notice`]s about skipped history), with a [`Peer`] key on
+//!   your update type.
+//!
+//! Then the [`Manager`] does the rest:
+//!
+//! - **Start**: loads the stored state and catches up with `getDifference`, or calls
+//!   `getState` on the first run.
+//! - **Intake**: your network reader hands pushes to [`ManagerHandle::handle`], which never
+//!   waits. When its bounded intake is full the push is dropped and counted, and the manager
+//!   fetches the difference instead, so a handler that itself calls the API can never
+//!   deadlock it. [`ManagerHandle::handle_affected`] takes the pts of your own calls, and
+//!   [`ManagerHandle::session_reset`] signals `new_session_created`.
+//! - **Requests**: the engine's requests run concurrently (several channel differences at
+//!   once, bounded by the engine), with exponential backoff and jitter on transient errors and
+//!   FLOOD_WAIT honoured; an inaccessible channel stops being tracked and you are told
+//!   ([`Notice::ChannelClosed`]); a lost authorization stops the manager
+//!   ([`RunError::Unauthorized`]).
+//! - **Dispatch**: delivered updates go to your handler through `sync-events`, sharded by
+//!   [`PeerKey`]: one chat's updates are handled in order, many chats in parallel.
+//! - **Persistence**: a batch is acknowledged to the engine only once every update in it was
+//!   handled, and the engine's commits trail those acknowledgements; commits are written in
+//!   order, retried while storage is unavailable. A crash therefore loses nothing: a restart
+//!   redelivers at most the unacknowledged tail.
+//! - **Shutdown**: [`ManagerHandle::shutdown`] (or a [`CancellationToken`]) stops intake,
+//!   drains dispatch, persists the final state and makes [`Manager::run`] return.
+//! - **Observability**: `tracing` spans and events (gaps detected and resolved, differences
+//!   fetched, commits rejected), [`ManagerHandle::stats`] ([`Stats`]: the engine's counters
+//!   and the runtime's), and with the `metrics` feature the same counters through the
+//!   `metrics` facade.
+//!
+//! Run one manager per account; many run side by side in one process.
+//!
+//! # Features
+//!
+//! | feature | adds |
+//! | --- | --- |
+//! | `metrics` | counters (`sync_runtime_*_total`) and gauges through the `metrics` facade |
+//! | `file`, `redis` | the storage backends of `sync-storage` |
+//! | `testkit` | [`sim`]: an [`Api`] over `sync-testkit`'s simulated server with faults, a push producer and a recording handler |
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//!
+//! use sync_core::{ChannelDifference, Difference, Sequence, State, Update, Updates};
+//! use sync_runtime::{
+//!     Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest, Handler, Manager,
+//!     Peer, PeerKey,
+//! };
+//! use sync_storage::MemoryStorage;
+//!
+//! #[derive(Debug, Clone)]
+//! struct Message { chat: i64, pts: i32 }
+//!
+//! impl Update for Message {
+//!     fn sequence(&self) -> Sequence { Sequence::Common { pts: self.pts, pts_count: 1 } }
+//! }
+//! impl Peer for Message {
+//!     fn peer(&self) -> Option<PeerKey> { Some(PeerKey::Chat(self.chat)) }
+//! }
+//!
+//! /// Your MTProto client; here a server that is at pts 10 and has nothing new.
+//! struct Client;
+//!
+//! impl Api for Client {
+//!     type Update = Message;
+//!     type Entities = ();
+//!     async fn get_state(&self) -> Result<State, ApiError> {
+//!         Ok(State { pts: 10, qts: 1, date: 1_700_000_000, seq: 1 })
+//!     }
+//!     async fn get_difference(&self, r: DifferenceRequest) -> Result<Difference<Message>, ApiError> {
+//!         Ok(Difference::Empty { date: r.date, seq: 1 })
+//!     }
+//!     async fn get_channel_difference(
+//!         &self,
+//!         _: ChannelDifferenceRequest,
+//!     ) -> Result<ChannelDifference<Message>, ApiError> {
+//!         Err(ApiError::rpc(400, "CHANNEL_INVALID"))
+//!     }
+//! }
+//!
+//! struct Counter(AtomicUsize);
+//!
+//! impl Handler<Message, ()> for Arc<Counter> {
+//!     async fn handle(&self, message: Message, _: Arc<[()]>) -> Result<(), BoxError> {
+//!         self.0.fetch_add(1, Ordering::Relaxed); // reply, store, …
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+//! runtime.block_on(async {
+//!     let storage = Arc::new(MemoryStorage::new());
+//!     let handled = Arc::new(Counter(AtomicUsize::new(0)));
+//!     let account = 777_000;
+//!     let manager = Manager::new(account, Client, Arc::clone(&storage), Arc::clone(&handled));
+//!     let handle = manager.handle();
+//!     let run = tokio::spawn(manager.run());
+//!
+//!     // The network reader: hand every pushed `Updates` over; this never waits.
+//!     handle.handle(Updates::Short { update: Message { chat: 1, pts: 11 }, date: 0 })?;
+//!     handle.handle(Updates::Short { update: Message { chat: 2, pts: 12 }, date: 0 })?;
+//!     handle.caught_up().await?;
+//!
+//!     handle.shutdown();
+//!     let summary = run.await??;
+//!     assert!(summary.persisted);
+//!     assert_eq!(handled.0.load(Ordering::Relaxed), 2);
+//!     assert_eq!(summary.state.map(|s| s.pts), Some(12));
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })
+//! # }
+//! ```
+
+mod api;
+mod backoff;
+mod config;
+mod handler;
+mod manager;
+mod stats;
+mod writer;
+
+#[cfg(feature = "testkit")]
+pub mod sim;
+
+pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
+pub use config::Config;
+pub use handler::{Handler, Notice, Peer, PeerKey};
+pub use manager::{ControlError, IntakeError, Manager, ManagerHandle, RunError, Summary};
+pub use stats::{RuntimeStats, Stats};
+pub use tokio_util::sync::CancellationToken;

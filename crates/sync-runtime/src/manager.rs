@@ -1,0 +1,1086 @@
+//! The per-account manager: drives the engine with the API, storage and the handler.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use sync_core::{
+    Affected, Batch, BatchId, ChannelDifference, ChannelId, Difference, Engine, Failure, Output,
+    Request, RequestId, RequestKind, State, Updates,
+};
+use sync_events::{AsyncObserver, Event, EventStream, NotHandled, ObserverPanic};
+use sync_storage::{AccessHashStorage, AccountId, StateStorage};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::api::{Api, ApiError, ChannelDifferenceRequest, DifferenceRequest};
+use crate::backoff::Jitter;
+use crate::config::Config;
+use crate::handler::{Handler, Notice, Peer, PeerKey};
+use crate::stats::{Counters, Stats};
+use crate::writer::{Write, Writer};
+
+type UpdateOf<A> = <A as Api>::Update;
+type EntitiesOf<A> = <A as Api>::Entities;
+
+/// Why [`ManagerHandle::handle`] (and its siblings) did not take a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IntakeError {
+    /// The intake is full: the push was dropped and counted, and the manager fetches the
+    /// difference once it has room, so nothing is lost. Nothing to do for the caller.
+    #[error(
+        "the manager's intake is full; the push was dropped and will be recovered by a difference"
+    )]
+    Full,
+    /// The manager is not running (shut down, or stopped with an error).
+    #[error("the manager is not running")]
+    Stopped,
+}
+
+/// Why a channel command or [`ManagerHandle::caught_up`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The manager is not running.
+    #[error("the manager is not running")]
+    Stopped,
+    /// The engine refused the command (an unknown channel, too many open channels, …).
+    #[error(transparent)]
+    Engine(#[from] sync_core::Error),
+}
+
+/// Why [`Manager::run`] stopped other than by a shutdown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The stored state could not be read at startup (and retrying would not help).
+    #[error("cannot load the stored state: {0}")]
+    Storage(#[source] sync_storage::Error),
+    /// The stored state is invalid (negative numbers, a bad channel id).
+    #[error("the stored state is invalid: {0}")]
+    InvalidState(#[source] sync_core::Error),
+    /// The dispatch could not be built (zero shards or zero capacity in the [`Config`]).
+    #[error("invalid dispatch configuration: {0}")]
+    Dispatch(#[source] sync_events::ConfigError),
+    /// The API reported the authorization lost. The manager drained its dispatch and
+    /// persisted what was handled before stopping.
+    #[error("authorization lost: {message}")]
+    Unauthorized {
+        /// The error the API reported.
+        message: String,
+    },
+}
+
+/// What a run did, returned by [`Manager::run`] after a clean shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// The final counters.
+    pub stats: Stats,
+    /// The common state the engine had applied (and, when `persisted`, storage holds).
+    pub state: Option<State>,
+    /// True when every commit reached storage before the shutdown deadline.
+    pub persisted: bool,
+}
+
+/// A push or a signal from the application, through the bounded intake.
+enum Input<U, E> {
+    Updates(Updates<U, E>),
+    Affected(Affected),
+    SessionReset,
+}
+
+/// A command that must not be dropped, through the unbounded control channel.
+enum Control {
+    Track(
+        ChannelId,
+        i32,
+        oneshot::Sender<Result<(), sync_core::Error>>,
+    ),
+    Open(ChannelId, oneshot::Sender<Result<(), sync_core::Error>>),
+    Close(ChannelId),
+    Forget(ChannelId),
+    CaughtUp(oneshot::Sender<()>),
+}
+
+/// State shared by the manager and its handles.
+#[derive(Debug)]
+struct Shared {
+    counters: Arc<Counters>,
+    /// The engine's last published stats and idleness.
+    engine: Mutex<(sync_core::Stats, bool)>,
+    /// Set by a handle that dropped a push; the manager fetches the difference and clears it.
+    overflowed: AtomicBool,
+    running: AtomicBool,
+    cancel: CancellationToken,
+}
+
+/// The application's side of a running [`Manager`]: feed it pushes, ask for its stats, shut it
+/// down. Cheap to clone; every method is safe to call from handlers.
+pub struct ManagerHandle<U, E = ()> {
+    intake: mpsc::Sender<Input<U, E>>,
+    control: mpsc::UnboundedSender<Control>,
+    shared: Arc<Shared>,
+}
+
+impl<U, E> Clone for ManagerHandle<U, E> {
+    fn clone(&self) -> Self {
+        Self {
+            intake: self.intake.clone(),
+            control: self.control.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<U, E> std::fmt::Debug for ManagerHandle<U, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerHandle")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<U, E> ManagerHandle<U, E> {
+    /// Hands a pushed `Updates` value to the manager. Never waits: when the intake is full
+    /// the push is dropped, counted, and recovered by a difference ([`IntakeError::Full`]), so
+    /// a network reader (or a handler) calling this can never be blocked by the manager.
+    pub fn handle(&self, updates: Updates<U, E>) -> Result<(), IntakeError> {
+        self.offer(Input::Updates(updates))
+    }
+
+    /// The `pts` / `pts_count` returned by the application's own calls
+    /// (`messages.affectedMessages`, `affectedHistory`, `channels.deleteMessages`, …): they
+    /// advance the sequence like an update.
+    pub fn handle_affected(&self, affected: Affected) -> Result<(), IntakeError> {
+        self.offer(Input::Affected(affected))
+    }
+
+    /// The session was reset (`new_session_created`), or an update could not be decoded: the
+    /// manager fetches the difference.
+    pub fn session_reset(&self) -> Result<(), IntakeError> {
+        self.offer(Input::SessionReset)
+    }
+
+    fn offer(&self, input: Input<U, E>) -> Result<(), IntakeError> {
+        match self.intake.try_send(input) {
+            Ok(()) => {
+                self.shared.counters.pushes_accepted.incr();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.counters.pushes_dropped.incr();
+                // Invariant (a dropped push is recovered): the flag is set after the push was
+                // dropped, and the manager requests the difference after it sees the flag, so
+                // the server answers from a moment that includes the dropped push.
+                self.shared.overflowed.store(true, Ordering::Release);
+                Err(IntakeError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(IntakeError::Stopped),
+        }
+    }
+
+    /// Starts tracking a channel from `pts` (from the dialogs, or after
+    /// [`Notice::ChannelTooLong`] with no pts).
+    pub async fn track_channel(&self, channel_id: ChannelId, pts: i32) -> Result<(), ControlError> {
+        self.ask(|reply| Control::Track(channel_id, pts, reply))
+            .await
+    }
+
+    /// The application shows this channel: it is caught up now and polled on the server's
+    /// hint until [`close_channel`](Self::close_channel).
+    pub async fn open_channel(&self, channel_id: ChannelId) -> Result<(), ControlError> {
+        self.ask(|reply| Control::Open(channel_id, reply)).await
+    }
+
+    /// The application no longer shows this channel: polling stops.
+    pub fn close_channel(&self, channel_id: ChannelId) -> Result<(), ControlError> {
+        self.control
+            .send(Control::Close(channel_id))
+            .map_err(|_| ControlError::Stopped)
+    }
+
+    /// Stop tracking a channel (the user left it); storage forgets its pts.
+    pub fn forget_channel(&self, channel_id: ChannelId) -> Result<(), ControlError> {
+        self.control
+            .send(Control::Forget(channel_id))
+            .map_err(|_| ControlError::Stopped)
+    }
+
+    async fn ask(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), sync_core::Error>>) -> Control,
+    ) -> Result<(), ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(command(reply))
+            .map_err(|_| ControlError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| ControlError::Stopped)?
+            .map_err(ControlError::Engine)
+    }
+
+    /// Fetches the difference now and resolves once the manager has caught up: every update
+    /// the server had when it answered was delivered and handled, and nothing waits behind a
+    /// gap. (Persisting trails it; a clean shutdown persists everything.)
+    pub async fn caught_up(&self) -> Result<(), ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::CaughtUp(reply))
+            .map_err(|_| ControlError::Stopped)?;
+        answer.await.map_err(|_| ControlError::Stopped)
+    }
+
+    /// A snapshot of the engine's and the runtime's counters.
+    pub fn stats(&self) -> Stats {
+        let (engine, idle) = *self
+            .shared
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Stats {
+            engine,
+            runtime: self.shared.counters.snapshot(),
+            idle,
+        }
+    }
+
+    /// True while [`Manager::run`] is running.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Asks the manager to shut down cleanly: stop intake, drain dispatch, persist, return.
+    pub fn shutdown(&self) {
+        self.shared.cancel.cancel();
+    }
+
+    /// The token whose cancellation shuts the manager down.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.shared.cancel.clone()
+    }
+}
+
+/// Keeps one account's update state in sync: the tokio driver of [`sync_core::Engine`].
+///
+/// Build it with [`Manager::new`], take [`handle`](Self::handle)s for the network reader and
+/// the application, then `.await` [`run`](Self::run). See the [crate docs](crate) for the
+/// whole picture.
+pub struct Manager<A: Api, S, H> {
+    account: AccountId,
+    api: Arc<A>,
+    storage: Arc<S>,
+    handler: Arc<H>,
+    config: Config,
+    shared: Arc<Shared>,
+    intake: mpsc::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+    control: mpsc::UnboundedReceiver<Control>,
+    handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
+}
+
+impl<A: Api, S, H> std::fmt::Debug for Manager<A, S, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("account", &self.account)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, S, H> Manager<A, S, H>
+where
+    A: Api,
+    S: StateStorage + AccessHashStorage + 'static,
+    H: Handler<UpdateOf<A>, EntitiesOf<A>>,
+{
+    /// A manager for `account` (the logged-in user's id), calling Telegram through `api`,
+    /// persisting through `storage` and handing updates to `handler`, with the default
+    /// [`Config`].
+    pub fn new(account: AccountId, api: A, storage: S, handler: H) -> Self {
+        Self::with_config(account, api, storage, handler, Config::default())
+    }
+
+    /// The same with a [`Config`]. Shared API clients and storages work too: the traits are
+    /// implemented for `Arc<_>`.
+    pub fn with_config(account: AccountId, api: A, storage: S, handler: H, config: Config) -> Self {
+        let (intake_tx, intake) = mpsc::channel(config.intake_capacity.max(1));
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            counters: Arc::new(Counters::new(account)),
+            engine: Mutex::new((sync_core::Stats::default(), false)),
+            overflowed: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+        });
+        let handle = ManagerHandle {
+            intake: intake_tx,
+            control: control_tx,
+            shared: Arc::clone(&shared),
+        };
+        Self {
+            account,
+            api: Arc::new(api),
+            storage: Arc::new(storage),
+            handler: Arc::new(handler),
+            config,
+            shared,
+            intake,
+            control,
+            handle,
+        }
+    }
+
+    /// Shuts the manager down when `token` is cancelled (e.g. a child of the process's
+    /// shutdown token), instead of its own token.
+    #[must_use]
+    pub fn with_cancellation(self, token: CancellationToken) -> Self {
+        let Self {
+            account,
+            api,
+            storage,
+            handler,
+            config,
+            shared,
+            intake,
+            control,
+            handle,
+        } = self;
+        let shared = Arc::new(Shared {
+            counters: Arc::clone(&shared.counters),
+            engine: Mutex::new((sync_core::Stats::default(), false)),
+            overflowed: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            cancel: token,
+        });
+        let handle = ManagerHandle {
+            intake: handle.intake,
+            control: handle.control,
+            shared: Arc::clone(&shared),
+        };
+        Self {
+            account,
+            api,
+            storage,
+            handler,
+            config,
+            shared,
+            intake,
+            control,
+            handle,
+        }
+    }
+
+    /// A handle for pushes, commands, stats and shutdown.
+    pub fn handle(&self) -> ManagerHandle<UpdateOf<A>, EntitiesOf<A>> {
+        self.handle.clone()
+    }
+
+    /// Runs until shut down (the handle's [`shutdown`](ManagerHandle::shutdown) or the
+    /// cancellation token) or until the authorization is lost.
+    ///
+    /// Starts from the stored state (catching up with `getDifference`), or with `getState` on
+    /// the first run; then feeds pushes to the engine, executes its requests, dispatches its
+    /// deliveries and persists its commits. On shutdown it stops intake, abandons in-flight
+    /// requests, waits for the handlers to finish what was dispatched, persists the final
+    /// state, and returns.
+    ///
+    /// Dropping the future instead is a crash: nothing more is handled or written, and a
+    /// restart from storage redelivers at most what was not yet acknowledged.
+    pub async fn run(self) -> Result<Summary, RunError> {
+        let span = tracing::info_span!("sync_manager", account = self.account);
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(mut self) -> Result<Summary, RunError> {
+        self.shared.running.store(true, Ordering::Release);
+        let _running = RunningGuard(Arc::clone(&self.shared));
+        let cancel = self.shared.cancel.clone();
+        let counters = Arc::clone(&self.shared.counters);
+        let mut jitter = Jitter::new(self.config.jitter_seed);
+
+        let Some(snapshot) = self.load(&cancel, &mut jitter).await? else {
+            return Ok(Summary {
+                stats: self.handle.stats(),
+                state: None,
+                persisted: true,
+            });
+        };
+        let now = now();
+        let engine = match snapshot.state {
+            Some(state) => {
+                tracing::info!(
+                    ?state,
+                    channels = snapshot.channels.len(),
+                    "resuming from stored state"
+                );
+                Engine::from_state(self.config.engine.clone(), now, state, snapshot.channels)
+                    .map_err(RunError::InvalidState)?
+            }
+            None => {
+                tracing::info!("no stored state: starting with getState");
+                Engine::new(self.config.engine.clone(), now)
+            }
+        };
+
+        // Dispatch: one observer per shard over the shared handler; the workers belong to this
+        // future, so dropping it (a crash) stops them too.
+        let panics = Arc::clone(&counters);
+        let (stream, workers) = sync_events::Builder::new()
+            .shards(self.config.shards)
+            .capacity(self.config.shard_capacity)
+            .on_panic(move |panic: &ObserverPanic| {
+                panics.handler_panics.incr();
+                tracing::error!(%panic, "update handler panicked");
+            })
+            .build_async(|_shard| Dispatcher {
+                handler: Arc::clone(&self.handler),
+                counters: Arc::clone(&counters),
+            })
+            .map_err(RunError::Dispatch)?;
+        let mut worker_tasks = JoinSet::new();
+        workers.spawn_with(|worker| {
+            worker_tasks.spawn(worker);
+        });
+
+        let (writes, queue) = mpsc::unbounded_channel();
+        let writer = Writer {
+            account: self.account,
+            storage: Arc::clone(&self.storage),
+            counters: Arc::clone(&counters),
+            retry_base: self.config.storage_retry_base,
+            retry_max: self.config.storage_retry_max,
+            jitter: Jitter::new(Some(jitter.next_u64())),
+        }
+        .run(queue);
+
+        let mut driver = Driver {
+            account: self.account,
+            api: Arc::clone(&self.api),
+            storage: Arc::clone(&self.storage),
+            config: self.config.clone(),
+            shared: Arc::clone(&self.shared),
+            engine,
+            stream,
+            writes: Some(writes),
+            requests: FuturesUnordered::new(),
+            acks: FuturesUnordered::new(),
+            attempts: HashMap::new(),
+            hashes: HashMap::new(),
+            jitter,
+            waiters: Vec::new(),
+            seen: sync_core::Stats::default(),
+            stopping: false,
+            #[cfg(feature = "metrics")]
+            gauges: crate::stats::Gauges::new(self.account),
+        };
+        let mut writer = std::pin::pin!(writer);
+        let outcome = {
+            let main = driver.run(&mut self.intake, &mut self.control, &cancel);
+            let mut main = std::pin::pin!(main);
+            // The writer only ends once the driver has dropped its queue, so this waits for
+            // the driver while letting the writer make progress.
+            tokio::select! {
+                outcome = &mut main => outcome,
+                () = &mut writer => unreachable_writer_end(),
+            }
+        };
+
+        // Stop intake and control: later pushes fail with `Stopped`.
+        self.intake.close();
+        self.control.close();
+        driver.drain_dispatch().await;
+        driver.stream.shutdown();
+        driver.stream.drained().await;
+        while worker_tasks.join_next().await.is_some() {}
+        driver.publish();
+
+        // The final commits were queued by the drain; close the queue and let the writer
+        // finish it, within the deadline.
+        drop(driver.writes.take());
+        let persisted = tokio::time::timeout(self.config.shutdown_timeout, &mut writer)
+            .await
+            .is_ok();
+        if !persisted {
+            counters.commits_failed.incr();
+            tracing::error!(timeout = ?self.config.shutdown_timeout, "final commits not persisted before the shutdown deadline");
+        }
+        let summary = Summary {
+            stats: self.handle.stats(),
+            state: driver.engine.state(),
+            persisted,
+        };
+        tracing::info!(?summary.state, persisted, "manager stopped");
+        match outcome {
+            Ok(()) => Ok(summary),
+            Err(message) => Err(RunError::Unauthorized { message }),
+        }
+    }
+
+    /// The stored snapshot, retrying while storage is unavailable; `None` if shut down first.
+    async fn load(
+        &self,
+        cancel: &CancellationToken,
+        jitter: &mut Jitter,
+    ) -> Result<Option<sync_storage::Snapshot>, RunError> {
+        let mut attempt = 0;
+        loop {
+            let error = tokio::select! {
+                () = cancel.cancelled() => return Ok(None),
+                loaded = self.storage.load(self.account) => match loaded {
+                    Ok(snapshot) => return Ok(Some(snapshot)),
+                    Err(error) if error.is_unavailable() || error.is_ambiguous() => error,
+                    Err(error) => return Err(RunError::Storage(error)),
+                },
+            };
+            let delay = jitter.backoff(
+                self.config.storage_retry_base,
+                self.config.storage_retry_max,
+                attempt,
+            );
+            attempt += 1;
+            tracing::warn!(%error, ?delay, "cannot load the stored state; retrying");
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(None),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+fn unreachable_writer_end() -> Result<(), String> {
+    // The driver holds the writer's queue until it returns, so the writer cannot end first; if
+    // it ever did, stopping cleanly is the safe reaction.
+    tracing::error!("the storage writer ended before the manager");
+    Ok(())
+}
+
+/// Clears `running` however the run ends (a dropped future included).
+struct RunningGuard(Arc<Shared>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
+
+/// The current instant on tokio's clock (paused in tests), as the engine takes it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// What goes through the dispatch: an update with its batch's entities, or a notice.
+enum Dispatch<U, E> {
+    Update {
+        key: Option<PeerKey>,
+        update: U,
+        entities: Arc<[E]>,
+    },
+    Notice(Notice),
+}
+
+impl<U: Send + 'static, E: Send + Sync + 'static> Event for Dispatch<U, E> {
+    type Key = PeerKey;
+
+    fn stream_key(&self) -> Option<PeerKey> {
+        match self {
+            Self::Update { key, .. } => *key,
+            Self::Notice(notice) => notice.peer(),
+        }
+    }
+}
+
+/// One shard's observer: calls the shared handler and counts its errors.
+struct Dispatcher<H> {
+    handler: Arc<H>,
+    counters: Arc<Counters>,
+}
+
+impl<U, E, H> AsyncObserver<Dispatch<U, E>> for Dispatcher<H>
+where
+    U: Send + 'static,
+    E: Send + Sync + 'static,
+    H: Handler<U, E>,
+{
+    async fn handle(&mut self, event: Dispatch<U, E>) {
+        match event {
+            Dispatch::Update {
+                update, entities, ..
+            } => {
+                if let Err(error) = self.handler.handle(update, entities).await {
+                    self.counters.handler_errors.incr();
+                    tracing::warn!(%error, "update handler failed; the update counts as handled");
+                }
+            }
+            Dispatch::Notice(notice) => self.handler.notice(notice).await,
+        }
+    }
+}
+
+/// A request's reply.
+enum Reply<U, E> {
+    State(State),
+    Difference(Difference<U, E>),
+    Channel(ChannelDifference<U, E>),
+}
+
+/// Whose retry counter a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Target {
+    Common,
+    Channel(ChannelId),
+}
+
+type Done<U, E> = (RequestId, Target, Result<Reply<U, E>, ApiError>);
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The manager's loop state.
+struct Driver<A: Api, S> {
+    account: AccountId,
+    api: Arc<A>,
+    storage: Arc<S>,
+    config: Config,
+    shared: Arc<Shared>,
+    engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
+    stream: EventStream<Dispatch<UpdateOf<A>, EntitiesOf<A>>>,
+    /// The writer's queue; `None` once closed at shutdown.
+    writes: Option<mpsc::UnboundedSender<Write>>,
+    requests: FuturesUnordered<BoxFuture<Done<UpdateOf<A>, EntitiesOf<A>>>>,
+    /// Resolve with a batch id once its updates were handled.
+    acks: FuturesUnordered<BoxFuture<(BatchId, Result<(), NotHandled>)>>,
+    /// Consecutive failures per target, for the backoff; cleared on success.
+    attempts: HashMap<Target, u32>,
+    /// Access hashes learned this run (storage is read on a miss).
+    hashes: HashMap<ChannelId, i64>,
+    jitter: Jitter,
+    waiters: Vec<oneshot::Sender<()>>,
+    /// The engine stats last looked at, for logging what changed.
+    seen: sync_core::Stats,
+    /// Shutting down: requests are no longer sent.
+    stopping: bool,
+    #[cfg(feature = "metrics")]
+    gauges: crate::stats::Gauges,
+}
+
+impl<A, S> Driver<A, S>
+where
+    A: Api,
+    S: StateStorage + AccessHashStorage + 'static,
+{
+    /// The main loop. Returns `Err` with a message when the authorization is lost.
+    async fn run(
+        &mut self,
+        intake: &mut mpsc::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        let mut sleep = std::pin::pin!(sleep);
+        // The engine's first request (getState or getDifference) is waiting.
+        self.drain().await?;
+        loop {
+            let deadline = self.engine.poll_timeout();
+            if let Some(at) = deadline {
+                sleep.as_mut().reset(Instant::from_std(at));
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    tracing::info!("shutdown requested");
+                    return Ok(());
+                }
+                Some((batch, handled)) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.acknowledge(batch, handled);
+                }
+                Some((id, target, result)) = self.requests.next(), if !self.requests.is_empty() => {
+                    self.complete(id, target, result)?;
+                }
+                () = &mut sleep, if deadline.is_some() => self.engine.handle_timeout(now()),
+                Some(command) = control.recv() => self.command(command),
+                Some(input) = intake.recv() => self.input(input),
+            }
+            if self.shared.overflowed.swap(false, Ordering::AcqRel) {
+                self.shared.counters.intake_recoveries.incr();
+                tracing::debug!("pushes were dropped at intake: fetching the difference");
+                self.engine.request_difference(now());
+            }
+            self.drain().await?;
+            self.publish();
+        }
+    }
+
+    fn input(&mut self, input: Input<UpdateOf<A>, EntitiesOf<A>>) {
+        let now = now();
+        match input {
+            Input::Updates(updates) => {
+                if let Err(error) = self.engine.handle_updates(now, updates) {
+                    self.shared.counters.pushes_refused.incr();
+                    tracing::warn!(%error, "malformed push refused: fetching the difference");
+                    self.engine.request_difference(now);
+                }
+            }
+            Input::Affected(affected) => {
+                if let Err(error) = self.engine.handle_affected(now, affected) {
+                    self.shared.counters.pushes_refused.incr();
+                    tracing::warn!(%error, "malformed affected pts refused: fetching the difference");
+                    self.engine.request_difference(now);
+                }
+            }
+            Input::SessionReset => {
+                tracing::info!("session reset: fetching the difference");
+                self.engine.request_difference(now);
+            }
+        }
+    }
+
+    fn command(&mut self, command: Control) {
+        match command {
+            Control::Track(channel_id, pts, reply) => {
+                let _ = reply.send(self.engine.track_channel(channel_id, pts));
+            }
+            Control::Open(channel_id, reply) => {
+                let _ = reply.send(self.engine.open_channel(channel_id));
+            }
+            Control::Close(channel_id) => self.engine.close_channel(channel_id),
+            Control::Forget(channel_id) => self.engine.forget_channel(channel_id),
+            Control::CaughtUp(reply) => {
+                self.engine.request_difference(now());
+                self.waiters.push(reply);
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, batch: BatchId, handled: Result<(), NotHandled>) {
+        match handled {
+            Ok(()) => match self.engine.ack(batch) {
+                Ok(()) => self.shared.counters.batches_acknowledged.incr(),
+                Err(error) => tracing::error!(%error, "acknowledgement refused"),
+            },
+            // Only when a dispatch worker was dropped: the batch stays unacknowledged, so its
+            // state is never committed and a restart delivers it again.
+            Err(error) => tracing::error!(%error, %batch, "batch not handled"),
+        }
+    }
+
+    /// A request finished: hands the reply to the engine, or classifies the failure.
+    fn complete(
+        &mut self,
+        id: RequestId,
+        target: Target,
+        result: Result<Reply<UpdateOf<A>, EntitiesOf<A>>, ApiError>,
+    ) -> Result<(), String> {
+        let now = now();
+        let error = match result {
+            Ok(reply) => {
+                let outcome = match reply {
+                    Reply::State(state) => {
+                        tracing::debug!(%id, ?state, "state fetched");
+                        self.engine.handle_state(now, id, state)
+                    }
+                    Reply::Difference(difference) => {
+                        log_difference(id, &difference);
+                        self.engine.handle_difference(now, id, difference)
+                    }
+                    Reply::Channel(difference) => {
+                        tracing::debug!(%id, channel = difference.channel_id, "channel difference fetched");
+                        self.engine.handle_channel_difference(now, id, difference)
+                    }
+                };
+                match outcome {
+                    Ok(()) => {
+                        self.attempts.remove(&target);
+                        return Ok(());
+                    }
+                    // The engine no longer waits for it (the channel was forgotten meanwhile).
+                    Err(sync_core::Error::UnknownRequest(_)) => return Ok(()),
+                    Err(error) => {
+                        self.shared.counters.replies_refused.incr();
+                        tracing::warn!(%id, %error, "malformed reply refused: retrying");
+                        ApiError::Transient {
+                            message: error.to_string(),
+                            source: None,
+                        }
+                    }
+                }
+            }
+            Err(error) => error,
+        };
+        let failure = match error {
+            ApiError::Unauthorized { message } => {
+                tracing::error!(%id, %message, "authorization lost: stopping");
+                return Err(message);
+            }
+            ApiError::ChannelInaccessible { message } if matches!(target, Target::Channel(_)) => {
+                self.shared.counters.channels_closed.incr();
+                tracing::warn!(%id, ?target, %message, "channel inaccessible: no longer tracked");
+                Failure::ChannelInaccessible
+            }
+            ApiError::FloodWait { after } => {
+                self.shared.counters.flood_waits.incr();
+                let after = self.jitter.flood_wait(after, self.config.flood_wait_jitter);
+                tracing::info!(%id, ?after, "flood wait");
+                Failure::Retry { after: Some(after) }
+            }
+            error => {
+                self.shared.counters.requests_retried.incr();
+                let attempt = self.attempts.entry(target).or_insert(0);
+                let after =
+                    self.jitter
+                        .backoff(self.config.retry_base, self.config.retry_max, *attempt);
+                *attempt = attempt.saturating_add(1);
+                tracing::info!(%id, %error, ?after, "request failed: retrying");
+                Failure::Retry { after: Some(after) }
+            }
+        };
+        if let Err(error) = self.engine.handle_failure(now, id, failure) {
+            tracing::debug!(%id, %error, "failure of a request the engine no longer waits for");
+        }
+        Ok(())
+    }
+
+    /// Polls the engine dry, doing what each output says.
+    async fn drain(&mut self) -> Result<(), String> {
+        while let Some(output) = self.engine.poll_output() {
+            match output {
+                Output::Deliver(batch) => self.deliver(batch).await,
+                Output::Request(request) => self.send(request),
+                Output::Commit(commit) => self.write(Write::Commit(commit)),
+                Output::AccessHashes(hashes) => {
+                    let hashes: Vec<(ChannelId, i64)> = hashes
+                        .into_iter()
+                        .filter(|h| !h.min)
+                        .map(|h| (h.channel_id, h.access_hash))
+                        .collect();
+                    self.hashes.extend(hashes.iter().copied());
+                    self.write(Write::Hashes(hashes));
+                }
+                Output::DifferenceTooLong { pts } => {
+                    tracing::warn!(pts, "difference too long: history skipped");
+                    self.notify(Notice::DifferenceTooLong { pts }).await;
+                }
+                Output::ChannelTooLong { channel_id, pts } => {
+                    tracing::info!(channel_id, ?pts, "channel too long");
+                    self.notify(Notice::ChannelTooLong { channel_id, pts })
+                        .await;
+                }
+                Output::ChannelClosed { channel_id } => {
+                    self.notify(Notice::ChannelClosed { channel_id }).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, write: Write) {
+        if let Some(writes) = &self.writes
+            && writes.send(write).is_err()
+        {
+            tracing::error!("the storage writer is gone; a write was lost");
+        }
+    }
+
+    async fn notify(&mut self, notice: Notice) {
+        if let Err(error) = self.stream.send_async(Dispatch::Notice(notice)).await {
+            tracing::warn!(%error, ?notice, "notice not dispatched");
+        }
+    }
+
+    /// Hands a batch to the dispatch and arranges its acknowledgement once handled.
+    ///
+    /// Invariant (commits trail handled updates): a batch is acknowledged only when its
+    /// receipt says every one of its updates was handled, and the engine commits nothing past
+    /// an unacknowledged batch.
+    async fn deliver(&mut self, batch: Batch<UpdateOf<A>, EntitiesOf<A>>) {
+        let Batch {
+            id,
+            updates,
+            entities,
+        } = batch;
+        let count = updates.len() as u64;
+        let entities: Arc<[EntitiesOf<A>]> = entities.into();
+        let events = updates.into_iter().map(|update| Dispatch::Update {
+            key: update.peer(),
+            update,
+            entities: Arc::clone(&entities),
+        });
+        match self.stream.send_batch_async(events).await {
+            Ok(receipt) => {
+                self.shared.counters.updates_dispatched.add(count);
+                let stream = self.stream.clone();
+                self.acks.push(Box::pin(async move {
+                    let handled = stream.handled(&receipt).await;
+                    (id, handled)
+                }));
+            }
+            Err(error) => {
+                tracing::error!(%error, %id, "batch not dispatched; it stays unacknowledged")
+            }
+        }
+    }
+
+    /// Starts a request; its reply comes back through `requests`.
+    fn send(&mut self, request: Request) {
+        if self.stopping {
+            return;
+        }
+        self.shared.counters.requests_sent.incr();
+        let Request { id, kind } = request;
+        let api = Arc::clone(&self.api);
+        let span = tracing::debug_span!("request", %id, ?kind);
+        let future: BoxFuture<Done<UpdateOf<A>, EntitiesOf<A>>> = match kind {
+            RequestKind::GetState => Box::pin(
+                async move { (id, Target::Common, api.get_state().await.map(Reply::State)) }
+                    .instrument(span),
+            ),
+            RequestKind::GetDifference {
+                pts,
+                qts,
+                date,
+                pts_total_limit,
+            } => {
+                let request = DifferenceRequest {
+                    pts,
+                    qts,
+                    date,
+                    pts_total_limit,
+                };
+                Box::pin(
+                    async move {
+                        (
+                            id,
+                            Target::Common,
+                            api.get_difference(request).await.map(Reply::Difference),
+                        )
+                    }
+                    .instrument(span),
+                )
+            }
+            RequestKind::GetChannelDifference {
+                channel_id,
+                pts,
+                limit,
+            } => {
+                let cached = self.hashes.get(&channel_id).copied();
+                let storage = Arc::clone(&self.storage);
+                let account = self.account;
+                Box::pin(
+                    async move {
+                        let hash = match cached {
+                            Some(hash) => Ok(Some(hash)),
+                            None => storage.get_access_hash(account, channel_id).await,
+                        };
+                        let result = match hash {
+                            Ok(Some(access_hash)) => {
+                                let request = ChannelDifferenceRequest {
+                                    channel_id,
+                                    access_hash,
+                                    pts,
+                                    limit,
+                                };
+                                api.get_channel_difference(request)
+                                    .await
+                                    .map(Reply::Channel)
+                            }
+                            Ok(None) => Err(ApiError::ChannelInaccessible {
+                                message: "no access hash is known".into(),
+                            }),
+                            Err(error) => Err(ApiError::Transient {
+                                message: format!("cannot read the access hash: {error}"),
+                                source: Some(Box::new(error)),
+                            }),
+                        };
+                        (id, Target::Channel(channel_id), result)
+                    }
+                    .instrument(span),
+                )
+            }
+        };
+        self.requests.push(future);
+    }
+
+    /// At shutdown: waits for every dispatched batch to be handled, acknowledging each, and
+    /// queues the commits that follows. No request is sent any more.
+    async fn drain_dispatch(&mut self) {
+        self.stopping = true;
+        self.requests.clear();
+        loop {
+            // Acknowledging emits commits (and possibly notices); nothing new is delivered
+            // without an input, but whatever comes is dispatched and waited for as well.
+            let _ = self.drain().await;
+            match self.acks.next().await {
+                Some((batch, handled)) => self.acknowledge(batch, handled),
+                None => break,
+            }
+        }
+        for waiter in self.waiters.drain(..) {
+            drop(waiter); // the caller sees `Stopped`
+        }
+    }
+
+    /// Publishes stats for the handles, resolves `caught_up` waiters and logs gap events.
+    fn publish(&mut self) {
+        let stats = self.engine.stats();
+        let idle =
+            self.engine.is_idle() && stats.unacknowledged_batches == 0 && self.acks.is_empty();
+        *self
+            .shared
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (stats, idle);
+        if idle && !self.waiters.is_empty() {
+            for waiter in self.waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        let seen = self.seen;
+        if stats.gaps_detected > seen.gaps_detected {
+            tracing::debug!(
+                total = stats.gaps_detected,
+                buffered = stats.buffered_now,
+                "gap detected"
+            );
+        }
+        if stats.gaps_filled_by_wait > seen.gaps_filled_by_wait {
+            tracing::debug!(
+                total = stats.gaps_filled_by_wait,
+                "gap resolved by the missing pushes"
+            );
+        }
+        if stats.gaps_resolved_by_difference > seen.gaps_resolved_by_difference {
+            tracing::debug!(
+                total = stats.gaps_resolved_by_difference,
+                "gap resolved by a difference"
+            );
+        }
+        if stats.buffer_overflows > seen.buffer_overflows {
+            tracing::warn!(
+                total = stats.buffer_overflows,
+                "gap buffer overflowed: fetching the difference"
+            );
+        }
+        #[cfg(feature = "metrics")]
+        self.gauges.set(&stats);
+        self.seen = stats;
+    }
+}
+
+fn log_difference<U, E>(id: RequestId, difference: &Difference<U, E>) {
+    match difference {
+        Difference::Empty { .. } => tracing::debug!(%id, "difference fetched: empty"),
+        Difference::Difference {
+            updates,
+            state,
+            slice,
+            ..
+        } => {
+            tracing::debug!(%id, updates = updates.len(), ?state, slice, "difference fetched");
+        }
+        Difference::TooLong { pts } => tracing::debug!(%id, pts, "difference fetched: too long"),
+    }
+}

@@ -1,0 +1,463 @@
+//! Runtime-level simulation over `sync-testkit`'s simulated server (feature `testkit`).
+//!
+//! - [`SimulatedApi`] answers the [`Api`] calls from a [`Server`] after a latency, failing
+//!   some of them (transient errors, FLOOD_WAIT, inaccessible channels, lost authorization)
+//!   as [`ApiFaults`] says.
+//! - [`Producer`] makes the server's events happen at a steady pace and pushes them to a
+//!   manager through a faulty network (drops, duplicates, reordering, too-long summaries:
+//!   the push fields of [`Faults`]).
+//! - [`Recorder`] is a handler that logs every delivered update (to be judged by the
+//!   [`Oracle`](sync_testkit::Oracle)), and can be slow, fail or panic on purpose.
+//!
+//! Everything sleeps on tokio's clock, so a test on a paused clock runs a long simulation in
+//! moments, and a real-clock run (the `simulate` example) shows it as it happens.
+//!
+//! [`Faults`]: sync_testkit::Faults
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sync_core::{ChannelDifference, ChannelId, Difference, Sequence, State, Updates};
+use sync_testkit::{ChannelRefusal, Faults, Rng, Server, TestEntities, TestUpdate};
+use tokio::time::Instant;
+
+use crate::api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
+use crate::handler::{Handler, Notice, Peer, PeerKey};
+use crate::manager::{IntakeError, ManagerHandle};
+
+/// The simulated updates carry no chat: every update of the common box (pts, qts, `seq`
+/// containers) shares one key, so the oracle can check their global order; each channel is a
+/// peer of its own, so channels are handled in parallel.
+impl Peer for TestUpdate {
+    fn peer(&self) -> Option<PeerKey> {
+        match self.sequence {
+            Sequence::Channel { channel_id, .. } | Sequence::ChannelTooLong { channel_id, .. } => {
+                Some(PeerKey::Channel(channel_id))
+            }
+            _ => Some(PeerKey::User(0)),
+        }
+    }
+}
+
+/// What goes wrong with the API calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiFaults {
+    /// Round trip of every call.
+    pub latency: Duration,
+    /// Chance that a call fails.
+    pub failure: f64,
+    /// Share of the failures that are FLOOD_WAIT (the others are transient RPC 500s).
+    pub flood_wait_share: f64,
+    /// Longest FLOOD_WAIT, in whole seconds (each is 0..=this).
+    pub flood_wait_max_seconds: u64,
+}
+
+impl ApiFaults {
+    /// Calls that always succeed, after `latency`.
+    pub fn none(latency: Duration) -> Self {
+        Self {
+            latency,
+            failure: 0.0,
+            flood_wait_share: 0.0,
+            flood_wait_max_seconds: 0,
+        }
+    }
+}
+
+impl Default for ApiFaults {
+    /// 40 ms round trips, 10 % failures, half of them FLOOD_WAIT of up to 3 s.
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_millis(40),
+            failure: 0.1,
+            flood_wait_share: 0.5,
+            flood_wait_max_seconds: 3,
+        }
+    }
+}
+
+/// What the simulated API was asked and how it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApiReport {
+    /// Calls received.
+    pub calls: u64,
+    /// Transient failures injected.
+    pub transient_failures: u64,
+    /// FLOOD_WAITs injected.
+    pub flood_waits: u64,
+    /// Channel calls refused as inaccessible.
+    pub channel_refusals: u64,
+}
+
+#[derive(Debug)]
+struct SimState {
+    server: Server,
+    rng: Rng,
+    faults: ApiFaults,
+    inaccessible: HashSet<ChannelId>,
+    unauthorized: bool,
+    report: ApiReport,
+}
+
+/// An [`Api`] over a simulated [`Server`]. Cheap to clone: clones share the server.
+#[derive(Debug, Clone)]
+pub struct SimulatedApi {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl SimulatedApi {
+    /// The API of `server`, failing as `faults` says, with jitter from `seed`.
+    pub fn new(server: Server, faults: ApiFaults, seed: u64) -> Self {
+        let state = SimState {
+            server,
+            rng: Rng::new(seed ^ 0x0A91_C0DE),
+            faults,
+            inaccessible: HashSet::new(),
+            unauthorized: false,
+            report: ApiReport::default(),
+        };
+        Self {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the server (to produce events, read its state, or judge with the oracle).
+    pub fn with_server<R>(&self, f: impl FnOnce(&mut Server) -> R) -> R {
+        f(&mut self.lock().server)
+    }
+
+    /// Changes the faults.
+    pub fn set_faults(&self, faults: ApiFaults) {
+        self.lock().faults = faults;
+    }
+
+    /// From now on, `getChannelDifference` for `channel_id` fails with `CHANNEL_PRIVATE`.
+    pub fn make_inaccessible(&self, channel_id: ChannelId) {
+        self.lock().inaccessible.insert(channel_id);
+    }
+
+    /// From now on every call fails with `AUTH_KEY_UNREGISTERED`.
+    pub fn revoke_authorization(&self) {
+        self.lock().unauthorized = true;
+    }
+
+    /// What was asked so far.
+    pub fn report(&self) -> ApiReport {
+        self.lock().report
+    }
+
+    /// The latency, then a fault or `None` to answer.
+    async fn call(&self) -> Result<(), ApiError> {
+        let latency = self.lock().faults.latency;
+        tokio::time::sleep(latency).await;
+        let mut state = self.lock();
+        state.report.calls += 1;
+        if state.unauthorized {
+            return Err(ApiError::rpc(401, "AUTH_KEY_UNREGISTERED"));
+        }
+        let faults = state.faults.clone();
+        if state.rng.chance(faults.failure) {
+            if state.rng.chance(faults.flood_wait_share) {
+                state.report.flood_waits += 1;
+                let seconds = state.rng.below(faults.flood_wait_max_seconds + 1);
+                return Err(ApiError::rpc(420, &format!("FLOOD_WAIT_{seconds}")));
+            }
+            state.report.transient_failures += 1;
+            return Err(ApiError::rpc(500, "INTERNAL_SERVER_ERROR"));
+        }
+        Ok(())
+    }
+}
+
+impl Api for SimulatedApi {
+    type Update = TestUpdate;
+    type Entities = TestEntities;
+
+    async fn get_state(&self) -> Result<State, ApiError> {
+        self.call().await?;
+        Ok(self.lock().server.state())
+    }
+
+    async fn get_difference(
+        &self,
+        request: DifferenceRequest,
+    ) -> Result<Difference<TestUpdate, TestEntities>, ApiError> {
+        self.call().await?;
+        let DifferenceRequest {
+            pts,
+            qts,
+            pts_total_limit,
+            ..
+        } = request;
+        Ok(self.lock().server.get_difference(pts, qts, pts_total_limit))
+    }
+
+    async fn get_channel_difference(
+        &self,
+        request: ChannelDifferenceRequest,
+    ) -> Result<ChannelDifference<TestUpdate, TestEntities>, ApiError> {
+        self.call().await?;
+        let mut state = self.lock();
+        let ChannelDifferenceRequest {
+            channel_id,
+            access_hash,
+            pts,
+            limit,
+        } = request;
+        if state.inaccessible.contains(&channel_id) {
+            state.report.channel_refusals += 1;
+            return Err(ApiError::rpc(400, "CHANNEL_PRIVATE"));
+        }
+        state
+            .server
+            .get_channel_difference(channel_id, access_hash, pts, limit)
+            .map_err(|refusal| {
+                state.report.channel_refusals += 1;
+                match refusal {
+                    ChannelRefusal::Invalid => ApiError::rpc(400, "CHANNEL_INVALID"),
+                    ChannelRefusal::BadAccessHash => ApiError::rpc(400, "CHANNEL_INVALID"),
+                }
+            })
+    }
+}
+
+/// What a [`Producer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProducerReport {
+    /// Pushes the server made.
+    pub pushes: u64,
+    /// Pushes the network lost (drops and silences).
+    pub lost: u64,
+    /// Extra copies the network delivered.
+    pub duplicated: u64,
+    /// Pushes replaced by `updatesTooLong` or `updateChannelTooLong`.
+    pub too_long: u64,
+    /// Pushes the manager's intake dropped because it was full.
+    pub intake_full: u64,
+}
+
+/// Makes the server's events happen and pushes them through a faulty network.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    /// Events to make (a push carries one or a few).
+    pub events: u64,
+    /// Time between two rounds of pushes.
+    pub interval: Duration,
+    /// Pushes per round.
+    pub burst: u32,
+    /// The network's one-way latency.
+    pub latency: Duration,
+    /// The push faults (`drop`, `duplicate`, `reorder`, `too_long`, `channel_too_long`,
+    /// `silence`); the request fields are ignored (see [`ApiFaults`]).
+    pub faults: Faults,
+    /// Seed of the network's faults.
+    pub seed: u64,
+}
+
+impl Producer {
+    /// Runs until every event was made and every push in transit arrived (or the manager
+    /// stopped). `progress` is called once per round with the events made so far.
+    pub async fn run(
+        self,
+        api: &SimulatedApi,
+        handle: &ManagerHandle<TestUpdate, TestEntities>,
+        mut progress: impl FnMut(u64),
+    ) -> ProducerReport {
+        let mut rng = Rng::new(self.seed ^ 0x5EED_F00D);
+        let mut report = ProducerReport::default();
+        let mut transit: BTreeMap<(Instant, u64), Updates<TestUpdate, TestEntities>> =
+            BTreeMap::new();
+        let mut sequence = 0u64;
+        let mut silence = 0u64;
+        let mut next_round = Instant::now();
+        loop {
+            let made = api.with_server(|s| s.events());
+            let producing = made < self.events;
+            let next_arrival = transit.first_key_value().map(|(&(at, _), _)| at);
+            let wake = match (producing, next_arrival) {
+                (true, Some(at)) => at.min(next_round),
+                (true, None) => next_round,
+                (false, Some(at)) => at,
+                (false, None) => break,
+            };
+            tokio::time::sleep_until(wake).await;
+            let now = Instant::now();
+            if producing && now >= next_round {
+                next_round += self.interval;
+                for _ in 0..self.burst.max(1) {
+                    let (push, made) = api.with_server(|s| (s.produce(), s.events()));
+                    report.pushes += 1;
+                    for (delay, updates) in
+                        self.network(&mut rng, &mut silence, &mut report, api, push)
+                    {
+                        sequence += 1;
+                        transit.insert((now + delay, sequence), updates);
+                    }
+                    if made >= self.events {
+                        break;
+                    }
+                }
+                progress(api.with_server(|s| s.events()));
+            }
+            while let Some(entry) = transit.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                match handle.handle(entry.remove()) {
+                    Ok(()) => {}
+                    Err(IntakeError::Full) => report.intake_full += 1,
+                    Err(IntakeError::Stopped) => return report,
+                }
+            }
+        }
+        report
+    }
+
+    /// What the network makes of one push: none, one or two arrivals, each after a delay.
+    fn network(
+        &self,
+        rng: &mut Rng,
+        silence: &mut u64,
+        report: &mut ProducerReport,
+        api: &SimulatedApi,
+        push: Updates<TestUpdate, TestEntities>,
+    ) -> Vec<(Duration, Updates<TestUpdate, TestEntities>)> {
+        let faults = &self.faults;
+        if *silence > 0 {
+            *silence -= 1;
+            report.lost += 1;
+            return Vec::new();
+        }
+        if rng.chance(faults.silence) {
+            *silence = faults.silence_length;
+            report.lost += 1;
+            return Vec::new();
+        }
+        if rng.chance(faults.drop) {
+            report.lost += 1;
+            return Vec::new();
+        }
+        let channel = match &push {
+            Updates::Combined { updates, .. } => updates.iter().find_map(|u| match u.sequence {
+                Sequence::Channel { channel_id, .. } => Some(channel_id),
+                _ => None,
+            }),
+            _ => None,
+        };
+        let push = if rng.chance(faults.too_long) {
+            report.too_long += 1;
+            Updates::TooLong
+        } else if let Some(channel_id) = channel.filter(|_| rng.chance(faults.channel_too_long)) {
+            report.too_long += 1;
+            let (pts, date) = api.with_server(|s| (s.channel_pts(channel_id), s.state().date));
+            let pts = if rng.chance(0.5) { pts } else { None };
+            let update = TestUpdate {
+                id: 0,
+                sequence: Sequence::ChannelTooLong { channel_id, pts },
+            };
+            Updates::Short { update, date }
+        } else {
+            push
+        };
+        let mut delay = self.latency;
+        if rng.chance(faults.reorder) {
+            let window = u64::try_from(faults.reorder_window.as_millis()).unwrap_or(u64::MAX);
+            delay += Duration::from_millis(rng.below(window.saturating_add(1)));
+        }
+        let mut arrivals = Vec::with_capacity(2);
+        if rng.chance(faults.duplicate) {
+            report.duplicated += 1;
+            arrivals.push((
+                delay + Duration::from_millis(rng.below(2_000)),
+                push.clone(),
+            ));
+        }
+        arrivals.push((delay, push));
+        arrivals
+    }
+}
+
+/// A handler that logs every update it is given, in the order given, for the oracle.
+///
+/// Options make it a difficult application: it can take time per update, fail every n-th
+/// update, or panic on every n-th (after logging it: the update reached the application).
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    log: Arc<Mutex<Vec<TestUpdate>>>,
+    notices: Arc<Mutex<Vec<Notice>>>,
+    seen: Arc<AtomicU64>,
+    /// Time taken to handle each update.
+    pub delay: Duration,
+    /// Return an error on every n-th update.
+    pub fail_every: Option<u64>,
+    /// Panic on every n-th update.
+    pub panic_every: Option<u64>,
+}
+
+impl Recorder {
+    /// A recorder that handles at once and never fails.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the updates logged so far.
+    pub fn take(&self) -> Vec<TestUpdate> {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// How many updates were logged in total.
+    pub fn count(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// The notices received so far.
+    pub fn notices(&self) -> Vec<Notice> {
+        self.notices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Handler<TestUpdate, TestEntities> for Recorder {
+    async fn handle(
+        &self,
+        update: TestUpdate,
+        _entities: Arc<[TestEntities]>,
+    ) -> Result<(), BoxError> {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(update);
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if self
+            .panic_every
+            .is_some_and(|every| every > 0 && n.is_multiple_of(every))
+        {
+            panic!("simulated handler panic on update {}", update.id);
+        }
+        if self
+            .fail_every
+            .is_some_and(|every| every > 0 && n.is_multiple_of(every))
+        {
+            return Err(format!("simulated handler failure on update {}", update.id).into());
+        }
+        Ok(())
+    }
+
+    async fn notice(&self, notice: Notice) {
+        self.notices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(notice);
+    }
+}
