@@ -15,6 +15,8 @@
 //!   window a crash left unacknowledged), each sequence in order, nothing after an unresolved
 //!   gap, and the client ending where the server is. A failure is a [`Violation`] with the seed
 //!   that replays it and the last steps before it.
+//! - [`fuzz`] holds the fuzz bodies that the cargo-fuzz targets (`fuzz/`), the property tests
+//!   and the corpus tests share: raw bytes in, the first broken rule out.
 //!
 //! ```
 //! use std::time::Duration;
@@ -31,6 +33,7 @@
 //! assert_eq!(report.crashes, 2);
 //! ```
 
+pub mod fuzz;
 mod oracle;
 mod rng;
 mod scenario;

@@ -1,0 +1,56 @@
+//! The fuzz bodies as ordinary tests: over the checked-in corpus (`fuzz/corpus/`), and over
+//! random bytes from proptest, so the two kinds of testing share one input generator.
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+use sync_testkit::fuzz;
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.into_iter().filter_map(|path| std::fs::read(&path).ok().map(|bytes| (path, bytes))).collect()
+}
+
+fn run_corpus(target: &str, body: fn(&[u8]) -> Result<(), String>) {
+    let files = corpus(target);
+    assert!(!files.is_empty(), "the corpus of {target} is missing");
+    for (path, bytes) in files {
+        if let Err(message) = body(&bytes) {
+            panic!("{}: {message}", path.display());
+        }
+    }
+}
+
+#[test]
+fn core_inputs_corpus() {
+    run_corpus("core_inputs", fuzz::core_inputs);
+}
+
+#[test]
+fn core_scenario_corpus() {
+    run_corpus("core_scenario", fuzz::core_scenario);
+}
+
+fn cases(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    #[test]
+    fn arbitrary_core_inputs(bytes in proptest::collection::vec(any::<u8>(), 0..4_096)) {
+        fuzz::core_inputs(&bytes).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn arbitrary_scenarios(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fuzz::core_scenario(&bytes).map_err(TestCaseError::fail)?;
+    }
+}
