@@ -392,18 +392,36 @@ pub struct Recorder {
     log: Arc<Mutex<Vec<TestUpdate>>>,
     notices: Arc<Mutex<Vec<Notice>>>,
     seen: Arc<AtomicU64>,
-    /// Time taken to handle each update.
-    pub delay: Duration,
-    /// Return an error on every n-th update.
-    pub fail_every: Option<u64>,
-    /// Panic on every n-th update.
-    pub panic_every: Option<u64>,
+    delay: Duration,
+    fail_every: Option<u64>,
+    panic_every: Option<u64>,
 }
 
 impl Recorder {
     /// A recorder that handles at once and never fails.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Takes `delay` to handle each update.
+    #[must_use]
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Returns an error on every `n`-th update.
+    #[must_use]
+    pub fn failing_every(mut self, n: u64) -> Self {
+        self.fail_every = Some(n);
+        self
+    }
+
+    /// Panics on every `n`-th update (after logging it).
+    #[must_use]
+    pub fn panicking_every(mut self, n: u64) -> Self {
+        self.panic_every = Some(n);
+        self
     }
 
     /// Takes the updates logged so far.

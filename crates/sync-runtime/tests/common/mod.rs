@@ -1,0 +1,204 @@
+//! Shared test code: a simulated account wired to a manager, and the oracle's verdicts.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod redis_server;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sync_core::{ChannelId, Commit, State};
+use sync_runtime::sim::{ApiFaults, Producer, Recorder, SimulatedApi};
+use sync_runtime::{Config, Manager, ManagerHandle, RunError, Summary};
+use sync_storage::{AccessHashStorage, StateStorage};
+use sync_testkit::{Faults, Limits, Oracle, Server, TestEntities, TestUpdate, Workload};
+use tokio::task::JoinHandle;
+
+pub const ACCOUNT: i64 = 4_242;
+
+/// True when running under CI (`CI` set, and not "false" or "0").
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
+}
+
+/// A number from the environment, for opt-in longer runs.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A simulated account: the server behind its API, the recording handler and the oracle.
+pub struct Sim {
+    pub api: SimulatedApi,
+    pub recorder: Recorder,
+    pub oracle: Oracle,
+    pub seed: u64,
+}
+
+impl Sim {
+    pub fn new(seed: u64, channels: usize, faults: ApiFaults) -> Self {
+        let workload = Workload {
+            channels,
+            ..Workload::default()
+        };
+        let server = Server::new(seed, workload, Limits::default());
+        let state = server.state();
+        let oracle = Oracle::new(state, server.channel_states().collect::<Vec<_>>());
+        Self {
+            api: SimulatedApi::new(server, faults, seed),
+            recorder: Recorder::new(),
+            oracle,
+            seed,
+        }
+    }
+
+    /// Writes the account's starting point to storage, as a client that loaded its dialogs.
+    pub async fn seed<S: StateStorage + AccessHashStorage>(&self, storage: &S) {
+        let (state, channels, hashes) = self.api.with_server(|s| {
+            let channels = s
+                .channel_states()
+                .map(|(channel_id, pts)| sync_core::ChannelCommit {
+                    channel_id,
+                    pts,
+                    reset: false,
+                });
+            (
+                s.state(),
+                channels.collect(),
+                s.access_hashes().collect::<Vec<_>>(),
+            )
+        });
+        let commit = Commit {
+            state: Some(state),
+            channels,
+            ..Commit::default()
+        };
+        storage.apply(ACCOUNT, &commit).await.expect("seed state");
+        storage
+            .set_access_hashes(ACCOUNT, &hashes)
+            .await
+            .expect("seed hashes");
+    }
+
+    /// Starts a manager on `storage`.
+    pub fn start<S>(
+        &self,
+        storage: &Arc<S>,
+        config: Config,
+    ) -> (
+        ManagerHandle<TestUpdate, TestEntities>,
+        JoinHandle<Result<Summary, RunError>>,
+    )
+    where
+        S: StateStorage + AccessHashStorage + 'static,
+    {
+        let manager = Manager::with_config(
+            ACCOUNT,
+            self.api.clone(),
+            Arc::clone(storage),
+            self.recorder.clone(),
+            config,
+        );
+        let handle = manager.handle();
+        (handle, tokio::spawn(manager.run()))
+    }
+
+    /// Starts a producer of `events` events (in total, over restarts) for `handle`.
+    pub fn produce(
+        &self,
+        handle: &ManagerHandle<TestUpdate, TestEntities>,
+        producer: Producer,
+    ) -> JoinHandle<()> {
+        let api = self.api.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            producer.run(&api, &handle, |_| {}).await;
+        })
+    }
+
+    /// Feeds what the handler logged to the oracle, in the order it was handled.
+    pub fn judge_deliveries(&mut self) -> Result<(), String> {
+        let log = self.recorder.take();
+        let oracle = &mut self.oracle;
+        self.api.with_server(|server| {
+            log.iter()
+                .try_for_each(|update| oracle.deliver(server, update))
+        })
+    }
+
+    /// A crash: what was handled is judged, and the oracle learns what storage kept.
+    pub async fn crashed<S: StateStorage>(&mut self, storage: &S) -> Result<(), String> {
+        self.judge_deliveries()?;
+        let snapshot = storage.load(ACCOUNT).await.map_err(|e| e.to_string())?;
+        let state = snapshot.state.ok_or("nothing stored")?;
+        let channels: HashMap<ChannelId, i32> = snapshot.channels.into_iter().collect();
+        self.oracle.crash(state, &channels);
+        self.api.with_server(Server::client_restarted);
+        Ok(())
+    }
+
+    /// The final verdict against what storage holds.
+    pub async fn finish<S: StateStorage>(&mut self, storage: &S) -> Result<(), String> {
+        self.judge_deliveries()?;
+        let snapshot = storage.load(ACCOUNT).await.map_err(|e| e.to_string())?;
+        let oracle = &mut self.oracle;
+        self.api.with_server(|server| {
+            oracle.finish(server, snapshot.state, |id| {
+                snapshot.channels.get(&id).copied()
+            })
+        })
+    }
+}
+
+/// A configuration for simulated runs: repeatable jitter, and on the real clock (`fast`)
+/// short waits so that a run takes moments.
+pub fn config(seed: u64, fast: bool) -> Config {
+    let mut config = Config {
+        jitter_seed: Some(seed),
+        shards: 4,
+        ..Config::default()
+    };
+    if fast {
+        config.engine.gap_timeout = Duration::from_millis(30);
+        config.engine.retry_base = Duration::from_millis(5);
+        config.retry_base = Duration::from_millis(5);
+        config.retry_max = Duration::from_millis(100);
+        config.flood_wait_jitter = Duration::from_millis(5);
+        config.storage_retry_base = Duration::from_millis(5);
+        config.storage_retry_max = Duration::from_millis(100);
+    }
+    config
+}
+
+/// A producer of `events` events at 20 ms per push (paused clock), or 2 ms per round of 5
+/// pushes (real clock, `fast`).
+pub fn producer(seed: u64, events: u64, faults: Faults, fast: bool) -> Producer {
+    let (interval, burst, latency) = if fast {
+        (Duration::from_millis(2), 5, Duration::from_millis(1))
+    } else {
+        (Duration::from_millis(20), 1, Duration::from_millis(40))
+    };
+    let faults = if fast {
+        Faults {
+            reorder_window: Duration::from_millis(20),
+            ..faults
+        }
+    } else {
+        faults
+    };
+    Producer {
+        events,
+        interval,
+        burst,
+        latency,
+        faults,
+        seed,
+    }
+}
+
+/// The initial state of a fresh server (every seed starts here).
+pub fn start_state() -> State {
+    Server::new(0, Workload::default(), Limits::default()).state()
+}
