@@ -338,7 +338,8 @@ where
     }
 
     /// Shuts the manager down when `token` is cancelled (e.g. a child of the process's
-    /// shutdown token), instead of its own token.
+    /// shutdown token), instead of its own token. Call it before taking
+    /// [`handle`](Self::handle)s: earlier handles keep the old token.
     #[must_use]
     pub fn with_cancellation(self, token: CancellationToken) -> Self {
         let Self {
