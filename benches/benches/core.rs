@@ -20,14 +20,29 @@ impl Update for Lean {
 }
 
 const N: i32 = 10_000;
-const START: State = State { pts: 1, qts: 1, date: 0, seq: 1 };
+const START: State = State {
+    pts: 1,
+    qts: 1,
+    date: 0,
+    seq: 1,
+};
 
 /// An engine past its startup difference, tracking `channels` channels at pts 1.
 fn engine(channels: i64) -> (Engine<Lean>, Instant) {
     let now = Instant::now();
-    let mut engine = Engine::from_state(Config::default(), now, START, (1..=channels).map(|id| (id, 1))).unwrap();
-    let Some(Output::Request(request)) = engine.poll_output() else { unreachable!() };
-    engine.handle_difference(now, request.id, Difference::Empty { date: 0, seq: 1 }).unwrap();
+    let mut engine = Engine::from_state(
+        Config::default(),
+        now,
+        START,
+        (1..=channels).map(|id| (id, 1)),
+    )
+    .unwrap();
+    let Some(Output::Request(request)) = engine.poll_output() else {
+        unreachable!()
+    };
+    engine
+        .handle_difference(now, request.id, Difference::Empty { date: 0, seq: 1 })
+        .unwrap();
     drain(&mut engine);
     (engine, now)
 }
@@ -48,24 +63,34 @@ fn drain(engine: &mut Engine<Lean>) -> usize {
 fn feed(engine: &mut Engine<Lean>, now: Instant, updates: &[Lean]) -> usize {
     let mut delivered = 0;
     for &update in updates {
-        engine.handle_updates(now, Updates::Short { update, date: 0 }).unwrap();
+        engine
+            .handle_updates(now, Updates::Short { update, date: 0 })
+            .unwrap();
         delivered += drain(engine);
     }
     delivered
 }
 
 fn common(range: std::ops::RangeInclusive<i32>) -> Vec<Lean> {
-    range.map(|pts| Lean(Sequence::Common { pts, pts_count: 1 })).collect()
+    range
+        .map(|pts| Lean(Sequence::Common { pts, pts_count: 1 }))
+        .collect()
 }
 
 fn bench_core(c: &mut Criterion) {
     let mut group = c.benchmark_group("core");
     group.throughput(Throughput::Elements(N as u64));
-    group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
 
     let in_order = common(2..=N + 1);
     group.bench_function("in_order_common_pts", |b| {
-        b.iter_batched_ref(|| engine(0), |(e, now)| black_box(feed(e, *now, &in_order)), BatchSize::LargeInput);
+        b.iter_batched_ref(
+            || engine(0),
+            |(e, now)| black_box(feed(e, *now, &in_order)),
+            BatchSize::LargeInput,
+        );
     });
 
     for channels in [1i64, 1_000, 100_000] {
@@ -73,11 +98,19 @@ fn bench_core(c: &mut Criterion) {
             .map(|i| {
                 let channel_id = i % channels + 1;
                 let pts = (i / channels) as i32 + 2;
-                Lean(Sequence::Channel { channel_id, pts, pts_count: 1 })
+                Lean(Sequence::Channel {
+                    channel_id,
+                    pts,
+                    pts_count: 1,
+                })
             })
             .collect();
         group.bench_function(format!("channels_round_robin_{channels}"), |b| {
-            b.iter_batched_ref(|| engine(channels), |(e, now)| black_box(feed(e, *now, &updates)), BatchSize::LargeInput);
+            b.iter_batched_ref(
+                || engine(channels),
+                |(e, now)| black_box(feed(e, *now, &updates)),
+                BatchSize::LargeInput,
+            );
         });
     }
 
@@ -89,13 +122,24 @@ fn bench_core(c: &mut Criterion) {
             updates.swap(i, i + 1);
         }
         group.bench_function(format!("reordered_{percent}_percent"), |b| {
-            b.iter_batched_ref(|| engine(0), |(e, now)| black_box(feed(e, *now, &updates)), BatchSize::LargeInput);
+            b.iter_batched_ref(
+                || engine(0),
+                |(e, now)| black_box(feed(e, *now, &updates)),
+                BatchSize::LargeInput,
+            );
         });
     }
 
-    let duplicated: Vec<Lean> = common(2..=N / 2 + 1).into_iter().flat_map(|u| [u, u]).collect();
+    let duplicated: Vec<Lean> = common(2..=N / 2 + 1)
+        .into_iter()
+        .flat_map(|u| [u, u])
+        .collect();
     group.bench_function("every_update_twice", |b| {
-        b.iter_batched_ref(|| engine(0), |(e, now)| black_box(feed(e, *now, &duplicated)), BatchSize::LargeInput);
+        b.iter_batched_ref(
+            || engine(0),
+            |(e, now)| black_box(feed(e, *now, &duplicated)),
+            BatchSize::LargeInput,
+        );
     });
 
     let containers: Vec<Vec<Lean>> = common(2..=N + 1).chunks(10).map(<[Lean]>::to_vec).collect();
@@ -106,7 +150,17 @@ fn bench_core(c: &mut Criterion) {
                 let mut delivered = 0;
                 for (i, updates) in containers.drain(..).enumerate() {
                     let seq = i as i32 + 2;
-                    e.handle_updates(*now, Updates::Combined { updates, entities: (), date: 0, seq_start: seq, seq }).unwrap();
+                    e.handle_updates(
+                        *now,
+                        Updates::Combined {
+                            updates,
+                            entities: (),
+                            date: 0,
+                            seq_start: seq,
+                            seq,
+                        },
+                    )
+                    .unwrap();
                     delivered += drain(e);
                 }
                 black_box(delivered)
@@ -120,12 +174,22 @@ fn bench_core(c: &mut Criterion) {
             || {
                 let (mut e, now) = engine(0);
                 e.request_difference(now);
-                let Some(Output::Request(request)) = e.poll_output() else { unreachable!() };
+                let Some(Output::Request(request)) = e.poll_output() else {
+                    unreachable!()
+                };
                 (e, now, request.id, common(2..=N + 1))
             },
             |(e, now, id, updates)| {
-                let state = State { pts: N + 1, ..START };
-                let difference = Difference::Difference { updates: std::mem::take(updates), entities: (), state, slice: false };
+                let state = State {
+                    pts: N + 1,
+                    ..START
+                };
+                let difference = Difference::Difference {
+                    updates: std::mem::take(updates),
+                    entities: (),
+                    state,
+                    slice: false,
+                };
                 e.handle_difference(*now, *id, difference).unwrap();
                 black_box(drain(e))
             },

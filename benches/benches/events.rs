@@ -62,7 +62,9 @@ fn run_stream(shards: usize, producers: usize, batch: u64) -> Duration {
                     if batch == 1 {
                         stream.send(event(p, i)).expect("open");
                     } else {
-                        stream.send_batch((i..end).map(|j| event(p, j))).expect("open");
+                        stream
+                            .send_batch((i..end).map(|j| event(p, j)))
+                            .expect("open");
                     }
                     i = end;
                 }
@@ -82,7 +84,8 @@ fn run_stream(shards: usize, producers: usize, batch: u64) -> Duration {
 
 /// One run of the naive design: one bounded channel per shard, one event per message.
 fn run_naive(shards: usize, producers: usize) -> Duration {
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| sync_channel::<Ev>(CAPACITY)).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| sync_channel::<Ev>(CAPACITY)).unzip();
     let workers: Vec<_> = receivers
         .into_iter()
         .map(|rx| {
@@ -105,7 +108,9 @@ fn run_naive(shards: usize, producers: usize) -> Duration {
                 start.wait();
                 for i in 0..per_producer {
                     let e = event(p, i);
-                    senders[shard_for_key(&e.0, senders.len())].send(e).expect("open");
+                    senders[shard_for_key(&e.0, senders.len())]
+                        .send(e)
+                        .expect("open");
                 }
             })
         })
@@ -124,14 +129,21 @@ fn run_naive(shards: usize, producers: usize) -> Duration {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("events");
-    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(EVENTS));
     for shards in [1, 2, 4] {
         for producers in [1, 4, 16] {
             for batch in [1_u64, 64, 256] {
                 let id = BenchmarkId::new("stream", format!("s{shards}/p{producers}/b{batch}"));
                 group.bench_function(id, |b| {
-                    b.iter_custom(|iters| (0..iters).map(|_| run_stream(shards, producers, batch)).sum())
+                    b.iter_custom(|iters| {
+                        (0..iters)
+                            .map(|_| run_stream(shards, producers, batch))
+                            .sum()
+                    })
                 });
             }
             let id = BenchmarkId::new("naive_sync_channel", format!("s{shards}/p{producers}"));

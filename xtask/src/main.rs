@@ -5,6 +5,9 @@
 //!   the workspace. Under `CI=true` a missing `redis-server` fails the run.
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`.
 //! - `bench [ARGS..]`: the criterion benchmarks (`cargo bench -p sync-benches`).
+//! - `fuzz [TARGET] [--time SECONDS]`: runs a cargo-fuzz target of `fuzz/` (or every target in
+//!   turn), installing cargo-fuzz when missing; on stable with `--sanitizer none`, with
+//!   AddressSanitizer when a nightly toolchain is installed.
 //!
 //! Environment: `PROPTEST_CASES` raises the number of property-test cases (CI keeps the
 //! default small); `XTASK_NO_INSTALL=1` never installs system packages.
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "ci" => ci(rest),
         "bench" => bench(rest),
+        "fuzz" => fuzz(rest),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             Ok(())
@@ -48,7 +52,9 @@ fn usage() -> &'static str {
      commands:\n\
      \x20 test [ARGS..]   run every test of the workspace (starts from a redis-server check)\n\
      \x20 ci              fmt --check, clippy -D warnings, then test\n\
-     \x20 bench [ARGS..]  run the criterion benchmarks\n"
+     \x20 bench [ARGS..]  run the criterion benchmarks\n\
+     \x20 fuzz [TARGET] [--time SECONDS]\n\
+     \x20                 run one cargo-fuzz target (or each in turn) for SECONDS (default 60)\n"
 }
 
 fn workspace_root() -> PathBuf {
@@ -83,7 +89,9 @@ fn is_ci() -> bool {
 fn test(args: &[String]) -> Result {
     let redis = ensure_redis_server()?;
     let mut command = cargo();
-    command.args(["test", "--workspace", "--all-features"]).args(args);
+    command
+        .args(["test", "--workspace", "--all-features"])
+        .args(args);
     if let Some(path) = redis {
         command.env("REDIS_SERVER", path);
     }
@@ -115,6 +123,58 @@ fn bench(args: &[String]) -> Result {
         command.env("REDIS_SERVER", path);
     }
     run(command)
+}
+
+const FUZZ_TARGETS: [&str; 4] = ["core_inputs", "core_scenario", "storage_decode", "events"];
+
+fn fuzz(args: &[String]) -> Result {
+    let mut seconds = 60u64;
+    let mut targets: Vec<String> = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--time" => {
+                let value = args.next().ok_or("--time needs a number of seconds")?;
+                seconds = value
+                    .parse()
+                    .map_err(|_| format!("--time {value}: not a number"))?;
+            }
+            target if FUZZ_TARGETS.contains(&target) => targets.push(target.to_owned()),
+            other => {
+                return Err(format!(
+                    "unknown fuzz target `{other}` (targets: {})",
+                    FUZZ_TARGETS.join(", ")
+                ));
+            }
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.iter().map(|t| (*t).to_owned()).collect();
+    }
+    let has_fuzz = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_fuzz {
+        let mut install = cargo();
+        install.args(["install", "cargo-fuzz", "--locked"]);
+        run(install)?;
+    }
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    for target in targets {
+        let mut command = cargo();
+        if nightly {
+            command.args(["+nightly", "fuzz", "run", &target]);
+        } else {
+            command.args(["fuzz", "run", "--sanitizer", "none", &target]);
+        }
+        command.args(["--release", "--", &format!("-max_total_time={seconds}")]);
+        run(command)?;
+    }
+    Ok(())
 }
 
 /// Finds `redis-server`, installing it with apt-get when it is missing and we may.
@@ -167,9 +227,8 @@ fn find_redis_server() -> Option<PathBuf> {
 }
 
 fn on_path(program: &str) -> bool {
-    env::var_os("PATH").is_some_and(|paths| {
-        env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 fn is_root() -> bool {

@@ -2,7 +2,8 @@
 //! gap that needs a difference, a channel, and the commits that trail acknowledgements.
 //!
 //! Run it with `cargo run -p sync-core --example scripted`.
-#![allow(clippy::print_stdout, clippy::unwrap_used)]
+// The example is the driver: it owns the clock and hands `now` to the engine.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::time::Instant;
 
@@ -13,21 +14,37 @@ use sync_core::{
 /// The application's own update type: a message in the common box or in a channel.
 #[derive(Debug, Clone)]
 enum Message {
-    Private { pts: i32, text: &'static str },
-    Channel { channel_id: i64, pts: i32, text: &'static str },
+    Private {
+        pts: i32,
+        text: &'static str,
+    },
+    Channel {
+        channel_id: i64,
+        pts: i32,
+        text: &'static str,
+    },
 }
 
 impl Update for Message {
     fn sequence(&self) -> Sequence {
         match *self {
             Message::Private { pts, .. } => Sequence::Common { pts, pts_count: 1 },
-            Message::Channel { channel_id, pts, .. } => Sequence::Channel { channel_id, pts, pts_count: 1 },
+            Message::Channel {
+                channel_id, pts, ..
+            } => Sequence::Channel {
+                channel_id,
+                pts,
+                pts_count: 1,
+            },
         }
     }
 }
 
 fn private(pts: i32, text: &'static str) -> Updates<Message> {
-    Updates::Short { update: Message::Private { pts, text }, date: 0 }
+    Updates::Short {
+        update: Message::Private { pts, text },
+        date: 0,
+    }
 }
 
 /// Does what the engine asks, printing it; answers requests from `server`.
@@ -38,14 +55,20 @@ fn drive(engine: &mut Engine<Message>, now: Instant, server: &mut Vec<Message>) 
                 for update in &batch.updates {
                     match update {
                         Message::Private { pts, text } => println!("    deliver pts {pts}: {text}"),
-                        Message::Channel { channel_id, pts, text } => {
+                        Message::Channel {
+                            channel_id,
+                            pts,
+                            text,
+                        } => {
                             println!("    deliver channel {channel_id} pts {pts}: {text}");
                         }
                     }
                 }
                 engine.ack(batch.id).unwrap();
             }
-            Output::Commit(commit) => println!("    commit  {:?} {:?}", commit.state, commit.channels),
+            Output::Commit(commit) => {
+                println!("    commit  {:?} {:?}", commit.state, commit.channels)
+            }
             Output::Request(request) => {
                 println!("    request {:?}", request.kind);
                 if let RequestKind::GetDifference { pts, qts, date, .. } = request.kind {
@@ -54,9 +77,21 @@ fn drive(engine: &mut Engine<Message>, now: Instant, server: &mut Vec<Message>) 
                         Message::Private { pts, .. } => at.max(*pts),
                         Message::Channel { .. } => at,
                     });
-                    let state = State { pts: reached, qts, date, seq: 0 };
-                    let difference = Difference::Difference { updates: missed, entities: (), state, slice: false };
-                    engine.handle_difference(now, request.id, difference).unwrap();
+                    let state = State {
+                        pts: reached,
+                        qts,
+                        date,
+                        seq: 0,
+                    };
+                    let difference = Difference::Difference {
+                        updates: missed,
+                        entities: (),
+                        state,
+                        slice: false,
+                    };
+                    engine
+                        .handle_difference(now, request.id, difference)
+                        .unwrap();
                 }
             }
             other => println!("    {other:?}"),
@@ -66,7 +101,12 @@ fn drive(engine: &mut Engine<Message>, now: Instant, server: &mut Vec<Message>) 
 
 fn main() {
     let start = Instant::now();
-    let stored = State { pts: 10, qts: 0, date: 0, seq: 0 };
+    let stored = State {
+        pts: 10,
+        qts: 0,
+        date: 0,
+        seq: 0,
+    };
     let mut engine: Engine<Message> =
         Engine::from_state(Config::default(), start, stored, [(77, 500)]).unwrap();
     // What the server will answer to the next getDifference.
@@ -89,12 +129,36 @@ fn main() {
 
     println!("push pts 16 (14 and 15 are lost) and a channel post");
     engine.handle_updates(start, private(16, "sixth")).unwrap();
-    let post = Message::Channel { channel_id: 77, pts: 501, text: "news" };
-    engine.handle_updates(start, Updates::Short { update: post, date: 0 }).unwrap();
+    let post = Message::Channel {
+        channel_id: 77,
+        pts: 501,
+        text: "news",
+    };
+    engine
+        .handle_updates(
+            start,
+            Updates::Short {
+                update: post,
+                date: 0,
+            },
+        )
+        .unwrap();
     drive(&mut engine, start, &mut server);
-    server = vec![Message::Private { pts: 14, text: "fourth" }, Message::Private { pts: 15, text: "fifth" }];
+    server = vec![
+        Message::Private {
+            pts: 14,
+            text: "fourth",
+        },
+        Message::Private {
+            pts: 15,
+            text: "fifth",
+        },
+    ];
     let deadline = engine.poll_timeout().unwrap();
-    println!("{} ms later the gap is still open: fetch the difference", (deadline - start).as_millis());
+    println!(
+        "{} ms later the gap is still open: fetch the difference",
+        (deadline - start).as_millis()
+    );
     engine.handle_timeout(deadline);
     drive(&mut engine, deadline, &mut server);
 

@@ -104,9 +104,12 @@ mod tests {
         assert_eq!(buffer.len(), 4);
 
         assert!(buffer.pop_ready(2).is_none(), "3 > 2 is a gap");
-        let order: Vec<_> = std::iter::from_fn(|| buffer.pop_ready(10).map(|(_, p)| p.item))
-            .collect();
-        assert_eq!(order, ["a", "zero-count at 5", "another zero-count at 5", "b"]);
+        let order: Vec<_> =
+            std::iter::from_fn(|| buffer.pop_ready(10).map(|(_, p)| p.item)).collect();
+        assert_eq!(
+            order,
+            ["a", "zero-count at 5", "another zero-count at 5", "b"]
+        );
         assert!(buffer.is_empty());
     }
 

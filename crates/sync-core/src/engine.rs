@@ -21,22 +21,46 @@ use crate::update::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
     Unordered,
-    Pts { start: i32, end: i32 },
-    Qts { start: i32, end: i32 },
-    Channel { channel_id: ChannelId, start: i32, end: i32 },
-    ChannelTooLong { channel_id: ChannelId, pts: Option<i32> },
+    Pts {
+        start: i32,
+        end: i32,
+    },
+    Qts {
+        start: i32,
+        end: i32,
+    },
+    Channel {
+        channel_id: ChannelId,
+        start: i32,
+        end: i32,
+    },
+    ChannelTooLong {
+        channel_id: ChannelId,
+        pts: Option<i32>,
+    },
 }
 
 fn invalid(field: &'static str, value: i32) -> Error {
-    Error::InvalidNumber { field, value: value.into() }
+    Error::InvalidNumber {
+        field,
+        value: value.into(),
+    }
 }
 
 fn check_channel(channel_id: ChannelId) -> Result<ChannelId, Error> {
-    if channel_id > 0 { Ok(channel_id) } else { Err(Error::InvalidChannel(channel_id)) }
+    if channel_id > 0 {
+        Ok(channel_id)
+    } else {
+        Err(Error::InvalidChannel(channel_id))
+    }
 }
 
 fn check_non_negative(field: &'static str, value: i32) -> Result<i32, Error> {
-    if value >= 0 { Ok(value) } else { Err(invalid(field, value)) }
+    if value >= 0 {
+        Ok(value)
+    } else {
+        Err(invalid(field, value))
+    }
 }
 
 /// The range a `pts` + `pts_count` occupies, or `None` for pts 0 (no position).
@@ -63,12 +87,23 @@ fn classify(sequence: Sequence) -> Result<Place, Error> {
         },
         Sequence::Qts { qts } => match check_non_negative("qts", qts)? {
             0 => Place::Unordered,
-            qts => Place::Qts { start: qts - 1, end: qts },
+            qts => Place::Qts {
+                start: qts - 1,
+                end: qts,
+            },
         },
-        Sequence::Channel { channel_id, pts, pts_count } => {
+        Sequence::Channel {
+            channel_id,
+            pts,
+            pts_count,
+        } => {
             let channel_id = check_channel(channel_id)?;
             match pts_range(pts, pts_count)? {
-                Some((start, end)) => Place::Channel { channel_id, start, end },
+                Some((start, end)) => Place::Channel {
+                    channel_id,
+                    start,
+                    end,
+                },
                 None => Place::Unordered,
             }
         }
@@ -207,7 +242,10 @@ struct ChannelBox<U> {
 
 impl<U> ChannelBox<U> {
     fn new() -> Self {
-        Self { buffer: Buffer::default(), fetch: Fetcher::new() }
+        Self {
+            buffer: Buffer::default(),
+            fetch: Fetcher::new(),
+        }
     }
 }
 
@@ -255,7 +293,12 @@ impl Change {
     fn channel(&mut self, channel_id: ChannelId, reset: bool) {
         // Runs of one channel's updates are common: skip the repeat cheaply here, and
         // deduplicate the rest when the batch is sealed.
-        if !reset && self.channels.last().is_some_and(|&(last, _)| last == channel_id) {
+        if !reset
+            && self
+                .channels
+                .last()
+                .is_some_and(|&(last, _)| last == channel_id)
+        {
             return;
         }
         self.channels.push((channel_id, reset));
@@ -277,7 +320,9 @@ fn merge_commit(earlier: &mut Commit, later: Commit) {
     }
     earlier.state_reset |= later.state_reset;
     if !later.removed_channels.is_empty() {
-        earlier.channels.retain(|c| !later.removed_channels.contains(&c.channel_id));
+        earlier
+            .channels
+            .retain(|c| !later.removed_channels.contains(&c.channel_id));
         earlier.removed_channels.extend(later.removed_channels);
     }
     earlier.channels.extend(later.channels);
@@ -360,7 +405,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
         check_state(&state)?;
         let mut tracked = FxHashMap::default();
         for (channel_id, pts) in channels {
-            tracked.insert(check_channel(channel_id)?, check_non_negative("channel pts", pts)?);
+            tracked.insert(
+                check_channel(channel_id)?,
+                check_non_negative("channel pts", pts)?,
+            );
         }
         let catch_up = config.catch_up_channels;
         let mut engine = Self::empty(config, now, state, true);
@@ -431,7 +479,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
             && self.buffered_total == 0
             && self.common.fetch.state == FetchState::Idle
             && self.channel_queue.is_empty()
-            && self.channel_boxes.values().all(|c| c.fetch.state == FetchState::Idle)
+            && self
+                .channel_boxes
+                .values()
+                .all(|c| c.fetch.state == FetchState::Idle)
     }
 
     /// The configuration.
@@ -501,7 +552,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
                     self.advance_date(date);
                 }
             }
-            Updates::Combined { updates, entities, date, seq_start, seq } => {
+            Updates::Combined {
+                updates,
+                entities,
+                date,
+                seq_start,
+                seq,
+            } => {
                 check_non_negative("seq", seq)?;
                 if seq != 0 && !(1..=seq).contains(&seq_start) {
                     return Err(invalid("seq_start", seq_start));
@@ -550,7 +607,11 @@ impl<U: Update, E: Entities> Engine<U, E> {
                     self.offer_common(now, Slot::Pts, start, end, Entry::Affected);
                 }
             }
-            Affected::Channel { channel_id, pts, pts_count } => {
+            Affected::Channel {
+                channel_id,
+                pts,
+                pts_count,
+            } => {
                 let channel_id = check_channel(channel_id)?;
                 if let Some((start, end)) = pts_range(pts, pts_count)? {
                     self.offer_channel(now, channel_id, start, end, Entry::Affected);
@@ -595,7 +656,12 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.open_change.state = true;
                 self.finish_common(now);
             }
-            Difference::Difference { updates, entities, state, slice } => {
+            Difference::Difference {
+                updates,
+                entities,
+                state,
+                slice,
+            } => {
                 self.learn(entities);
                 for update in updates {
                     // Checked by `check_difference`; an unordered fallback cannot be reached.
@@ -649,7 +715,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
         let channel_id = match self.requests.get(&id) {
             Some(&RequestFor::Channel(channel_id)) => channel_id,
             Some(&other) => {
-                return Err(Error::UnexpectedReply { id, expected: other.describe() });
+                return Err(Error::UnexpectedReply {
+                    id,
+                    expected: other.describe(),
+                });
             }
             None => return Err(Error::UnknownRequest(id)),
         };
@@ -662,8 +731,18 @@ impl<U: Update, E: Entities> Engine<U, E> {
         }
         let local = self.channels.get(&channel_id).copied().unwrap_or(0);
         let (pts, is_final, timeout) = match &difference.kind {
-            ChannelDifferenceKind::Empty { pts, is_final, timeout } => (*pts, *is_final, *timeout),
-            ChannelDifferenceKind::Difference { updates, pts, is_final, timeout, .. } => {
+            ChannelDifferenceKind::Empty {
+                pts,
+                is_final,
+                timeout,
+            } => (*pts, *is_final, *timeout),
+            ChannelDifferenceKind::Difference {
+                updates,
+                pts,
+                is_final,
+                timeout,
+                ..
+            } => {
                 for update in updates {
                     classify(update.sequence())?;
                 }
@@ -673,7 +752,11 @@ impl<U: Update, E: Entities> Engine<U, E> {
         };
         check_non_negative("channel pts", pts)?;
         if pts < local {
-            return Err(Error::Regression { sequence: "channel pts", local, received: pts });
+            return Err(Error::Regression {
+                sequence: "channel pts",
+                local,
+                received: pts,
+            });
         }
 
         self.requests.remove(&id);
@@ -684,7 +767,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
         }
         match difference.kind {
             ChannelDifferenceKind::Empty { .. } => {}
-            ChannelDifferenceKind::Difference { updates, entities, .. } => {
+            ChannelDifferenceKind::Difference {
+                updates, entities, ..
+            } => {
                 self.learn(entities);
                 for update in updates {
                     let place = classify(update.sequence()).unwrap_or(Place::Unordered);
@@ -709,7 +794,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
             self.open_change.channel(channel_id, reset);
         }
         if reset {
-            self.notify(Output::ChannelTooLong { channel_id, pts: Some(pts) });
+            self.notify(Output::ChannelTooLong {
+                channel_id,
+                pts: Some(pts),
+            });
         }
         if is_final {
             self.finish_channel(now, channel_id, timeout);
@@ -739,7 +827,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.pump_channel_queue();
             }
             (other, Failure::ChannelInaccessible) => {
-                return Err(Error::UnexpectedReply { id, expected: other.describe() });
+                return Err(Error::UnexpectedReply {
+                    id,
+                    expected: other.describe(),
+                });
             }
             (RequestFor::State | RequestFor::Difference, Failure::Retry { after }) => {
                 self.requests.remove(&id);
@@ -902,7 +993,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
         }
         if !self.open_channels.contains(&channel_id) {
             if self.open_channels.len() >= self.config.max_open_channels {
-                return Err(Error::TooManyOpenChannels { limit: self.config.max_open_channels });
+                return Err(Error::TooManyOpenChannels {
+                    limit: self.config.max_open_channels,
+                });
             }
             self.open_channels.insert(channel_id);
         }
@@ -927,7 +1020,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// Sends one checked update to its sequence. Unordered updates are delivered, or kept for
     /// their container's `seq` when `container` is given. Returns true when the update waits
     /// (buffered behind a gap or an in-flight request).
-    fn route(&mut self, now: Instant, place: Place, update: U, container: Option<&mut Vec<U>>) -> bool {
+    fn route(
+        &mut self,
+        now: Instant,
+        place: Place,
+        update: U,
+        container: Option<&mut Vec<U>>,
+    ) -> bool {
         match place {
             Place::Unordered => {
                 match container {
@@ -942,9 +1041,11 @@ impl<U: Update, E: Entities> Engine<U, E> {
             Place::Qts { start, end } => {
                 self.offer_common(now, Slot::Qts, start, end, Entry::Update(update))
             }
-            Place::Channel { channel_id, start, end } => {
-                self.offer_channel(now, channel_id, start, end, Entry::Update(update))
-            }
+            Place::Channel {
+                channel_id,
+                start,
+                end,
+            } => self.offer_channel(now, channel_id, start, end, Entry::Update(update)),
             Place::ChannelTooLong { channel_id, pts } => {
                 self.channel_too_long(channel_id, pts);
                 false
@@ -961,7 +1062,14 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// Invariant (nothing after a gap is delivered early): an entry is applied only when its
     /// range starts exactly at the local value, and held back whenever a request is in flight
     /// for the box, because the reply may carry it too.
-    fn offer_common(&mut self, now: Instant, slot: Slot, start: i32, end: i32, entry: Entry<U>) -> bool {
+    fn offer_common(
+        &mut self,
+        now: Instant,
+        slot: Slot,
+        start: i32,
+        end: i32,
+        entry: Entry<U>,
+    ) -> bool {
         if self.common_held() {
             return self.buffer_common(now, slot, start, end, entry);
         }
@@ -980,7 +1088,14 @@ impl<U: Update, E: Entities> Engine<U, E> {
         }
     }
 
-    fn buffer_common(&mut self, now: Instant, slot: Slot, start: i32, end: i32, entry: Entry<U>) -> bool {
+    fn buffer_common(
+        &mut self,
+        now: Instant,
+        slot: Slot,
+        start: i32,
+        end: i32,
+        entry: Entry<U>,
+    ) -> bool {
         let over_cap = self.common.buffer(slot).len() >= self.config.max_buffered_per_sequence
             || self.buffered_total >= self.config.max_buffered_total;
         if over_cap {
@@ -1039,7 +1154,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
     fn drain_slot(&mut self, slot: Slot) {
         loop {
             let local = self.local(slot);
-            let Some((kind, pending)) = self.common.buffer(slot).pop_ready(local) else { break };
+            let Some((kind, pending)) = self.common.buffer(slot).pop_ready(local) else {
+                break;
+            };
             self.buffered_total -= 1;
             match kind {
                 Fit::Next => self.apply_common(slot, pending.end, pending.item),
@@ -1058,7 +1175,14 @@ impl<U: Update, E: Entities> Engine<U, E> {
     fn settle_common(&mut self, now: Instant) {
         let empty = self.common.is_empty();
         let idle = self.common.fetch.state == FetchState::Idle && self.has_state;
-        settle(&mut self.common.fetch, &mut self.stats, empty, idle, now, self.config.gap_timeout);
+        settle(
+            &mut self.common.fetch,
+            &mut self.stats,
+            empty,
+            idle,
+            now,
+            self.config.gap_timeout,
+        );
         self.reschedule_common();
     }
 
@@ -1078,7 +1202,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
             self.apply_entry(entry);
             return false;
         };
-        let held = self.channel_boxes.get(&channel_id).is_some_and(|c| c.fetch.in_flight());
+        let held = self
+            .channel_boxes
+            .get(&channel_id)
+            .is_some_and(|c| c.fetch.in_flight());
         if held {
             return self.buffer_channel(now, channel_id, start, end, entry);
         }
@@ -1109,7 +1236,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
     ) -> bool {
         let total_full = self.buffered_total >= self.config.max_buffered_total;
         let per_sequence = self.config.max_buffered_per_sequence;
-        let channel = self.channel_boxes.entry(channel_id).or_insert_with(ChannelBox::new);
+        let channel = self
+            .channel_boxes
+            .entry(channel_id)
+            .or_insert_with(ChannelBox::new);
         if total_full || channel.buffer.len() >= per_sequence {
             // Invariant (bounded memory), as for the common box.
             self.stats.buffer_overflows += 1;
@@ -1153,9 +1283,15 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
     fn drain_channel(&mut self, channel_id: ChannelId) {
         loop {
-            let Some(&local) = self.channels.get(&channel_id) else { return };
-            let Some(channel) = self.channel_boxes.get_mut(&channel_id) else { return };
-            let Some((kind, pending)) = channel.buffer.pop_ready(local) else { return };
+            let Some(&local) = self.channels.get(&channel_id) else {
+                return;
+            };
+            let Some(channel) = self.channel_boxes.get_mut(&channel_id) else {
+                return;
+            };
+            let Some((kind, pending)) = channel.buffer.pop_ready(local) else {
+                return;
+            };
             self.buffered_total -= 1;
             match kind {
                 Fit::Next => self.apply_channel(channel_id, pending.end, pending.item),
@@ -1168,7 +1304,14 @@ impl<U: Update, E: Entities> Engine<U, E> {
         if let Some(channel) = self.channel_boxes.get_mut(&channel_id) {
             let empty = channel.buffer.is_empty();
             let idle = channel.fetch.state == FetchState::Idle;
-            settle(&mut channel.fetch, &mut self.stats, empty, idle, now, self.config.gap_timeout);
+            settle(
+                &mut channel.fetch,
+                &mut self.stats,
+                empty,
+                idle,
+                now,
+                self.config.gap_timeout,
+            );
         }
         self.reschedule_channel(channel_id);
         self.release_channel(channel_id);
@@ -1186,9 +1329,15 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.stats.too_long += 1;
                 self.channels.insert(channel_id, pts);
                 self.open_change.channel(channel_id, true);
-                self.notify(Output::ChannelTooLong { channel_id, pts: Some(pts) });
+                self.notify(Output::ChannelTooLong {
+                    channel_id,
+                    pts: Some(pts),
+                });
             }
-            (None, None) => self.notify(Output::ChannelTooLong { channel_id, pts: None }),
+            (None, None) => self.notify(Output::ChannelTooLong {
+                channel_id,
+                pts: None,
+            }),
         }
     }
 
@@ -1243,7 +1392,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
         if !self.channels.contains_key(&channel_id) {
             return;
         }
-        let channel = self.channel_boxes.entry(channel_id).or_insert_with(ChannelBox::new);
+        let channel = self
+            .channel_boxes
+            .entry(channel_id)
+            .or_insert_with(ChannelBox::new);
         match channel.fetch.state {
             FetchState::InFlight(_) => channel.fetch.refetch = true,
             FetchState::Queued => {}
@@ -1270,7 +1422,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
         self.stats.channel_difference_requests += 1;
         let id = self.send(kind, RequestFor::Channel(channel_id));
         self.channel_requests_in_flight += 1;
-        let channel = self.channel_boxes.entry(channel_id).or_insert_with(ChannelBox::new);
+        let channel = self
+            .channel_boxes
+            .entry(channel_id)
+            .or_insert_with(ChannelBox::new);
         channel.fetch.state = FetchState::InFlight(id);
         channel.fetch.gap_deadline = None;
         channel.fetch.poll_at = None;
@@ -1280,7 +1435,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
     fn finish_channel(&mut self, now: Instant, channel_id: ChannelId, timeout: Option<i32>) {
         let poll = self.open_channels.contains(&channel_id).then(|| {
             match timeout.filter(|&seconds| seconds > 0) {
-                Some(seconds) => now + std::time::Duration::from_secs(seconds.unsigned_abs().into()),
+                Some(seconds) => {
+                    now + std::time::Duration::from_secs(seconds.unsigned_abs().into())
+                }
                 None => now + self.config.open_channel_poll,
             }
         });
@@ -1307,7 +1464,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
     fn pump_channel_queue(&mut self) {
         while self.channel_requests_in_flight < self.config.max_concurrent_channel_requests {
-            let Some(channel_id) = self.channel_queue.pop_front() else { return };
+            let Some(channel_id) = self.channel_queue.pop_front() else {
+                return;
+            };
             let queued = self
                 .channel_boxes
                 .get(&channel_id)
@@ -1343,14 +1502,18 @@ impl<U: Update, E: Entities> Engine<U, E> {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         self.requests.insert(id, target);
-        self.outputs.push_back(Output::Request(Request { id, kind }));
+        self.outputs
+            .push_back(Output::Request(Request { id, kind }));
         id
     }
 
     fn expect_request(&self, id: RequestId, expected: RequestFor) -> Result<(), Error> {
         match self.requests.get(&id) {
             Some(&target) if target == expected => Ok(()),
-            Some(&target) => Err(Error::UnexpectedReply { id, expected: target.describe() }),
+            Some(&target) => Err(Error::UnexpectedReply {
+                id,
+                expected: target.describe(),
+            }),
             None => Err(Error::UnknownRequest(id)),
         }
     }
@@ -1359,7 +1522,11 @@ impl<U: Update, E: Entities> Engine<U, E> {
     fn check_difference(&self, difference: &Difference<U, E>) -> Result<(), Error> {
         let regression = |sequence, local: i32, received: i32| {
             if received < local {
-                Err(Error::Regression { sequence, local, received })
+                Err(Error::Regression {
+                    sequence,
+                    local,
+                    received,
+                })
             } else {
                 Ok(())
             }
@@ -1399,7 +1566,12 @@ impl<U: Update, E: Entities> Engine<U, E> {
         if let Some(channel) = self.channel_boxes.get_mut(&channel_id) {
             let wanted = channel.fetch.deadline();
             let scheduled = &mut channel.fetch.scheduled;
-            reschedule(&mut self.timers, scheduled, wanted, Timer::Channel(channel_id));
+            reschedule(
+                &mut self.timers,
+                scheduled,
+                wanted,
+                Timer::Channel(channel_id),
+            );
         }
     }
 
@@ -1421,7 +1593,12 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// timer is moved when it fires, which keeps the hot path free of timer-set updates.
     fn arm_idle(&mut self) {
         let wanted = Some(self.last_activity + self.config.idle_timeout);
-        reschedule(&mut self.timers, &mut self.idle_scheduled, wanted, Timer::Idle);
+        reschedule(
+            &mut self.timers,
+            &mut self.idle_scheduled,
+            wanted,
+            Timer::Idle,
+        );
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1471,7 +1648,11 @@ impl<U: Update, E: Entities> Engine<U, E> {
             .iter()
             .filter_map(|&(channel_id, reset)| {
                 let pts = *self.channels.get(&channel_id)?;
-                Some(ChannelCommit { channel_id, pts, reset })
+                Some(ChannelCommit {
+                    channel_id,
+                    pts,
+                    reset,
+                })
             })
             .collect();
         dedup_channels(&mut channels);
@@ -1492,7 +1673,11 @@ impl<U: Update, E: Entities> Engine<U, E> {
             }));
             id
         });
-        self.unacked.push_back(PendingCommit { batch, acked: batch.is_none(), commit });
+        self.unacked.push_back(PendingCommit {
+            batch,
+            acked: batch.is_none(),
+            commit,
+        });
         self.flush_commits();
     }
 
@@ -1500,7 +1685,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
     fn flush_commits(&mut self) {
         let mut merged: Option<Commit> = None;
         while self.unacked.front().is_some_and(|p| p.acked) {
-            let Some(pending) = self.unacked.pop_front() else { break };
+            let Some(pending) = self.unacked.pop_front() else {
+                break;
+            };
             match merged.as_mut() {
                 Some(merged) => merge_commit(merged, pending.commit),
                 None => merged = Some(pending.commit),

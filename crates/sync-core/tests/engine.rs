@@ -1,5 +1,5 @@
 //! Scripted exchanges with the engine on a fake clock, one rule each.
-#![allow(missing_docs, clippy::unwrap_used)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 
@@ -14,7 +14,12 @@ use sync_core::{
 const GAP: Duration = Duration::from_millis(500);
 
 fn difference(updates: Vec<Up>, state: State) -> Difference<Up, Ents> {
-    Difference::Difference { updates, entities: Ents::default(), state, slice: false }
+    Difference::Difference {
+        updates,
+        entities: Ents::default(),
+        state,
+        slice: false,
+    }
 }
 
 fn channel_difference(
@@ -36,7 +41,13 @@ fn channel_difference(
 }
 
 fn combined(updates: Vec<Up>, seq_start: i32, seq: i32) -> Updates<Up, Ents> {
-    Updates::Combined { updates, entities: Ents::default(), date: 2_000, seq_start, seq }
+    Updates::Combined {
+        updates,
+        entities: Ents::default(),
+        date: 2_000,
+        seq_start,
+        seq,
+    }
 }
 
 #[test]
@@ -70,7 +81,10 @@ fn zero_count_update_applies_at_its_pts() {
 fn gap_filled_within_the_wait_needs_no_request() {
     let mut h = Harness::ready();
     h.push_all([pts(102), pts(103)]);
-    assert!(h.take_delivered().is_empty(), "nothing after a gap is delivered");
+    assert!(
+        h.take_delivered().is_empty(),
+        "nothing after a gap is delivered"
+    );
     assert_eq!(h.engine.poll_timeout(), Some(h.now + GAP));
     h.advance(Duration::from_millis(300));
     h.push(pts(101));
@@ -90,11 +104,20 @@ fn gap_not_filled_fetches_the_difference_and_drops_what_it_covers() {
     let request = h.take_request();
     assert_eq!(
         request.kind,
-        RequestKind::GetDifference { pts: 100, qts: 50, date: STATE.date, pts_total_limit: Some(5_000) }
+        RequestKind::GetDifference {
+            pts: 100,
+            qts: 50,
+            date: STATE.date,
+            pts_total_limit: Some(5_000)
+        }
     );
     let state = State { pts: 103, ..STATE };
     h.engine
-        .handle_difference(h.now, request.id, difference(vec![pts(101), pts(102), pts(103)], state))
+        .handle_difference(
+            h.now,
+            request.id,
+            difference(vec![pts(101), pts(102), pts(103)], state),
+        )
         .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [pts(101), pts(102), pts(103), pts(104)]);
@@ -115,7 +138,11 @@ fn updates_during_an_in_flight_difference_are_held_and_reconciled() {
     assert!(h.take_delivered().is_empty());
     let state = State { pts: 103, ..STATE };
     h.engine
-        .handle_difference(h.now, request.id, difference(vec![pts(101), pts(102), pts(103)], state))
+        .handle_difference(
+            h.now,
+            request.id,
+            difference(vec![pts(101), pts(102), pts(103)], state),
+        )
         .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [pts(101), pts(102), pts(103), pts(104)]);
@@ -137,7 +164,10 @@ fn difference_slices_are_followed_until_the_end() {
     h.engine.handle_difference(h.now, first.id, slice).unwrap();
     h.pump();
     let second = h.take_request();
-    assert!(matches!(second.kind, RequestKind::GetDifference { pts: 150, .. }));
+    assert!(matches!(
+        second.kind,
+        RequestKind::GetDifference { pts: 150, .. }
+    ));
     let rest = difference((151..=199).map(pts).collect(), State { pts: 199, ..STATE });
     h.engine.handle_difference(h.now, second.id, rest).unwrap();
     h.pump();
@@ -152,7 +182,9 @@ fn updates_too_long_and_difference_too_long_jump_and_refetch() {
     h.engine.handle_updates(h.now, Updates::TooLong).unwrap();
     h.pump();
     let request = h.take_request();
-    h.engine.handle_difference(h.now, request.id, Difference::TooLong { pts: 5_000 }).unwrap();
+    h.engine
+        .handle_difference(h.now, request.id, Difference::TooLong { pts: 5_000 })
+        .unwrap();
     h.pump();
     assert!(h.notes.contains(&Output::DifferenceTooLong { pts: 5_000 }));
     let commit = h.commits.last().unwrap();
@@ -160,12 +192,30 @@ fn updates_too_long_and_difference_too_long_jump_and_refetch() {
     assert_eq!(commit.state.unwrap().pts, 5_000);
     // The rest of the state is caught up from the new pts.
     let again = h.take_request();
-    assert!(matches!(again.kind, RequestKind::GetDifference { pts: 5_000, .. }));
+    assert!(matches!(
+        again.kind,
+        RequestKind::GetDifference { pts: 5_000, .. }
+    ));
     h.engine
-        .handle_difference(h.now, again.id, Difference::Empty { date: 3_000, seq: 12 })
+        .handle_difference(
+            h.now,
+            again.id,
+            Difference::Empty {
+                date: 3_000,
+                seq: 12,
+            },
+        )
         .unwrap();
     h.pump();
-    assert_eq!(h.engine.state().unwrap(), State { pts: 5_000, qts: 50, date: 3_000, seq: 12 });
+    assert_eq!(
+        h.engine.state().unwrap(),
+        State {
+            pts: 5_000,
+            qts: 50,
+            date: 3_000,
+            seq: 12
+        }
+    );
     h.push(pts(5_001));
     assert_eq!(h.take_delivered(), [pts(5_001)]);
 }
@@ -194,10 +244,14 @@ fn seq_containers_order_their_unordered_updates() {
     let mut h = Harness::ready();
     // seq 12 arrives before 11: its pts update applies at once (pts is in order), its plain
     // update waits for seq 11.
-    h.engine.handle_updates(h.now, combined(vec![pts(101), Up::Plain(2)], 12, 12)).unwrap();
+    h.engine
+        .handle_updates(h.now, combined(vec![pts(101), Up::Plain(2)], 12, 12))
+        .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [pts(101)]);
-    h.engine.handle_updates(h.now, combined(vec![Up::Plain(1)], 11, 11)).unwrap();
+    h.engine
+        .handle_updates(h.now, combined(vec![Up::Plain(1)], 11, 11))
+        .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [Up::Plain(1), Up::Plain(2)]);
     let state = h.engine.state().unwrap();
@@ -209,14 +263,18 @@ fn all_duplicate_container_still_advances_seq_and_date() {
     let mut h = Harness::ready();
     h.push(pts(101));
     h.take_delivered();
-    h.engine.handle_updates(h.now, combined(vec![pts(101)], 11, 11)).unwrap();
+    h.engine
+        .handle_updates(h.now, combined(vec![pts(101)], 11, 11))
+        .unwrap();
     h.pump();
     assert!(h.take_delivered().is_empty());
     let state = h.engine.state().unwrap();
     assert_eq!((state.seq, state.date), (11, 2_000));
     assert_eq!(h.last_commit_state().unwrap().seq, 11);
     // A container already applied is dropped whole.
-    h.engine.handle_updates(h.now, combined(vec![Up::Plain(9)], 9, 10)).unwrap();
+    h.engine
+        .handle_updates(h.now, combined(vec![Up::Plain(9)], 9, 10))
+        .unwrap();
     h.pump();
     assert!(h.take_delivered().is_empty());
 }
@@ -224,7 +282,9 @@ fn all_duplicate_container_still_advances_seq_and_date() {
 #[test]
 fn seq_gap_is_resolved_by_difference() {
     let mut h = Harness::ready();
-    h.engine.handle_updates(h.now, combined(vec![Up::Plain(3)], 13, 13)).unwrap();
+    h.engine
+        .handle_updates(h.now, combined(vec![Up::Plain(3)], 13, 13))
+        .unwrap();
     h.pump();
     h.fire_next();
     let request = h.take_request();
@@ -232,11 +292,17 @@ fn seq_gap_is_resolved_by_difference() {
         .handle_difference(
             h.now,
             request.id,
-            difference(vec![Up::Plain(1), Up::Plain(2), Up::Plain(3)], State { seq: 13, ..STATE }),
+            difference(
+                vec![Up::Plain(1), Up::Plain(2), Up::Plain(3)],
+                State { seq: 13, ..STATE },
+            ),
         )
         .unwrap();
     h.pump();
-    assert_eq!(h.take_delivered(), [Up::Plain(1), Up::Plain(2), Up::Plain(3)]);
+    assert_eq!(
+        h.take_delivered(),
+        [Up::Plain(1), Up::Plain(2), Up::Plain(3)]
+    );
     assert_eq!(h.engine.stats().duplicates_dropped, 1);
 }
 
@@ -247,23 +313,55 @@ fn channels_apply_in_order_and_fetch_their_own_difference() {
     assert_eq!(h.take_delivered(), [Up::Chan(7, 11, 1)]);
     h.fire_next();
     let request = h.take_request();
-    assert_eq!(request.kind, RequestKind::GetChannelDifference { channel_id: 7, pts: 11, limit: 100 });
+    assert_eq!(
+        request.kind,
+        RequestKind::GetChannelDifference {
+            channel_id: 7,
+            pts: 11,
+            limit: 100
+        }
+    );
     // Not final: the engine asks again at once, from the new pts.
     h.engine
-        .handle_channel_difference(h.now, request.id, channel_difference(7, vec![Up::Chan(7, 12, 1)], 12, false))
+        .handle_channel_difference(
+            h.now,
+            request.id,
+            channel_difference(7, vec![Up::Chan(7, 12, 1)], 12, false),
+        )
         .unwrap();
     h.pump();
     let again = h.take_request();
-    assert_eq!(again.kind, RequestKind::GetChannelDifference { channel_id: 7, pts: 12, limit: 100 });
+    assert_eq!(
+        again.kind,
+        RequestKind::GetChannelDifference {
+            channel_id: 7,
+            pts: 12,
+            limit: 100
+        }
+    );
     h.engine
-        .handle_channel_difference(h.now, again.id, channel_difference(7, vec![Up::Chan(7, 13, 1)], 13, true))
+        .handle_channel_difference(
+            h.now,
+            again.id,
+            channel_difference(7, vec![Up::Chan(7, 13, 1)], 13, true),
+        )
         .unwrap();
     h.pump();
-    assert_eq!(h.take_delivered(), [Up::Chan(7, 12, 1), Up::Chan(7, 13, 1), Up::Chan(7, 14, 1)]);
+    assert_eq!(
+        h.take_delivered(),
+        [Up::Chan(7, 12, 1), Up::Chan(7, 13, 1), Up::Chan(7, 14, 1)]
+    );
     assert_eq!(h.engine.channel_pts(7), Some(14));
     assert!(h.requests.is_empty());
     let last = h.commits.last().unwrap();
-    assert_eq!(last.channels, [ChannelCommit { channel_id: 7, pts: 14, reset: false }]);
+    assert_eq!(
+        last.channels,
+        [ChannelCommit {
+            channel_id: 7,
+            pts: 14,
+            reset: false
+        }]
+    );
 }
 
 #[test]
@@ -272,7 +370,14 @@ fn bots_ask_for_large_channel_differences() {
     h.push(Up::Chan(7, 12, 1));
     h.fire_next();
     let request = h.take_request();
-    assert_eq!(request.kind, RequestKind::GetChannelDifference { channel_id: 7, pts: 10, limit: 100_000 });
+    assert_eq!(
+        request.kind,
+        RequestKind::GetChannelDifference {
+            channel_id: 7,
+            pts: 10,
+            limit: 100_000
+        }
+    );
 }
 
 #[test]
@@ -282,16 +387,36 @@ fn channel_too_long_fetches_and_never_rewinds() {
     assert!(h.requests.is_empty(), "an older pts is no news");
     h.push(Up::ChanTooLong(7, None));
     let request = h.take_request();
-    assert_eq!(request.kind, RequestKind::GetChannelDifference { channel_id: 7, pts: 10, limit: 100 });
+    assert_eq!(
+        request.kind,
+        RequestKind::GetChannelDifference {
+            channel_id: 7,
+            pts: 10,
+            limit: 100
+        }
+    );
     let too_long = ChannelDifference {
         channel_id: 7,
-        kind: ChannelDifferenceKind::TooLong { pts: 500, entities: Ents::default(), timeout: None },
+        kind: ChannelDifferenceKind::TooLong {
+            pts: 500,
+            entities: Ents::default(),
+            timeout: None,
+        },
     };
-    h.engine.handle_channel_difference(h.now, request.id, too_long).unwrap();
+    h.engine
+        .handle_channel_difference(h.now, request.id, too_long)
+        .unwrap();
     h.pump();
-    assert!(h.notes.contains(&Output::ChannelTooLong { channel_id: 7, pts: Some(500) }));
+    assert!(h.notes.contains(&Output::ChannelTooLong {
+        channel_id: 7,
+        pts: Some(500)
+    }));
     assert_eq!(h.engine.channel_pts(7), Some(500));
-    assert!(h.commits.last().unwrap().channels.contains(&ChannelCommit { channel_id: 7, pts: 500, reset: true }));
+    assert!(h.commits.last().unwrap().channels.contains(&ChannelCommit {
+        channel_id: 7,
+        pts: 500,
+        reset: true
+    }));
     h.push(Up::Chan(7, 501, 1));
     assert_eq!(h.take_delivered(), [Up::Chan(7, 501, 1)]);
 }
@@ -300,7 +425,10 @@ fn channel_too_long_fetches_and_never_rewinds() {
 fn unknown_channel_too_long_is_reported() {
     let mut h = Harness::ready();
     h.push(Up::ChanTooLong(9, None));
-    assert!(h.notes.contains(&Output::ChannelTooLong { channel_id: 9, pts: None }));
+    assert!(h.notes.contains(&Output::ChannelTooLong {
+        channel_id: 9,
+        pts: None
+    }));
     assert!(h.requests.is_empty());
     h.engine.track_channel(9, 40).unwrap();
     h.push(Up::Chan(9, 41, 1));
@@ -321,16 +449,34 @@ fn channel_updates_in_a_common_difference_follow_the_channel_sequence() {
     h.push(pts(102));
     h.fire_next();
     let request = h.take_request();
-    let updates = vec![pts(101), Up::Chan(7, 11, 1), Up::Chan(7, 13, 1), pts(102), Up::ChanTooLong(8, Some(3))];
-    h.engine.handle_difference(h.now, request.id, difference(updates, State { pts: 102, ..STATE })).unwrap();
+    let updates = vec![
+        pts(101),
+        Up::Chan(7, 11, 1),
+        Up::Chan(7, 13, 1),
+        pts(102),
+        Up::ChanTooLong(8, Some(3)),
+    ];
+    h.engine
+        .handle_difference(
+            h.now,
+            request.id,
+            difference(updates, State { pts: 102, ..STATE }),
+        )
+        .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [pts(101), Up::Chan(7, 11, 1), pts(102)]);
-    assert!(h.notes.contains(&Output::ChannelTooLong { channel_id: 8, pts: Some(3) }));
+    assert!(h.notes.contains(&Output::ChannelTooLong {
+        channel_id: 8,
+        pts: Some(3)
+    }));
 }
 
 #[test]
 fn channel_requests_are_bounded() {
-    let config = Config { max_concurrent_channel_requests: 2, ..Config::default() };
+    let config = Config {
+        max_concurrent_channel_requests: 2,
+        ..Config::default()
+    };
     let mut h = Harness::ready_with(config, [(1, 10), (2, 10), (3, 10)]);
     for channel in 1..=3 {
         h.push(Up::ChanTooLong(channel, None));
@@ -338,23 +484,42 @@ fn channel_requests_are_bounded() {
     assert_eq!(h.requests.len(), 2, "the third waits for a free slot");
     let first = h.take_request();
     h.engine
-        .handle_channel_difference(h.now, first.id, ChannelDifference {
-            channel_id: 1,
-            kind: ChannelDifferenceKind::Empty { pts: 10, is_final: true, timeout: None },
-        })
+        .handle_channel_difference(
+            h.now,
+            first.id,
+            ChannelDifference {
+                channel_id: 1,
+                kind: ChannelDifferenceKind::Empty {
+                    pts: 10,
+                    is_final: true,
+                    timeout: None,
+                },
+            },
+        )
         .unwrap();
     h.pump();
     assert_eq!(h.requests.len(), 2);
-    assert!(matches!(h.requests[1].kind, RequestKind::GetChannelDifference { channel_id: 3, .. }));
+    assert!(matches!(
+        h.requests[1].kind,
+        RequestKind::GetChannelDifference { channel_id: 3, .. }
+    ));
 }
 
 #[test]
 fn startup_catches_up_stored_channels_only_when_asked() {
     let h = Harness::resumed(Config::default(), [(1, 10), (2, 10)]);
     assert_eq!(h.requests.len(), 1, "getDifference only");
-    let config = Config { catch_up_channels: true, max_concurrent_channel_requests: 1, ..Config::default() };
+    let config = Config {
+        catch_up_channels: true,
+        max_concurrent_channel_requests: 1,
+        ..Config::default()
+    };
     let h = Harness::resumed(config, [(1, 10), (2, 10)]);
-    assert_eq!(h.requests.len(), 2, "getDifference and one channel, the other queued");
+    assert_eq!(
+        h.requests.len(),
+        2,
+        "getDifference and one channel, the other queued"
+    );
 }
 
 #[test]
@@ -367,7 +532,11 @@ fn fresh_start_asks_for_the_state_and_holds_pushes_meanwhile() {
     assert!(h.take_delivered().is_empty());
     h.engine.handle_state(h.now, request.id, STATE).unwrap();
     h.pump();
-    assert_eq!(h.take_delivered(), [pts(101)], "pts 100 is covered by the state");
+    assert_eq!(
+        h.take_delivered(),
+        [pts(101)],
+        "pts 100 is covered by the state"
+    );
     let commit = &h.commits[0];
     assert!(commit.state_reset);
 }
@@ -378,38 +547,62 @@ fn idle_timeout_asks_for_the_difference() {
     h.advance(Duration::from_secs(14 * 60));
     h.push(pts(101));
     h.advance(Duration::from_secs(2 * 60));
-    assert!(h.requests.is_empty(), "the idle clock restarts on every push");
+    assert!(
+        h.requests.is_empty(),
+        "the idle clock restarts on every push"
+    );
     h.advance(Duration::from_secs(14 * 60));
     let request = h.take_request();
-    assert!(matches!(request.kind, RequestKind::GetDifference { pts: 101, .. }));
+    assert!(matches!(
+        request.kind,
+        RequestKind::GetDifference { pts: 101, .. }
+    ));
 }
 
 #[test]
 fn buffer_cap_overflow_switches_to_the_difference() {
-    let config = Config { max_buffered_per_sequence: 3, ..Config::default() };
+    let config = Config {
+        max_buffered_per_sequence: 3,
+        ..Config::default()
+    };
     let mut h = Harness::ready_with(config, []);
     h.push_all([pts(102), pts(103), pts(104)]);
     assert!(h.requests.is_empty());
     h.push(pts(105));
     let request = h.take_request();
-    assert!(matches!(request.kind, RequestKind::GetDifference { pts: 100, .. }));
+    assert!(matches!(
+        request.kind,
+        RequestKind::GetDifference { pts: 100, .. }
+    ));
     assert_eq!(h.engine.stats().buffered_now, 0);
     assert_eq!(h.engine.stats().buffer_overflows, 1);
     let state = State { pts: 105, ..STATE };
-    h.engine.handle_difference(h.now, request.id, difference((101..=105).map(pts).collect(), state)).unwrap();
+    h.engine
+        .handle_difference(
+            h.now,
+            request.id,
+            difference((101..=105).map(pts).collect(), state),
+        )
+        .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), (101..=105).map(pts).collect::<Vec<_>>());
 }
 
 #[test]
 fn total_cap_is_shared_by_all_sequences() {
-    let config = Config { max_buffered_total: 2, ..Config::default() };
+    let config = Config {
+        max_buffered_total: 2,
+        ..Config::default()
+    };
     let mut h = Harness::ready_with(config, [(1, 10)]);
     h.push_all([pts(102), Up::Chan(1, 12, 1)]);
     assert_eq!(h.engine.stats().buffered_now, 2);
     h.push(Up::Qts(52));
     assert_eq!(h.engine.stats().buffered_now, 2);
-    assert!(matches!(h.take_request().kind, RequestKind::GetDifference { .. }));
+    assert!(matches!(
+        h.take_request().kind,
+        RequestKind::GetDifference { .. }
+    ));
 }
 
 #[test]
@@ -428,7 +621,10 @@ fn commits_never_run_ahead_of_acknowledgements() {
     h.pump();
     assert_eq!(h.commits.len(), 1);
     assert_eq!(h.commits[0].state.unwrap().pts, 102);
-    assert_eq!(h.engine.ack(h.unacked[0]), Err(Error::UnknownBatch(h.unacked[0])));
+    assert_eq!(
+        h.engine.ack(h.unacked[0]),
+        Err(Error::UnknownBatch(h.unacked[0]))
+    );
 }
 
 #[test]
@@ -438,28 +634,51 @@ fn failures_back_off_and_honour_flood_wait() {
     h.pump();
     let request = h.take_request();
     h.engine
-        .handle_failure(h.now, request.id, Failure::Retry { after: Some(Duration::from_secs(7)) })
+        .handle_failure(
+            h.now,
+            request.id,
+            Failure::Retry {
+                after: Some(Duration::from_secs(7)),
+            },
+        )
         .unwrap();
     h.pump();
-    assert_eq!(h.engine.poll_timeout(), Some(h.now + Duration::from_secs(7)));
+    assert_eq!(
+        h.engine.poll_timeout(),
+        Some(h.now + Duration::from_secs(7))
+    );
     h.advance(Duration::from_secs(6));
     assert!(h.requests.is_empty());
     h.advance(Duration::from_secs(1));
     let retry = h.take_request();
     assert_ne!(retry.id, request.id);
-    h.engine.handle_failure(h.now, retry.id, Failure::Retry { after: None }).unwrap();
+    h.engine
+        .handle_failure(h.now, retry.id, Failure::Retry { after: None })
+        .unwrap();
     h.pump();
     // The second failure in a row waits twice the base delay.
-    assert_eq!(h.engine.poll_timeout(), Some(h.now + Duration::from_secs(1)));
+    assert_eq!(
+        h.engine.poll_timeout(),
+        Some(h.now + Duration::from_secs(1))
+    );
     // Pushes during the backoff apply when contiguous.
     h.push(pts(101));
     assert_eq!(h.take_delivered(), [pts(101)]);
     h.fire_next();
     let third = h.take_request();
-    assert!(matches!(third.kind, RequestKind::GetDifference { pts: 101, .. }));
-    h.engine.handle_failure(h.now, third.id, Failure::Retry { after: None }).unwrap();
+    assert!(matches!(
+        third.kind,
+        RequestKind::GetDifference { pts: 101, .. }
+    ));
+    h.engine
+        .handle_failure(h.now, third.id, Failure::Retry { after: None })
+        .unwrap();
     h.pump();
-    assert_eq!(h.engine.poll_timeout(), Some(h.now + Duration::from_secs(2)), "doubled");
+    assert_eq!(
+        h.engine.poll_timeout(),
+        Some(h.now + Duration::from_secs(2)),
+        "doubled"
+    );
 }
 
 #[test]
@@ -468,7 +687,9 @@ fn inaccessible_channel_is_forgotten() {
     h.push(Up::Chan(7, 13, 1));
     h.fire_next();
     let request = h.take_request();
-    h.engine.handle_failure(h.now, request.id, Failure::ChannelInaccessible).unwrap();
+    h.engine
+        .handle_failure(h.now, request.id, Failure::ChannelInaccessible)
+        .unwrap();
     h.pump();
     assert!(h.notes.contains(&Output::ChannelClosed { channel_id: 7 }));
     assert_eq!(h.engine.channel_pts(7), None);
@@ -480,11 +701,28 @@ fn inaccessible_channel_is_forgotten() {
 fn affected_pts_advances_and_closes_gaps() {
     let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
     h.push(pts(103));
-    h.engine.handle_affected(h.now, Affected::Common { pts: 102, pts_count: 2 }).unwrap();
+    h.engine
+        .handle_affected(
+            h.now,
+            Affected::Common {
+                pts: 102,
+                pts_count: 2,
+            },
+        )
+        .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [pts(103)]);
     assert_eq!(h.engine.state().unwrap().pts, 103);
-    h.engine.handle_affected(h.now, Affected::Channel { channel_id: 7, pts: 12, pts_count: 2 }).unwrap();
+    h.engine
+        .handle_affected(
+            h.now,
+            Affected::Channel {
+                channel_id: 7,
+                pts: 12,
+                pts_count: 2,
+            },
+        )
+        .unwrap();
     h.pump();
     assert_eq!(h.engine.channel_pts(7), Some(12));
     h.advance(Duration::from_secs(1));
@@ -498,37 +736,68 @@ fn open_channels_are_polled_on_the_server_hint() {
     h.pump();
     let request = h.take_request();
     h.engine
-        .handle_channel_difference(h.now, request.id, ChannelDifference {
-            channel_id: 7,
-            kind: ChannelDifferenceKind::Empty { pts: 10, is_final: true, timeout: Some(20) },
-        })
+        .handle_channel_difference(
+            h.now,
+            request.id,
+            ChannelDifference {
+                channel_id: 7,
+                kind: ChannelDifferenceKind::Empty {
+                    pts: 10,
+                    is_final: true,
+                    timeout: Some(20),
+                },
+            },
+        )
         .unwrap();
     h.pump();
-    assert_eq!(h.engine.poll_timeout(), Some(h.now + Duration::from_secs(20)));
+    assert_eq!(
+        h.engine.poll_timeout(),
+        Some(h.now + Duration::from_secs(20))
+    );
     h.fire_next();
-    assert!(matches!(h.take_request().kind, RequestKind::GetChannelDifference { channel_id: 7, .. }));
+    assert!(matches!(
+        h.take_request().kind,
+        RequestKind::GetChannelDifference { channel_id: 7, .. }
+    ));
     // Closed channels are not polled, and a closed channel's timeout never delays pushes.
     let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
     h.push(Up::ChanTooLong(7, None));
     let request = h.take_request();
     h.engine
-        .handle_channel_difference(h.now, request.id, ChannelDifference {
-            channel_id: 7,
-            kind: ChannelDifferenceKind::Empty { pts: 10, is_final: true, timeout: Some(20) },
-        })
+        .handle_channel_difference(
+            h.now,
+            request.id,
+            ChannelDifference {
+                channel_id: 7,
+                kind: ChannelDifferenceKind::Empty {
+                    pts: 10,
+                    is_final: true,
+                    timeout: Some(20),
+                },
+            },
+        )
         .unwrap();
     h.pump();
-    assert_eq!(h.engine.poll_timeout(), Some(h.start + Duration::from_secs(15 * 60)));
+    assert_eq!(
+        h.engine.poll_timeout(),
+        Some(h.start + Duration::from_secs(15 * 60))
+    );
     h.push(Up::Chan(7, 11, 1));
     assert_eq!(h.take_delivered(), [Up::Chan(7, 11, 1)]);
 }
 
 #[test]
 fn too_many_open_channels_is_an_error() {
-    let config = Config { max_open_channels: 1, ..Config::default() };
+    let config = Config {
+        max_open_channels: 1,
+        ..Config::default()
+    };
     let mut h = Harness::ready_with(config, [(1, 1), (2, 1)]);
     h.engine.open_channel(1).unwrap();
-    assert_eq!(h.engine.open_channel(2), Err(Error::TooManyOpenChannels { limit: 1 }));
+    assert_eq!(
+        h.engine.open_channel(2),
+        Err(Error::TooManyOpenChannels { limit: 1 })
+    );
     assert_eq!(h.engine.open_channel(3), Err(Error::UnknownChannel(3)));
     h.engine.close_channel(1);
     h.engine.open_channel(2).unwrap();
@@ -538,22 +807,37 @@ fn too_many_open_channels_is_an_error() {
 fn min_channel_hashes_are_never_reported() {
     let mut h = Harness::ready();
     let entities = Ents(vec![
-        ChannelHash { channel_id: 1, access_hash: 11, min: false },
-        ChannelHash { channel_id: 2, access_hash: 22, min: true },
+        ChannelHash {
+            channel_id: 1,
+            access_hash: 11,
+            min: false,
+        },
+        ChannelHash {
+            channel_id: 2,
+            access_hash: 22,
+            min: true,
+        },
     ]);
     h.engine
-        .handle_updates(h.now, Updates::Combined {
-            updates: vec![pts(101)],
-            entities: entities.clone(),
-            date: 0,
-            seq_start: 0,
-            seq: 0,
-        })
+        .handle_updates(
+            h.now,
+            Updates::Combined {
+                updates: vec![pts(101)],
+                entities: entities.clone(),
+                date: 0,
+                seq_start: 0,
+                seq: 0,
+            },
+        )
         .unwrap();
     h.pump();
     assert_eq!(
         h.notes,
-        [Output::AccessHashes(vec![ChannelHash { channel_id: 1, access_hash: 11, min: false }])]
+        [Output::AccessHashes(vec![ChannelHash {
+            channel_id: 1,
+            access_hash: 11,
+            min: false
+        }])]
     );
 }
 
@@ -561,13 +845,34 @@ fn min_channel_hashes_are_never_reported() {
 fn malformed_pushes_are_refused_whole() {
     let mut h = Harness::ready();
     let bad = [
-        Updates::Short { update: Up::Pts(-1, 1), date: 0 },
-        Updates::Short { update: Up::Pts(5, 6), date: 0 },
-        Updates::Short { update: Up::Pts(5, -1), date: 0 },
-        Updates::Short { update: Up::Qts(-3), date: 0 },
-        Updates::Short { update: Up::Chan(0, 5, 1), date: 0 },
-        Updates::Short { update: Up::Chan(-4, 5, 1), date: 0 },
-        Updates::Short { update: Up::ChanTooLong(1, Some(-1)), date: 0 },
+        Updates::Short {
+            update: Up::Pts(-1, 1),
+            date: 0,
+        },
+        Updates::Short {
+            update: Up::Pts(5, 6),
+            date: 0,
+        },
+        Updates::Short {
+            update: Up::Pts(5, -1),
+            date: 0,
+        },
+        Updates::Short {
+            update: Up::Qts(-3),
+            date: 0,
+        },
+        Updates::Short {
+            update: Up::Chan(0, 5, 1),
+            date: 0,
+        },
+        Updates::Short {
+            update: Up::Chan(-4, 5, 1),
+            date: 0,
+        },
+        Updates::Short {
+            update: Up::ChanTooLong(1, Some(-1)),
+            date: 0,
+        },
         combined(vec![pts(101)], 0, 11),
         combined(vec![pts(101)], 12, 11),
         combined(vec![pts(101)], 1, -1),
@@ -581,7 +886,10 @@ fn malformed_pushes_are_refused_whole() {
         assert_eq!(h.engine.state(), Some(STATE));
         assert!(h.delivered.is_empty());
     }
-    let affected = Affected::Common { pts: 3, pts_count: 4 };
+    let affected = Affected::Common {
+        pts: 3,
+        pts_count: 4,
+    };
     assert!(h.engine.handle_affected(h.now, affected).is_err());
 }
 
@@ -589,9 +897,13 @@ fn malformed_pushes_are_refused_whole() {
 fn malformed_replies_are_refused_and_change_nothing() {
     let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
     let stranger = RequestId(999);
-    assert_eq!(h.engine.handle_state(h.now, stranger, STATE), Err(Error::UnknownRequest(stranger)));
     assert_eq!(
-        h.engine.handle_failure(h.now, stranger, Failure::Retry { after: None }),
+        h.engine.handle_state(h.now, stranger, STATE),
+        Err(Error::UnknownRequest(stranger))
+    );
+    assert_eq!(
+        h.engine
+            .handle_failure(h.now, stranger, Failure::Retry { after: None }),
         Err(Error::UnknownRequest(stranger))
     );
 
@@ -599,44 +911,65 @@ fn malformed_replies_are_refused_and_change_nothing() {
     h.fire_next();
     let request = h.take_request();
     // Wrong kind of reply, and states that move backwards.
-    assert!(matches!(h.engine.handle_state(h.now, request.id, STATE), Err(Error::UnexpectedReply { .. })));
     assert!(matches!(
-        h.engine.handle_channel_difference(h.now, request.id, channel_difference(7, vec![], 10, true)),
+        h.engine.handle_state(h.now, request.id, STATE),
         Err(Error::UnexpectedReply { .. })
     ));
-    for state in [State { pts: 99, ..STATE }, State { qts: 1, ..STATE }, State { seq: 2, ..STATE }] {
+    assert!(matches!(
+        h.engine.handle_channel_difference(
+            h.now,
+            request.id,
+            channel_difference(7, vec![], 10, true)
+        ),
+        Err(Error::UnexpectedReply { .. })
+    ));
+    for state in [
+        State { pts: 99, ..STATE },
+        State { qts: 1, ..STATE },
+        State { seq: 2, ..STATE },
+    ] {
         assert!(matches!(
-            h.engine.handle_difference(h.now, request.id, difference(vec![], state)),
+            h.engine
+                .handle_difference(h.now, request.id, difference(vec![], state)),
             Err(Error::Regression { .. })
         ));
     }
     assert!(matches!(
-        h.engine.handle_difference(h.now, request.id, Difference::TooLong { pts: 3 }),
+        h.engine
+            .handle_difference(h.now, request.id, Difference::TooLong { pts: 3 }),
         Err(Error::Regression { .. })
     ));
     assert!(matches!(
-        h.engine.handle_difference(h.now, request.id, Difference::Empty { date: 0, seq: 1 }),
+        h.engine
+            .handle_difference(h.now, request.id, Difference::Empty { date: 0, seq: 1 }),
         Err(Error::Regression { .. })
     ));
     assert!(matches!(
-        h.engine.handle_difference(h.now, request.id, difference(vec![Up::Qts(-1)], STATE)),
+        h.engine
+            .handle_difference(h.now, request.id, difference(vec![Up::Qts(-1)], STATE)),
         Err(Error::InvalidNumber { .. })
     ));
     assert!(matches!(
-        h.engine.handle_failure(h.now, request.id, Failure::ChannelInaccessible),
+        h.engine
+            .handle_failure(h.now, request.id, Failure::ChannelInaccessible),
         Err(Error::UnexpectedReply { .. })
     ));
     assert_eq!(h.engine.state(), Some(STATE));
     assert!(h.take_delivered().is_empty());
     // The request is still awaited, and a correct reply is accepted.
     h.engine
-        .handle_difference(h.now, request.id, difference(vec![pts(101)], State { pts: 101, ..STATE }))
+        .handle_difference(
+            h.now,
+            request.id,
+            difference(vec![pts(101)], State { pts: 101, ..STATE }),
+        )
         .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [pts(101), pts(102)]);
     // A reply to an answered request is refused.
     assert_eq!(
-        h.engine.handle_difference(h.now, request.id, Difference::Empty { date: 0, seq: 10 }),
+        h.engine
+            .handle_difference(h.now, request.id, Difference::Empty { date: 0, seq: 10 }),
         Err(Error::UnknownRequest(request.id))
     );
 
@@ -644,16 +977,32 @@ fn malformed_replies_are_refused_and_change_nothing() {
     h.fire_next();
     let channel = h.take_request();
     assert!(matches!(
-        h.engine.handle_channel_difference(h.now, channel.id, channel_difference(8, vec![], 12, true)),
-        Err(Error::ChannelMismatch { expected: 7, received: 8, .. })
+        h.engine.handle_channel_difference(
+            h.now,
+            channel.id,
+            channel_difference(8, vec![], 12, true)
+        ),
+        Err(Error::ChannelMismatch {
+            expected: 7,
+            received: 8,
+            ..
+        })
     ));
     assert!(matches!(
-        h.engine.handle_channel_difference(h.now, channel.id, channel_difference(7, vec![], 9, true)),
+        h.engine.handle_channel_difference(
+            h.now,
+            channel.id,
+            channel_difference(7, vec![], 9, true)
+        ),
         Err(Error::Regression { .. })
     ));
     assert_eq!(h.engine.channel_pts(7), Some(10));
     h.engine
-        .handle_channel_difference(h.now, channel.id, channel_difference(7, vec![Up::Chan(7, 11, 1)], 11, true))
+        .handle_channel_difference(
+            h.now,
+            channel.id,
+            channel_difference(7, vec![Up::Chan(7, 11, 1)], 11, true),
+        )
         .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [Up::Chan(7, 11, 1), Up::Chan(7, 12, 1)]);
@@ -677,7 +1026,11 @@ fn forgetting_a_channel_with_a_request_in_flight() {
     h.pump();
     assert_eq!(h.commits.last().unwrap().removed_channels, [7]);
     assert_eq!(
-        h.engine.handle_channel_difference(h.now, request.id, channel_difference(7, vec![], 11, true)),
+        h.engine.handle_channel_difference(
+            h.now,
+            request.id,
+            channel_difference(7, vec![], 11, true)
+        ),
         Err(Error::UnknownRequest(request.id))
     );
 }

@@ -124,6 +124,8 @@
 //! ```
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod observer;
 mod panic;
 mod receipt;

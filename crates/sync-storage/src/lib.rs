@@ -89,6 +89,8 @@ use std::sync::Arc;
 pub use sync_core::{ChannelCommit, ChannelId, Commit, State};
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod memory;
 mod rules;
 

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use sync_testkit::{Faults, Scenario, Workload};
 
 fn arg<T: std::str::FromStr>(index: usize, default: T) -> T {
-    std::env::args().nth(index).and_then(|a| a.parse().ok()).unwrap_or(default)
+    std::env::args()
+        .nth(index)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> ExitCode {
@@ -32,7 +35,10 @@ fn main() -> ExitCode {
     );
     let scenario = Scenario::new(seed)
         .events(events)
-        .workload(Workload { channels, ..Workload::default() })
+        .workload(Workload {
+            channels,
+            ..Workload::default()
+        })
         .faults(faults)
         .crashes(2)
         .ack_delay(Duration::from_millis(30));
@@ -42,24 +48,50 @@ fn main() -> ExitCode {
     match outcome {
         Ok(report) => {
             let s = report.stats;
-            println!("\nall checks passed: every update exactly once, in order; final state equals the server's");
+            println!(
+                "\nall checks passed: every update exactly once, in order; final state equals the server's"
+            );
             println!("  events made by the server    {:>10}", report.events);
             println!("  pushes sent                  {:>10}", report.pushes);
             println!("  updates delivered            {:>10}", report.delivered);
             println!("  lost                         {:>10}", 0);
-            println!("  repeated after a crash       {:>10}  (the unacknowledged window)", report.repeats);
-            println!("  duplicates dropped           {:>10}", s.duplicates_dropped);
+            println!(
+                "  repeated after a crash       {:>10}  (the unacknowledged window)",
+                report.repeats
+            );
+            println!(
+                "  duplicates dropped           {:>10}",
+                s.duplicates_dropped
+            );
             println!("  gaps seen                    {:>10}", s.gaps_detected);
-            println!("    filled by waiting          {:>10}", s.gaps_filled_by_wait);
-            println!("    resolved by a difference   {:>10}", s.gaps_resolved_by_difference);
+            println!(
+                "    filled by waiting          {:>10}",
+                s.gaps_filled_by_wait
+            );
+            println!(
+                "    resolved by a difference   {:>10}",
+                s.gaps_resolved_by_difference
+            );
             println!("  buffer overflows             {:>10}", s.buffer_overflows);
             println!("  too-long seen                {:>10}", s.too_long);
-            println!("  getDifference requests       {:>10}", s.difference_requests);
-            println!("  getChannelDifference         {:>10}", s.channel_difference_requests);
+            println!(
+                "  getDifference requests       {:>10}",
+                s.difference_requests
+            );
+            println!(
+                "  getChannelDifference         {:>10}",
+                s.channel_difference_requests
+            );
             println!("  failed requests retried      {:>10}", s.requests_failed);
-            println!("  corrupted replies refused    {:>10}", report.corrupt_refused);
+            println!(
+                "  corrupted replies refused    {:>10}",
+                report.corrupt_refused
+            );
             println!("  crashes survived             {:>10}", report.crashes);
-            println!("  virtual time                 {:>10.1} s", report.virtual_time.as_secs_f64());
+            println!(
+                "  virtual time                 {:>10.1} s",
+                report.virtual_time.as_secs_f64()
+            );
             println!(
                 "  wall time                    {:>10.2} s  ({:.0} updates/s including the simulator)",
                 elapsed.as_secs_f64(),

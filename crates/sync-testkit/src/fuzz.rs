@@ -148,19 +148,35 @@ fn update(place: Place, engine: &Engine<TestUpdate, TestEntities>, id: u64) -> T
     let state = engine.state().unwrap_or_default();
     let sequence = match place {
         Place::Unordered => Sequence::Unordered,
-        Place::Common(pts, count) => Sequence::Common { pts: pts.resolve(state.pts), pts_count: i32::from(count % 5) },
-        Place::Qts(qts) => Sequence::Qts { qts: qts.resolve(state.qts) },
+        Place::Common(pts, count) => Sequence::Common {
+            pts: pts.resolve(state.pts),
+            pts_count: i32::from(count % 5),
+        },
+        Place::Qts(qts) => Sequence::Qts {
+            qts: qts.resolve(state.qts),
+        },
         Place::Channel(c, pts, count) => {
             let channel_id = channel(c);
             let near = engine.channel_pts(channel_id).unwrap_or(10);
-            Sequence::Channel { channel_id, pts: pts.resolve(near), pts_count: i32::from(count % 5) }
+            Sequence::Channel {
+                channel_id,
+                pts: pts.resolve(near),
+                pts_count: i32::from(count % 5),
+            }
         }
         Place::ChannelTooLong(c, pts) => {
             let channel_id = channel(c);
             let near = engine.channel_pts(channel_id).unwrap_or(10);
-            Sequence::ChannelTooLong { channel_id, pts: pts.map(|p| p.resolve(near)) }
+            Sequence::ChannelTooLong {
+                channel_id,
+                pts: pts.map(|p| p.resolve(near)),
+            }
         }
-        Place::BadChannel(channel_id, pts) => Sequence::Channel { channel_id: -channel_id.saturating_abs(), pts, pts_count: 1 },
+        Place::BadChannel(channel_id, pts) => Sequence::Channel {
+            channel_id: -channel_id.saturating_abs(),
+            pts,
+            pts_count: 1,
+        },
     };
     TestUpdate { id, sequence }
 }
@@ -192,27 +208,53 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
     let start = Instant::now();
     let mut now = start;
     let config = fuzz_config();
-    let stored = State { pts: 100, qts: 10, date: 0, seq: 5 };
-    let channels: HashMap<ChannelId, i32> =
-        input.channels.iter().map(|&(c, pts)| (channel(c), i32::from(pts))).collect();
+    let stored = State {
+        pts: 100,
+        qts: 10,
+        date: 0,
+        seq: 5,
+    };
+    let channels: HashMap<ChannelId, i32> = input
+        .channels
+        .iter()
+        .map(|&(c, pts)| (channel(c), i32::from(pts)))
+        .collect();
     let mut engine = if input.fresh {
         Engine::new(config.clone(), now)
     } else {
         let mut list: Vec<(ChannelId, i32)> = channels.iter().map(|(&c, &p)| (c, p)).collect();
         list.sort_unstable();
-        Engine::from_state(config.clone(), now, stored, list).map_err(|e| format!("stored state refused: {e}"))?
+        Engine::from_state(config.clone(), now, stored, list)
+            .map_err(|e| format!("stored state refused: {e}"))?
     };
     // A fresh engine knows no stored channels, so neither does its storage.
-    let mut committed = (stored, if input.fresh { HashMap::new() } else { channels });
+    let mut committed = (
+        stored,
+        if input.fresh {
+            HashMap::new()
+        } else {
+            channels
+        },
+    );
     let mut requests: Vec<Request> = Vec::new();
     let mut batches: Vec<BatchId> = Vec::new();
     let mut next_id = 1;
-    drain(&mut engine, &config, &mut requests, &mut batches, &mut committed)?;
+    drain(
+        &mut engine,
+        &config,
+        &mut requests,
+        &mut batches,
+        &mut committed,
+    )?;
 
     for step in &input.steps {
         let before = (engine.state(), engine.stats());
         let pick = |index: u8, requests: &[Request]| -> RequestId {
-            if requests.is_empty() { RequestId(u64::from(index) + 1_000) } else { requests[usize::from(index) % requests.len()].id }
+            if requests.is_empty() {
+                RequestId(u64::from(index) + 1_000)
+            } else {
+                requests[usize::from(index) % requests.len()].id
+            }
         };
         let outcome = match step.clone() {
             Step::Short(place) => {
@@ -220,7 +262,12 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
                 let update = update(place, &engine, next_id);
                 engine.handle_updates(now, Updates::Short { update, date: 0 })
             }
-            Step::Container { updates, seq_start, seq, hash } => {
+            Step::Container {
+                updates,
+                seq_start,
+                seq,
+                hash,
+            } => {
                 let state = engine.state().unwrap_or_default();
                 let updates = updates
                     .into_iter()
@@ -230,26 +277,49 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
                     })
                     .collect();
                 let channels = hash
-                    .map(|(c, access_hash, min)| vec![ChannelHash { channel_id: channel(c), access_hash, min }])
+                    .map(|(c, access_hash, min)| {
+                        vec![ChannelHash {
+                            channel_id: channel(c),
+                            access_hash,
+                            min,
+                        }]
+                    })
                     .unwrap_or_default();
-                engine.handle_updates(now, Updates::Combined {
-                    updates,
-                    entities: TestEntities { channels },
-                    date: 0,
-                    seq_start: seq_start.resolve(state.seq + 1),
-                    seq: seq.resolve(state.seq + 1),
-                })
+                engine.handle_updates(
+                    now,
+                    Updates::Combined {
+                        updates,
+                        entities: TestEntities { channels },
+                        date: 0,
+                        seq_start: seq_start.resolve(state.seq + 1),
+                        seq: seq.resolve(state.seq + 1),
+                    },
+                )
             }
             Step::TooLong => engine.handle_updates(now, Updates::TooLong),
             Step::State(r, pts, qts, seq) => {
-                let state = State { pts: pts.resolve(100), qts: qts.resolve(10), date: 0, seq: seq.resolve(5) };
+                let state = State {
+                    pts: pts.resolve(100),
+                    qts: qts.resolve(10),
+                    date: 0,
+                    seq: seq.resolve(5),
+                };
                 engine.handle_state(now, pick(r, &requests), state)
             }
             Step::Difference(r, spec) => {
                 let state = engine.state().unwrap_or_default();
                 let difference = match spec {
-                    DifferenceSpec::Empty(seq) => Difference::Empty { date: 0, seq: seq.resolve(state.seq) },
-                    DifferenceSpec::Full { updates, pts, qts, seq, slice } => Difference::Difference {
+                    DifferenceSpec::Empty(seq) => Difference::Empty {
+                        date: 0,
+                        seq: seq.resolve(state.seq),
+                    },
+                    DifferenceSpec::Full {
+                        updates,
+                        pts,
+                        qts,
+                        seq,
+                        slice,
+                    } => Difference::Difference {
                         updates: updates
                             .into_iter()
                             .map(|p| {
@@ -258,37 +328,57 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
                             })
                             .collect(),
                         entities: TestEntities::default(),
-                        state: State { pts: pts.resolve(state.pts), qts: qts.resolve(state.qts), date: 0, seq: seq.resolve(state.seq) },
+                        state: State {
+                            pts: pts.resolve(state.pts),
+                            qts: qts.resolve(state.qts),
+                            date: 0,
+                            seq: seq.resolve(state.seq),
+                        },
                         slice,
                     },
-                    DifferenceSpec::TooLong(pts) => Difference::TooLong { pts: pts.resolve(state.pts) },
+                    DifferenceSpec::TooLong(pts) => Difference::TooLong {
+                        pts: pts.resolve(state.pts),
+                    },
                 };
                 engine.handle_difference(now, pick(r, &requests), difference)
             }
             Step::ChannelDifference(r, c, spec) => {
                 let id = pick(r, &requests);
-                let asked = requests.iter().find(|q| q.id == id).and_then(|q| match q.kind {
-                    RequestKind::GetChannelDifference { channel_id, .. } => Some(channel_id),
-                    _ => None,
-                });
+                let asked = requests
+                    .iter()
+                    .find(|q| q.id == id)
+                    .and_then(|q| match q.kind {
+                        RequestKind::GetChannelDifference { channel_id, .. } => Some(channel_id),
+                        _ => None,
+                    });
                 let channel_id = c.map(channel).or(asked).unwrap_or(1);
                 let near = engine.channel_pts(channel_id).unwrap_or(10);
                 let kind = match spec {
-                    ChannelSpec::Empty(pts, is_final, timeout) => ChannelDifferenceKind::Empty { pts: pts.resolve(near), is_final, timeout },
-                    ChannelSpec::Full(updates, pts, is_final) => ChannelDifferenceKind::Difference {
-                        updates: updates
-                            .into_iter()
-                            .map(|p| {
-                                next_id += 1;
-                                update(p, &engine, next_id)
-                            })
-                            .collect(),
-                        entities: TestEntities::default(),
+                    ChannelSpec::Empty(pts, is_final, timeout) => ChannelDifferenceKind::Empty {
                         pts: pts.resolve(near),
                         is_final,
+                        timeout,
+                    },
+                    ChannelSpec::Full(updates, pts, is_final) => {
+                        ChannelDifferenceKind::Difference {
+                            updates: updates
+                                .into_iter()
+                                .map(|p| {
+                                    next_id += 1;
+                                    update(p, &engine, next_id)
+                                })
+                                .collect(),
+                            entities: TestEntities::default(),
+                            pts: pts.resolve(near),
+                            is_final,
+                            timeout: None,
+                        }
+                    }
+                    ChannelSpec::TooLong(pts) => ChannelDifferenceKind::TooLong {
+                        pts: pts.resolve(near),
+                        entities: TestEntities::default(),
                         timeout: None,
                     },
-                    ChannelSpec::TooLong(pts) => ChannelDifferenceKind::TooLong { pts: pts.resolve(near), entities: TestEntities::default(), timeout: None },
                 };
                 engine.handle_channel_difference(now, id, ChannelDifference { channel_id, kind })
             }
@@ -296,7 +386,9 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
                 let failure = if channel_fatal {
                     Failure::ChannelInaccessible
                 } else {
-                    Failure::Retry { after: flood.map(|s| Duration::from_millis(u64::from(s))) }
+                    Failure::Retry {
+                        after: flood.map(|s| Duration::from_millis(u64::from(s))),
+                    }
                 };
                 engine.handle_failure(now, pick(r, &requests), failure)
             }
@@ -304,7 +396,10 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
                 now += Duration::from_millis(u64::from(millis % 2_000_000));
                 engine.handle_timeout(now);
                 if engine.poll_timeout().is_some_and(|at| at <= now) {
-                    return Err(format!("after handle_timeout({:?}) the next deadline is not later", now - start));
+                    return Err(format!(
+                        "after handle_timeout({:?}) the next deadline is not later",
+                        now - start
+                    ));
                 }
                 Ok(())
             }
@@ -319,11 +414,18 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
             Step::Affected(c, pts, count) => {
                 let state = engine.state().unwrap_or_default();
                 let affected = match c {
-                    None => Affected::Common { pts: pts.resolve(state.pts), pts_count: i32::from(count % 5) },
+                    None => Affected::Common {
+                        pts: pts.resolve(state.pts),
+                        pts_count: i32::from(count % 5),
+                    },
                     Some(c) => {
                         let channel_id = channel(c);
                         let near = engine.channel_pts(channel_id).unwrap_or(10);
-                        Affected::Channel { channel_id, pts: pts.resolve(near), pts_count: i32::from(count % 5) }
+                        Affected::Channel {
+                            channel_id,
+                            pts: pts.resolve(near),
+                            pts_count: i32::from(count % 5),
+                        }
                     }
                 };
                 engine.handle_affected(now, affected)
@@ -343,12 +445,20 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
                 Ok(())
             }
         };
-        if let Err(error) = outcome {
-            if (engine.state(), engine.stats()) != before {
-                return Err(format!("{step:?} was refused ({error}) but changed the engine"));
-            }
+        if let Err(error) = outcome
+            && (engine.state(), engine.stats()) != before
+        {
+            return Err(format!(
+                "{step:?} was refused ({error}) but changed the engine"
+            ));
         }
-        drain(&mut engine, &config, &mut requests, &mut batches, &mut committed)?;
+        drain(
+            &mut engine,
+            &config,
+            &mut requests,
+            &mut batches,
+            &mut committed,
+        )?;
     }
     Ok(())
 }
@@ -375,7 +485,9 @@ fn drain(
                     let old = committed.0;
                     let back = state.pts < old.pts || state.qts < old.qts || state.seq < old.seq;
                     if back && !commit.state_reset {
-                        return Err(format!("commit moved the state back from {old:?} to {state:?}"));
+                        return Err(format!(
+                            "commit moved the state back from {old:?} to {state:?}"
+                        ));
                     }
                     committed.0 = state;
                 }
@@ -385,7 +497,10 @@ fn drain(
                 for channel in &commit.channels {
                     let old = committed.1.insert(channel.channel_id, channel.pts);
                     if old.is_some_and(|old| channel.pts < old) && !channel.reset {
-                        return Err(format!("commit moved channel {} back from {old:?} to {}", channel.channel_id, channel.pts));
+                        return Err(format!(
+                            "commit moved channel {} back from {old:?} to {}",
+                            channel.channel_id, channel.pts
+                        ));
                     }
                 }
             }
@@ -394,7 +509,9 @@ fn drain(
                     return Err("a min access hash was reported".into());
                 }
             }
-            Output::DifferenceTooLong { .. } | Output::ChannelTooLong { .. } | Output::ChannelClosed { .. } => {}
+            Output::DifferenceTooLong { .. }
+            | Output::ChannelTooLong { .. }
+            | Output::ChannelClosed { .. } => {}
         }
     }
     // Requests the engine no longer waits for are harmless to keep: replies to them must be
@@ -404,7 +521,10 @@ fn drain(
     }
     let buffered = engine.stats().buffered_now;
     if buffered > config.max_buffered_total {
-        return Err(format!("{buffered} updates buffered, over the cap of {}", config.max_buffered_total));
+        return Err(format!(
+            "{buffered} updates buffered, over the cap of {}",
+            config.max_buffered_total
+        ));
     }
     Ok(())
 }
@@ -463,7 +583,10 @@ impl ScenarioSpec {
         };
         Scenario::new(self.seed)
             .events(u64::from(self.events % 400))
-            .workload(Workload { channels: usize::from(self.channels % 16), ..Workload::default() })
+            .workload(Workload {
+                channels: usize::from(self.channels % 16),
+                ..Workload::default()
+            })
             .faults(faults)
             .limits(limits)
             .config(config)
@@ -477,5 +600,8 @@ pub fn core_scenario(data: &[u8]) -> Result<(), String> {
     let Ok(spec) = ScenarioSpec::arbitrary_take_rest(Unstructured::new(data)) else {
         return Ok(());
     };
-    spec.scenario().run().map(|_| ()).map_err(|violation| format!("{violation}\n{spec:?}"))
+    spec.scenario()
+        .run()
+        .map(|_| ())
+        .map_err(|violation| format!("{violation}\n{spec:?}"))
 }

@@ -44,7 +44,11 @@ impl Oracle {
         oracle
     }
 
-    fn reset_positions(&mut self, state: State, channels: impl IntoIterator<Item = (ChannelId, i32)>) {
+    fn reset_positions(
+        &mut self,
+        state: State,
+        channels: impl IntoIterator<Item = (ChannelId, i32)>,
+    ) {
         self.at = Positions {
             pts: state.pts,
             qts: state.qts,
@@ -65,8 +69,12 @@ impl Oracle {
             .ok_or_else(|| format!("delivered update {} that the server never made", update.id))?;
         *self.delivered.entry(update.id).or_default() += 1;
         self.epoch_deliveries.push(*update);
-        let out_of_order =
-            |what: &str, start: i32, last: i32| format!("{what} update {} starts at {start}, before the last delivered end {last} (out of order or repeated)", update.id);
+        let out_of_order = |what: &str, start: i32, last: i32| {
+            format!(
+                "{what} update {} starts at {start}, before the last delivered end {last} (out of order or repeated)",
+                update.id
+            )
+        };
         match (update.sequence, class) {
             (Sequence::Common { pts, pts_count }, _) => {
                 let start = pts - pts_count;
@@ -81,7 +89,14 @@ impl Oracle {
                 }
                 self.at.qts = qts;
             }
-            (Sequence::Channel { channel_id, pts, pts_count }, _) => {
+            (
+                Sequence::Channel {
+                    channel_id,
+                    pts,
+                    pts_count,
+                },
+                _,
+            ) => {
                 let start = pts - pts_count;
                 let last = self.at.channels.entry(channel_id).or_insert(start);
                 if start < *last {
@@ -91,7 +106,10 @@ impl Oracle {
             }
             (Sequence::Unordered, Delivery::SeqOrdered { seq }) => {
                 if seq < self.at.seq {
-                    return Err(format!("seq update {} of seq {seq} after seq {}", update.id, self.at.seq));
+                    return Err(format!(
+                        "seq update {} of seq {seq} after seq {}",
+                        update.id, self.at.seq
+                    ));
                 }
                 self.at.seq = seq;
             }
@@ -110,9 +128,11 @@ impl Oracle {
             let committed = match update.sequence {
                 Sequence::Common { pts, .. } => pts <= state.pts,
                 Sequence::Qts { qts } => qts <= state.qts,
-                Sequence::Channel { channel_id, pts, .. } => {
-                    channels.get(&channel_id).is_some_and(|&stored| pts <= stored)
-                }
+                Sequence::Channel {
+                    channel_id, pts, ..
+                } => channels
+                    .get(&channel_id)
+                    .is_some_and(|&stored| pts <= stored),
                 _ => true,
             };
             if !committed {
@@ -138,31 +158,45 @@ impl Oracle {
                 Sequence::Common { pts_count: 0, .. } | Sequence::Channel { pts_count: 0, .. }
             );
             if count == 0 && !skipped.contains(&event.id) && !zero_count {
-                return Err(format!("update {} ({:?}) was never delivered", event.id, event.sequence));
+                return Err(format!(
+                    "update {} ({:?}) was never delivered",
+                    event.id, event.sequence
+                ));
             }
             if count > 1 && !zero_count {
                 if !self.may_repeat.contains(&event.id) {
-                    return Err(format!("update {} ({:?}) was delivered {count} times", event.id, event.sequence));
+                    return Err(format!(
+                        "update {} ({:?}) was delivered {count} times",
+                        event.id, event.sequence
+                    ));
                 }
                 self.repeats += u64::from(count - 1);
             }
         }
         for (&id, &count) in &self.delivered {
             if count > 1 && matches!(server.delivery(id), Some(Delivery::SeqOrdered { .. })) {
-                return Err(format!("seq-ordered update {id} was delivered {count} times"));
+                return Err(format!(
+                    "seq-ordered update {id} was delivered {count} times"
+                ));
             }
         }
         let server_state = server.state();
         let Some(client) = client else {
             return Err("the client never learned its state".into());
         };
-        if (client.pts, client.qts, client.seq) != (server_state.pts, server_state.qts, server_state.seq) {
-            return Err(format!("client ended at {client:?}, the server at {server_state:?}"));
+        if (client.pts, client.qts, client.seq)
+            != (server_state.pts, server_state.qts, server_state.seq)
+        {
+            return Err(format!(
+                "client ended at {client:?}, the server at {server_state:?}"
+            ));
         }
         for (channel_id, pts) in server.channel_states() {
             let local = client_channel(channel_id);
             if local != Some(pts) {
-                return Err(format!("channel {channel_id} ended at {local:?}, the server at {pts}"));
+                return Err(format!(
+                    "channel {channel_id} ended at {local:?}, the server at {pts}"
+                ));
             }
         }
         Ok(())

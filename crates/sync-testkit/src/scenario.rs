@@ -251,9 +251,19 @@ impl Scenario {
 #[derive(Debug)]
 enum Event {
     Produce,
-    Arrive { epoch: u32, updates: Updates<TestUpdate, TestEntities> },
-    Reply { epoch: u32, id: RequestId, reply: Reply },
-    Ack { epoch: u32, batch: BatchId },
+    Arrive {
+        epoch: u32,
+        updates: Updates<TestUpdate, TestEntities>,
+    },
+    Reply {
+        epoch: u32,
+        id: RequestId,
+        reply: Reply,
+    },
+    Ack {
+        epoch: u32,
+        batch: BatchId,
+    },
     Crash,
 }
 
@@ -297,7 +307,11 @@ const TRACE_LENGTH: usize = 40;
 
 impl<'a> Run<'a> {
     fn new(scenario: &'a Scenario) -> Self {
-        let server = Server::new(scenario.seed, scenario.workload.clone(), scenario.limits.clone());
+        let server = Server::new(
+            scenario.seed,
+            scenario.workload.clone(),
+            scenario.limits.clone(),
+        );
         let state = server.state();
         let channels: HashMap<ChannelId, i32> = server.channel_states().collect();
         let hashes = server.access_hashes().collect();
@@ -329,7 +343,8 @@ impl<'a> Run<'a> {
         state: State,
         channels: &HashMap<ChannelId, i32>,
     ) -> Engine<TestUpdate, TestEntities> {
-        let mut channels: Vec<(ChannelId, i32)> = channels.iter().map(|(&id, &pts)| (id, pts)).collect();
+        let mut channels: Vec<(ChannelId, i32)> =
+            channels.iter().map(|(&id, &pts)| (id, pts)).collect();
         channels.sort_unstable();
         // The stored state is what this driver committed from the engine's own commits, which
         // are checked as they arrive: it is always valid.
@@ -367,12 +382,14 @@ impl<'a> Run<'a> {
 
     fn go(mut self) -> Result<Report, Violation> {
         let scenario = self.scenario;
-        let production = scenario.push_interval * u32::try_from(scenario.events).unwrap_or(u32::MAX);
+        let production =
+            scenario.push_interval * u32::try_from(scenario.events).unwrap_or(u32::MAX);
         for i in 0..scenario.crashes {
             // Crashes spread over the production period, at seeded moments.
             let slot = production / (scenario.crashes + 1);
             let at = slot * (i + 1) + Duration::from_millis(self.rng.below(200));
-            self.timeline.insert((at, u64::MAX - u64::from(i)), Event::Crash);
+            self.timeline
+                .insert((at, u64::MAX - u64::from(i)), Event::Crash);
         }
         self.schedule(Duration::ZERO, Event::Produce);
         self.drain()?;
@@ -393,11 +410,17 @@ impl<'a> Run<'a> {
             }
             // Done once the settle window has passed and nothing is under way any more.
             let settled = production_end.is_some_and(|end| self.now > end + settle);
-            let in_transit = self.timeline.values().any(|e| matches!(e, Event::Arrive { .. } | Event::Reply { .. }));
+            let in_transit = self
+                .timeline
+                .values()
+                .any(|e| matches!(e, Event::Arrive { .. } | Event::Reply { .. }));
             if settled && self.engine.is_idle() && !in_transit {
                 break;
             }
-            let timer = self.engine.poll_timeout().map(|at| at.saturating_duration_since(self.start));
+            let timer = self
+                .engine
+                .poll_timeout()
+                .map(|at| at.saturating_duration_since(self.start));
             let event = self.timeline.first_key_value().map(|(&(at, _), _)| at);
             let (at, is_timer) = match (timer, event) {
                 (Some(t), Some(e)) if t <= e => (t, true),
@@ -463,22 +486,47 @@ impl<'a> Run<'a> {
         }
         let updates = if self.rng.chance(faults.too_long) {
             Updates::TooLong
-        } else if let Some(channel_id) = channel_of(&updates).filter(|_| self.rng.chance(faults.channel_too_long)) {
-            let pts = if self.rng.chance(0.5) { self.server.channel_pts(channel_id) } else { None };
-            let update = TestUpdate { id: 0, sequence: Sequence::ChannelTooLong { channel_id, pts } };
-            Updates::Short { update, date: self.server.state().date }
+        } else if let Some(channel_id) =
+            channel_of(&updates).filter(|_| self.rng.chance(faults.channel_too_long))
+        {
+            let pts = if self.rng.chance(0.5) {
+                self.server.channel_pts(channel_id)
+            } else {
+                None
+            };
+            let update = TestUpdate {
+                id: 0,
+                sequence: Sequence::ChannelTooLong { channel_id, pts },
+            };
+            Updates::Short {
+                update,
+                date: self.server.state().date,
+            }
         } else {
             updates
         };
         let mut delay = self.scenario.latency;
         if self.rng.chance(faults.reorder) {
-            delay += Duration::from_millis(self.rng.below(faults.reorder_window.as_millis() as u64 + 1));
+            delay +=
+                Duration::from_millis(self.rng.below(faults.reorder_window.as_millis() as u64 + 1));
         }
         if self.rng.chance(faults.duplicate) {
             let later = delay + Duration::from_millis(self.rng.below(2_000));
-            self.schedule(later, Event::Arrive { epoch: self.epoch, updates: updates.clone() });
+            self.schedule(
+                later,
+                Event::Arrive {
+                    epoch: self.epoch,
+                    updates: updates.clone(),
+                },
+            );
         }
-        self.schedule(delay, Event::Arrive { epoch: self.epoch, updates });
+        self.schedule(
+            delay,
+            Event::Arrive {
+                epoch: self.epoch,
+                updates,
+            },
+        );
     }
 
     /// Answers a request the engine made, after a round trip.
@@ -488,40 +536,87 @@ impl<'a> Run<'a> {
         let epoch = self.epoch;
         self.log(|| format!("request {} {:?}", request.id, request.kind));
         if self.rng.chance(faults.request_failure) {
-            let after = self.rng.chance(0.5).then(|| Duration::from_secs(self.rng.between(1, 5)));
+            let after = self
+                .rng
+                .chance(0.5)
+                .then(|| Duration::from_secs(self.rng.between(1, 5)));
             let reply = Reply::Failure(Failure::Retry { after });
-            self.schedule(round_trip, Event::Reply { epoch, id: request.id, reply });
+            self.schedule(
+                round_trip,
+                Event::Reply {
+                    epoch,
+                    id: request.id,
+                    reply,
+                },
+            );
             return Ok(());
         }
         let corrupt = self.rng.chance(faults.corrupt_reply);
         let reply = match request.kind {
             RequestKind::GetState => Reply::State(self.server.state()),
-            RequestKind::GetDifference { pts, qts, pts_total_limit, .. } => {
+            RequestKind::GetDifference {
+                pts,
+                qts,
+                pts_total_limit,
+                ..
+            } => {
                 if corrupt {
                     let bad = corrupt_difference(&mut self.rng, pts);
-                    self.schedule(round_trip, Event::Reply { epoch, id: request.id, reply: Reply::CorruptDifference(bad) });
+                    self.schedule(
+                        round_trip,
+                        Event::Reply {
+                            epoch,
+                            id: request.id,
+                            reply: Reply::CorruptDifference(bad),
+                        },
+                    );
                 }
                 Reply::Difference(self.server.get_difference(pts, qts, pts_total_limit))
             }
-            RequestKind::GetChannelDifference { channel_id, pts, limit } => {
+            RequestKind::GetChannelDifference {
+                channel_id,
+                pts,
+                limit,
+            } => {
                 let Some(&hash) = self.hashes.get(&channel_id) else {
-                    return Err(self.violation(format!("channel {channel_id} requested without a known access hash")));
+                    return Err(self.violation(format!(
+                        "channel {channel_id} requested without a known access hash"
+                    )));
                 };
-                match self.server.get_channel_difference(channel_id, hash, pts, limit) {
+                match self
+                    .server
+                    .get_channel_difference(channel_id, hash, pts, limit)
+                {
                     Ok(difference) => {
                         if corrupt {
                             let bad = corrupt_channel_difference(&mut self.rng, channel_id, pts);
-                            self.schedule(round_trip, Event::Reply { epoch, id: request.id, reply: Reply::CorruptChannel(bad) });
+                            self.schedule(
+                                round_trip,
+                                Event::Reply {
+                                    epoch,
+                                    id: request.id,
+                                    reply: Reply::CorruptChannel(bad),
+                                },
+                            );
                         }
                         Reply::Channel(difference)
                     }
                     Err(refusal) => {
-                        return Err(self.violation(format!("channel {channel_id} request refused: {refusal:?}")));
+                        return Err(self.violation(format!(
+                            "channel {channel_id} request refused: {refusal:?}"
+                        )));
                     }
                 }
             }
         };
-        self.schedule(round_trip + Duration::from_millis(1), Event::Reply { epoch, id: request.id, reply });
+        self.schedule(
+            round_trip + Duration::from_millis(1),
+            Event::Reply {
+                epoch,
+                id: request.id,
+                reply,
+            },
+        );
         Ok(())
     }
 
@@ -535,7 +630,12 @@ impl<'a> Run<'a> {
                 self.engine.handle_difference(now, id, difference)
             }
             Reply::Channel(difference) => {
-                self.log(|| format!("channel difference for {id}: {:?}", difference.kind_summary()));
+                self.log(|| {
+                    format!(
+                        "channel difference for {id}: {:?}",
+                        difference.kind_summary()
+                    )
+                });
                 self.engine.handle_channel_difference(now, id, difference)
             }
             Reply::Failure(failure) => {
@@ -554,12 +654,16 @@ impl<'a> Run<'a> {
                 self.report.corrupt_refused += 1;
                 return match self.engine.handle_channel_difference(now, id, difference) {
                     Err(_) if (self.engine.state(), self.engine.stats()) == before => Ok(()),
-                    Err(_) => Err(self.violation("a refused channel difference changed the engine")),
+                    Err(_) => {
+                        Err(self.violation("a refused channel difference changed the engine"))
+                    }
                     Ok(()) => Err(self.violation("a corrupted channel difference was accepted")),
                 };
             }
         };
-        outcome.map_err(|error| self.violation(format!("a correct reply to {id} was refused: {error}")))
+        outcome.map_err(|error| {
+            self.violation(format!("a correct reply to {id} was refused: {error}"))
+        })
     }
 
     /// Polls the engine dry, doing what it says.
@@ -580,17 +684,29 @@ impl<'a> Run<'a> {
                             return Err(self.violation(format!("ack refused: {error}")));
                         }
                     } else {
-                        let delay = Duration::from_millis(self.rng.below(self.scenario.ack_delay.as_millis() as u64 + 1));
-                        self.schedule(delay, Event::Ack { epoch: self.epoch, batch: batch.id });
+                        let delay = Duration::from_millis(
+                            self.rng
+                                .below(self.scenario.ack_delay.as_millis() as u64 + 1),
+                        );
+                        self.schedule(
+                            delay,
+                            Event::Ack {
+                                epoch: self.epoch,
+                                batch: batch.id,
+                            },
+                        );
                     }
                 }
                 Output::Request(request) => self.request(request)?,
                 Output::Commit(commit) => {
                     if let Some(state) = commit.state {
                         let old = self.stored.state;
-                        let regressed = state.pts < old.pts || state.qts < old.qts || state.seq < old.seq;
+                        let regressed =
+                            state.pts < old.pts || state.qts < old.qts || state.seq < old.seq;
                         if regressed && !commit.state_reset {
-                            return Err(self.violation(format!("commit moved the state back from {old:?} to {state:?}")));
+                            return Err(self.violation(format!(
+                                "commit moved the state back from {old:?} to {state:?}"
+                            )));
                         }
                         self.stored.state = state;
                     }
@@ -600,7 +716,10 @@ impl<'a> Run<'a> {
                     for channel in &commit.channels {
                         let old = self.stored.channels.insert(channel.channel_id, channel.pts);
                         if old.is_some_and(|old| channel.pts < old) && !channel.reset {
-                            return Err(self.violation(format!("commit moved channel {} back", channel.channel_id)));
+                            return Err(self.violation(format!(
+                                "commit moved channel {} back",
+                                channel.channel_id
+                            )));
                         }
                     }
                 }
@@ -612,12 +731,16 @@ impl<'a> Run<'a> {
                         self.hashes.insert(hash.channel_id, hash.access_hash);
                     }
                 }
-                Output::DifferenceTooLong { pts } => self.log(|| format!("difference too long: pts {pts}")),
+                Output::DifferenceTooLong { pts } => {
+                    self.log(|| format!("difference too long: pts {pts}"))
+                }
                 Output::ChannelTooLong { channel_id, pts } => {
                     self.log(|| format!("channel {channel_id} too long: {pts:?}"));
                 }
                 Output::ChannelClosed { channel_id } => {
-                    return Err(self.violation(format!("channel {channel_id} closed, but no channel is inaccessible")));
+                    return Err(self.violation(format!(
+                        "channel {channel_id} closed, but no channel is inaccessible"
+                    )));
                 }
             }
         }
@@ -635,16 +758,25 @@ impl<'a> Run<'a> {
         add_stats(&mut self.finished_stats, &self.engine.stats());
         self.oracle.crash(self.stored.state, &self.stored.channels);
         self.server.client_restarted();
-        self.engine = Self::start_engine(&self.scenario.config, self.instant(), self.stored.state, &self.stored.channels);
+        self.engine = Self::start_engine(
+            &self.scenario.config,
+            self.instant(),
+            self.stored.state,
+            &self.stored.channels,
+        );
     }
 
     fn finish(mut self) -> Result<Report, Violation> {
         let engine = &self.engine;
-        let verdict = self.oracle.finish(&self.server, engine.state(), |id| engine.channel_pts(id));
+        let verdict = self
+            .oracle
+            .finish(&self.server, engine.state(), |id| engine.channel_pts(id));
         if let Err(message) = verdict {
             return Err(self.violation(message));
         }
-        if self.engine.stats().unacknowledged_batches == 0 && Some(self.stored.state) != self.engine.state() {
+        if self.engine.stats().unacknowledged_batches == 0
+            && Some(self.stored.state) != self.engine.state()
+        {
             return Err(self.violation(format!(
                 "everything was acknowledged but storage holds {:?}, the engine {:?}",
                 self.stored.state,
@@ -679,7 +811,9 @@ fn add_stats(total: &mut Stats, more: &Stats) {
 }
 
 fn channel_of(updates: &Updates<TestUpdate, TestEntities>) -> Option<ChannelId> {
-    let Updates::Combined { updates, .. } = updates else { return None };
+    let Updates::Combined { updates, .. } = updates else {
+        return None;
+    };
     updates.iter().find_map(|u| match u.sequence {
         Sequence::Channel { channel_id, .. } => Some(channel_id),
         _ => None,
@@ -688,36 +822,80 @@ fn channel_of(updates: &Updates<TestUpdate, TestEntities>) -> Option<ChannelId> 
 
 /// A difference the engine must refuse: a regressed state or a negative number.
 fn corrupt_difference(rng: &mut Rng, client_pts: i32) -> Difference<TestUpdate, TestEntities> {
-    let bad_update = TestUpdate { id: 0, sequence: Sequence::Common { pts: -3, pts_count: 1 } };
+    let bad_update = TestUpdate {
+        id: 0,
+        sequence: Sequence::Common {
+            pts: -3,
+            pts_count: 1,
+        },
+    };
     if client_pts > 0 && rng.chance(0.5) {
-        let state = State { pts: client_pts - 1, qts: 0, date: 0, seq: 0 };
-        return Difference::Difference { updates: Vec::new(), entities: TestEntities::default(), state, slice: false };
+        let state = State {
+            pts: client_pts - 1,
+            qts: 0,
+            date: 0,
+            seq: 0,
+        };
+        return Difference::Difference {
+            updates: Vec::new(),
+            entities: TestEntities::default(),
+            state,
+            slice: false,
+        };
     }
     Difference::Difference {
         updates: vec![bad_update],
         entities: TestEntities::default(),
-        state: State { pts: i32::MAX, qts: i32::MAX, date: 0, seq: i32::MAX },
+        state: State {
+            pts: i32::MAX,
+            qts: i32::MAX,
+            date: 0,
+            seq: i32::MAX,
+        },
         slice: false,
     }
 }
 
 /// A channel difference the engine must refuse: the wrong channel or a regressed pts.
-fn corrupt_channel_difference(rng: &mut Rng, channel_id: ChannelId, pts: i32) -> ChannelDifference<TestUpdate, TestEntities> {
+fn corrupt_channel_difference(
+    rng: &mut Rng,
+    channel_id: ChannelId,
+    pts: i32,
+) -> ChannelDifference<TestUpdate, TestEntities> {
     use sync_core::ChannelDifferenceKind;
     if pts > 0 && rng.chance(0.5) {
-        let kind = ChannelDifferenceKind::Empty { pts: pts - 1, is_final: true, timeout: None };
+        let kind = ChannelDifferenceKind::Empty {
+            pts: pts - 1,
+            is_final: true,
+            timeout: None,
+        };
         return ChannelDifference { channel_id, kind };
     }
-    let kind = ChannelDifferenceKind::Empty { pts, is_final: true, timeout: None };
-    ChannelDifference { channel_id: channel_id + 1_000_000, kind }
+    let kind = ChannelDifferenceKind::Empty {
+        pts,
+        is_final: true,
+        timeout: None,
+    };
+    ChannelDifference {
+        channel_id: channel_id + 1_000_000,
+        kind,
+    }
 }
 
 fn describe_push(updates: &Updates<TestUpdate, TestEntities>) -> String {
     match updates {
         Updates::TooLong => "updatesTooLong".into(),
         Updates::Short { update, .. } => format!("short {:?}", update.sequence),
-        Updates::Combined { updates, seq_start, seq, .. } => {
-            let inner: Vec<String> = updates.iter().map(|u| format!("{:?}", u.sequence)).collect();
+        Updates::Combined {
+            updates,
+            seq_start,
+            seq,
+            ..
+        } => {
+            let inner: Vec<String> = updates
+                .iter()
+                .map(|u| format!("{:?}", u.sequence))
+                .collect();
             format!("container seq {seq_start}..={seq} [{}]", inner.join(", "))
         }
     }
@@ -726,8 +904,17 @@ fn describe_push(updates: &Updates<TestUpdate, TestEntities>) -> String {
 fn describe_difference(difference: &Difference<TestUpdate, TestEntities>) -> String {
     match difference {
         Difference::Empty { seq, .. } => format!("empty, seq {seq}"),
-        Difference::Difference { updates, state, slice, .. } => {
-            format!("{} updates to {state:?}{}", updates.len(), if *slice { " (slice)" } else { "" })
+        Difference::Difference {
+            updates,
+            state,
+            slice,
+            ..
+        } => {
+            format!(
+                "{} updates to {state:?}{}",
+                updates.len(),
+                if *slice { " (slice)" } else { "" }
+            )
         }
         Difference::TooLong { pts } => format!("too long, pts {pts}"),
     }
@@ -742,8 +929,17 @@ impl KindSummary for ChannelDifference<TestUpdate, TestEntities> {
         use sync_core::ChannelDifferenceKind as K;
         match &self.kind {
             K::Empty { pts, .. } => format!("channel {} empty at {pts}", self.channel_id),
-            K::Difference { updates, pts, is_final, .. } => {
-                format!("channel {} {} updates to {pts}, final {is_final}", self.channel_id, updates.len())
+            K::Difference {
+                updates,
+                pts,
+                is_final,
+                ..
+            } => {
+                format!(
+                    "channel {} {} updates to {pts}, final {is_final}",
+                    self.channel_id,
+                    updates.len()
+                )
             }
             K::TooLong { pts, .. } => format!("channel {} too long, pts {pts}", self.channel_id),
         }

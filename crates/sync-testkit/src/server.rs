@@ -154,12 +154,21 @@ impl Server {
                 dirty: false,
             })
             .collect();
-        let channel_index = channels.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+        let channel_index = channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id, i))
+            .collect();
         Self {
             rng,
             workload,
             limits,
-            state: State { pts: 1, qts: 1, date: 1_700_000_000, seq: 1 },
+            state: State {
+                pts: 1,
+                qts: 1,
+                date: 1_700_000_000,
+                seq: 1,
+            },
             next_id: 1,
             classes: Vec::new(),
             common: Vec::new(),
@@ -204,7 +213,10 @@ impl Server {
 
     /// Every durable event, with its place.
     pub fn durable_events(&self) -> impl Iterator<Item = TestUpdate> + '_ {
-        self.common.iter().copied().chain(self.channels.iter().flat_map(|c| c.log.iter().copied()))
+        self.common
+            .iter()
+            .copied()
+            .chain(self.channels.iter().flat_map(|c| c.log.iter().copied()))
     }
 
     /// The client reconnected from scratch: mention every channel in the next difference.
@@ -224,9 +236,21 @@ impl Server {
     /// Makes one event happen and returns it (not yet pushed).
     fn happen(&mut self, in_seq_container: bool, entities: &mut TestEntities) -> TestUpdate {
         let w = &self.workload;
-        let channel_weight = if self.channels.is_empty() { 0 } else { w.channel_posts };
+        let channel_weight = if self.channels.is_empty() {
+            0
+        } else {
+            w.channel_posts
+        };
         let seq_weight = if in_seq_container { w.seq_updates } else { 0 };
-        let weights = [w.messages, w.multi_pts, w.zero_count, w.qts, channel_weight, seq_weight, w.ephemeral];
+        let weights = [
+            w.messages,
+            w.multi_pts,
+            w.zero_count,
+            w.qts,
+            channel_weight,
+            seq_weight,
+            w.ephemeral,
+        ];
         let total: u64 = weights.iter().map(|&x| u64::from(x)).sum();
         let mut pick = self.rng.below(total.max(1));
         let mut kind = 0;
@@ -248,7 +272,10 @@ impl Server {
                 let id = self.new_id(Delivery::Durable);
                 let update = TestUpdate {
                     id,
-                    sequence: Sequence::Common { pts: self.state.pts, pts_count },
+                    sequence: Sequence::Common {
+                        pts: self.state.pts,
+                        pts_count,
+                    },
                 };
                 self.pts_index.push((self.state.pts, self.common.len()));
                 self.common.push(update);
@@ -257,7 +284,12 @@ impl Server {
             3 => {
                 self.state.qts += 1;
                 let id = self.new_id(Delivery::Durable);
-                let update = TestUpdate { id, sequence: Sequence::Qts { qts: self.state.qts } };
+                let update = TestUpdate {
+                    id,
+                    sequence: Sequence::Qts {
+                        qts: self.state.qts,
+                    },
+                };
                 self.qts_index.push((self.state.qts, self.common.len()));
                 self.common.push(update);
                 update
@@ -273,7 +305,11 @@ impl Server {
                 channel.dirty = true;
                 let update = TestUpdate {
                     id,
-                    sequence: Sequence::Channel { channel_id: channel.id, pts: channel.pts, pts_count },
+                    sequence: Sequence::Channel {
+                        channel_id: channel.id,
+                        pts: channel.pts,
+                        pts_count,
+                    },
                 };
                 channel.log.push(update);
                 entities.channels.push(ChannelHash {
@@ -284,12 +320,20 @@ impl Server {
                 update
             }
             5 => {
-                let id = self.new_id(Delivery::SeqOrdered { seq: self.state.seq + 1 });
-                TestUpdate { id, sequence: Sequence::Unordered }
+                let id = self.new_id(Delivery::SeqOrdered {
+                    seq: self.state.seq + 1,
+                });
+                TestUpdate {
+                    id,
+                    sequence: Sequence::Unordered,
+                }
             }
             _ => {
                 let id = self.new_id(Delivery::Ephemeral);
-                TestUpdate { id, sequence: Sequence::Unordered }
+                TestUpdate {
+                    id,
+                    sequence: Sequence::Unordered,
+                }
             }
         }
     }
@@ -303,23 +347,35 @@ impl Server {
             let update = self.happen(false, &mut entities);
             return match update.sequence {
                 // A channel post needs its channel in the entities: send it in a container.
-                Sequence::Channel { .. } => {
-                    Updates::Combined { updates: vec![update], entities, date, seq_start: 0, seq: 0 }
-                }
+                Sequence::Channel { .. } => Updates::Combined {
+                    updates: vec![update],
+                    entities,
+                    date,
+                    seq_start: 0,
+                    seq: 0,
+                },
                 _ => Updates::Short { update, date },
             };
         }
         let with_seq = self.rng.chance(self.workload.seq_chance);
         let count = self.rng.between(1, self.workload.max_container.max(1));
         let mut entities = TestEntities::default();
-        let updates = (0..count).map(|_| self.happen(with_seq, &mut entities)).collect();
+        let updates = (0..count)
+            .map(|_| self.happen(with_seq, &mut entities))
+            .collect();
         let (seq_start, seq) = if with_seq {
             self.state.seq += 1;
             (self.state.seq, self.state.seq)
         } else {
             (0, 0)
         };
-        Updates::Combined { updates, entities, date, seq_start, seq }
+        Updates::Combined {
+            updates,
+            entities,
+            date,
+            seq_start,
+            seq,
+        }
     }
 
     /// `updates.getDifference` from the client's `pts` and `qts`.
@@ -341,8 +397,14 @@ impl Server {
         if self.pts_index.len() - first_pts > self.limits.difference_too_long_after {
             // Too much: the client jumps to the current pts; the common events in between are
             // skipped (qts events are still fetched from the client's qts afterwards).
-            self.skipped.extend(self.pts_index[first_pts..].iter().map(|&(_, i)| self.common[i].id));
-            return Difference::TooLong { pts: self.state.pts };
+            self.skipped.extend(
+                self.pts_index[first_pts..]
+                    .iter()
+                    .map(|&(_, i)| self.common[i].id),
+            );
+            return Difference::TooLong {
+                pts: self.state.pts,
+            };
         }
 
         let limit = pts_total_limit
@@ -350,7 +412,11 @@ impl Server {
             .filter(|&limit| limit > 0)
             .unwrap_or(self.limits.difference_limit);
         let mut updates = Vec::new();
-        let mut reached = State { pts, qts, ..self.state };
+        let mut reached = State {
+            pts,
+            qts,
+            ..self.state
+        };
         if let Some(start) = start {
             for update in &self.common[start..] {
                 if updates.len() >= limit {
@@ -371,7 +437,10 @@ impl Server {
                 channel.dirty = false;
                 updates.push(TestUpdate {
                     id: 0,
-                    sequence: Sequence::ChannelTooLong { channel_id: channel.id, pts: Some(channel.pts) },
+                    sequence: Sequence::ChannelTooLong {
+                        channel_id: channel.id,
+                        pts: Some(channel.pts),
+                    },
                 });
                 entities.channels.push(ChannelHash {
                     channel_id: channel.id,
@@ -381,9 +450,17 @@ impl Server {
             }
         }
         if updates.is_empty() {
-            return Difference::Empty { date: self.state.date, seq: self.state.seq };
+            return Difference::Empty {
+                date: self.state.date,
+                seq: self.state.seq,
+            };
         }
-        Difference::Difference { updates, entities, state: reached, slice }
+        Difference::Difference {
+            updates,
+            entities,
+            state: reached,
+            slice,
+        }
     }
 
     /// `updates.getChannelDifference` from the client's `pts`.
@@ -394,7 +471,10 @@ impl Server {
         pts: i32,
         limit: i32,
     ) -> Result<ChannelDifference<TestUpdate, TestEntities>, ChannelRefusal> {
-        let &index = self.channel_index.get(&channel_id).ok_or(ChannelRefusal::Invalid)?;
+        let &index = self
+            .channel_index
+            .get(&channel_id)
+            .ok_or(ChannelRefusal::Invalid)?;
         let channel = &self.channels[index];
         if channel.access_hash != access_hash {
             return Err(ChannelRefusal::BadAccessHash);
@@ -406,10 +486,18 @@ impl Server {
         });
         let missed = &channel.log[first..];
         let kind = if missed.is_empty() {
-            ChannelDifferenceKind::Empty { pts: channel.pts.max(pts), is_final: true, timeout }
+            ChannelDifferenceKind::Empty {
+                pts: channel.pts.max(pts),
+                is_final: true,
+                timeout,
+            }
         } else if missed.len() > self.limits.channel_too_long_after {
             self.skipped.extend(missed.iter().map(|u| u.id));
-            ChannelDifferenceKind::TooLong { pts: channel.pts, entities: TestEntities::default(), timeout }
+            ChannelDifferenceKind::TooLong {
+                pts: channel.pts,
+                entities: TestEntities::default(),
+                timeout,
+            }
         } else {
             let limit = usize::try_from(limit).unwrap_or(1).max(1);
             let updates: Vec<TestUpdate> = missed.iter().take(limit).copied().collect();
@@ -430,6 +518,8 @@ impl Server {
 
     /// The true pts of a channel.
     pub fn channel_pts(&self, channel_id: ChannelId) -> Option<i32> {
-        self.channel_index.get(&channel_id).map(|&i| self.channels[i].pts)
+        self.channel_index
+            .get(&channel_id)
+            .map(|&i| self.channels[i].pts)
     }
 }

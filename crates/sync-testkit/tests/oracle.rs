@@ -8,7 +8,13 @@ use sync_testkit::{Limits, Oracle, Server, TestUpdate, Workload};
 
 /// A server that made `events` events, and every durable one in server order.
 fn server(events: u64) -> (Server, Vec<TestUpdate>) {
-    let workload = Workload { channels: 2, ephemeral: 0, seq_updates: 0, zero_count: 0, ..Workload::default() };
+    let workload = Workload {
+        channels: 2,
+        ephemeral: 0,
+        seq_updates: 0,
+        zero_count: 0,
+        ..Workload::default()
+    };
     let mut server = Server::new(3, workload, Limits::default());
     let mut durable = Vec::new();
     while server.events() < events {
@@ -23,13 +29,20 @@ fn server(events: u64) -> (Server, Vec<TestUpdate>) {
 }
 
 fn oracle(server: &Server) -> Oracle {
-    let start = sync_core::State { pts: 1, qts: 1, date: 0, seq: 1 };
+    let start = sync_core::State {
+        pts: 1,
+        qts: 1,
+        date: 0,
+        seq: 1,
+    };
     Oracle::new(start, server.channel_states().map(|(id, _)| (id, 1)))
 }
 
 fn finish(oracle: &mut Oracle, server: &Server) -> Result<(), String> {
     let channels: HashMap<i64, i32> = server.channel_states().collect();
-    oracle.finish(server, Some(server.state()), |id| channels.get(&id).copied())
+    oracle.finish(server, Some(server.state()), |id| {
+        channels.get(&id).copied()
+    })
 }
 
 #[test]
@@ -49,14 +62,21 @@ fn a_lost_update_is_caught() {
     for update in durable.iter().skip(1) {
         oracle.deliver(&server, update).unwrap();
     }
-    assert!(finish(&mut oracle, &server).unwrap_err().contains("never delivered"));
+    assert!(
+        finish(&mut oracle, &server)
+            .unwrap_err()
+            .contains("never delivered")
+    );
 }
 
 #[test]
 fn a_repeat_or_reordering_is_caught_as_it_happens() {
     let (server, durable) = server(200);
     let mut oracle = oracle(&server);
-    let common: Vec<_> = durable.iter().filter(|u| matches!(u.sequence, Sequence::Common { .. })).collect();
+    let common: Vec<_> = durable
+        .iter()
+        .filter(|u| matches!(u.sequence, Sequence::Common { .. }))
+        .collect();
     oracle.deliver(&server, common[0]).unwrap();
     oracle.deliver(&server, common[1]).unwrap();
     assert!(oracle.deliver(&server, common[1]).is_err(), "repeat");
@@ -69,7 +89,10 @@ fn a_repeat_or_reordering_is_caught_as_it_happens() {
 fn an_invented_update_is_caught() {
     let (server, _) = server(10);
     let mut oracle = oracle(&server);
-    let invented = TestUpdate { id: 1_000_000, sequence: Sequence::Unordered };
+    let invented = TestUpdate {
+        id: 1_000_000,
+        sequence: Sequence::Unordered,
+    };
     assert!(oracle.deliver(&server, &invented).is_err());
 }
 
@@ -80,6 +103,9 @@ fn a_client_that_ends_behind_the_server_is_caught() {
     for update in &durable {
         oracle.deliver(&server, update).unwrap();
     }
-    let behind = sync_core::State { pts: 1, ..server.state() };
+    let behind = sync_core::State {
+        pts: 1,
+        ..server.state()
+    };
     assert!(oracle.finish(&server, Some(behind), |_| None).is_err());
 }

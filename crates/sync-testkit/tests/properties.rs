@@ -2,7 +2,7 @@
 //!
 //! Every case is a seeded scenario; a failure prints the seed, the settings and the last steps.
 //! `PROPTEST_CASES` raises the number of cases (e.g. `PROPTEST_CASES=10000 cargo xtask test`).
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::time::Duration;
 
@@ -15,7 +15,11 @@ fn cases(default: u32) -> ProptestConfig {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(default);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 fn faults() -> impl Strategy<Value = Faults> {
@@ -24,27 +28,35 @@ fn faults() -> impl Strategy<Value = Faults> {
         (0.0..0.03f64, 0.0..0.08f64, 0.0..0.02f64, 1u64..100),
         (0.0..0.3f64, 0.0..0.15f64),
     )
-        .prop_map(|((drop, duplicate, reorder, window), (too_long, channel_too_long, silence, silence_length), (request_failure, corrupt_reply))| Faults {
-            drop,
-            duplicate,
-            reorder,
-            reorder_window: Duration::from_millis(window),
-            too_long,
-            channel_too_long,
-            silence,
-            silence_length,
-            request_failure,
-            corrupt_reply,
-        })
+        .prop_map(
+            |(
+                (drop, duplicate, reorder, window),
+                (too_long, channel_too_long, silence, silence_length),
+                (request_failure, corrupt_reply),
+            )| Faults {
+                drop,
+                duplicate,
+                reorder,
+                reorder_window: Duration::from_millis(window),
+                too_long,
+                channel_too_long,
+                silence,
+                silence_length,
+                request_failure,
+                corrupt_reply,
+            },
+        )
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
-    (1usize..200, 20usize..2_000, 10usize..500).prop_map(|(difference_limit, too_long, channel_too_long)| Limits {
-        difference_limit,
-        difference_too_long_after: too_long,
-        channel_too_long_after: channel_too_long,
-        channel_timeout: Some(30),
-    })
+    (1usize..200, 20usize..2_000, 10usize..500).prop_map(
+        |(difference_limit, too_long, channel_too_long)| Limits {
+            difference_limit,
+            difference_too_long_after: too_long,
+            channel_too_long_after: channel_too_long,
+            channel_timeout: Some(30),
+        },
+    )
 }
 
 fn config() -> impl Strategy<Value = Config> {
@@ -138,16 +150,39 @@ fn a_perfect_network_needs_no_difference() {
 
 #[test]
 fn thousands_of_channels_are_cheap() {
-    let workload = Workload { channels: 5_000, ..Workload::default() };
-    let report = Scenario::new(9).events(2_000).workload(workload).faults(Faults::moderate()).run().unwrap();
+    let workload = Workload {
+        channels: 5_000,
+        ..Workload::default()
+    };
+    let report = Scenario::new(9)
+        .events(2_000)
+        .workload(workload)
+        .faults(Faults::moderate())
+        .run()
+        .unwrap();
     assert_eq!(report.stats.channels_tracked, 5_000);
 }
 
 #[test]
 fn too_long_answers_are_survived() {
-    let limits = Limits { difference_limit: 10, difference_too_long_after: 30, channel_too_long_after: 15, channel_timeout: None };
-    let faults = Faults { silence: 0.02, silence_length: 60, ..Faults::moderate() };
-    let report = Scenario::new(5).events(1_500).channels(3).limits(limits).faults(faults).run().unwrap();
+    let limits = Limits {
+        difference_limit: 10,
+        difference_too_long_after: 30,
+        channel_too_long_after: 15,
+        channel_timeout: None,
+    };
+    let faults = Faults {
+        silence: 0.02,
+        silence_length: 60,
+        ..Faults::moderate()
+    };
+    let report = Scenario::new(5)
+        .events(1_500)
+        .channels(3)
+        .limits(limits)
+        .faults(faults)
+        .run()
+        .unwrap();
     assert!(report.stats.too_long > 0, "{report:?}");
 }
 

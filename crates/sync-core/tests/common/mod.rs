@@ -1,6 +1,13 @@
 //! A small scripted driver for the engine's tests: a fake clock, and a record of everything
 //! the engine asked for.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+// Tests are the driver: they own the clock and hand `now` to the engine.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::disallowed_methods,
+    clippy::unwrap_used
+)]
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +31,11 @@ impl Update for Up {
         match *self {
             Up::Pts(pts, pts_count) => Sequence::Common { pts, pts_count },
             Up::Qts(qts) => Sequence::Qts { qts },
-            Up::Chan(channel_id, pts, pts_count) => Sequence::Channel { channel_id, pts, pts_count },
+            Up::Chan(channel_id, pts, pts_count) => Sequence::Channel {
+                channel_id,
+                pts,
+                pts_count,
+            },
             Up::Plain(_) => Sequence::Unordered,
             Up::ChanTooLong(channel_id, pts) => Sequence::ChannelTooLong { channel_id, pts },
         }
@@ -61,7 +72,12 @@ pub struct Harness {
     pub auto_ack: bool,
 }
 
-pub const STATE: State = State { pts: 100, qts: 50, date: 1_000, seq: 10 };
+pub const STATE: State = State {
+    pts: 100,
+    qts: 50,
+    date: 1_000,
+    seq: 10,
+};
 
 impl Harness {
     /// An engine resumed from `STATE` whose startup getDifference was answered empty.
@@ -72,9 +88,23 @@ impl Harness {
     pub fn ready_with(config: Config, channels: impl IntoIterator<Item = (i64, i32)>) -> Self {
         let mut h = Self::resumed(config, channels);
         let request = h.take_request();
-        assert!(matches!(request.kind, RequestKind::GetDifference { pts: 100, qts: 50, .. }));
+        assert!(matches!(
+            request.kind,
+            RequestKind::GetDifference {
+                pts: 100,
+                qts: 50,
+                ..
+            }
+        ));
         h.engine
-            .handle_difference(h.now, request.id, sync_core::Difference::Empty { date: STATE.date, seq: STATE.seq })
+            .handle_difference(
+                h.now,
+                request.id,
+                sync_core::Difference::Empty {
+                    date: STATE.date,
+                    seq: STATE.seq,
+                },
+            )
             .unwrap();
         h.pump();
         h.commits.clear();

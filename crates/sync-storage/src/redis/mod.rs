@@ -636,6 +636,72 @@ impl AccessHashStorage for RedisStorage {
     }
 }
 
+/// Decodes stored values built from arbitrary bytes, for the fuzz target: decoding returns the
+/// value or a [`Error::Corrupt`], never anything else, and never panics.
+pub(crate) fn fuzz_decode(data: &[u8]) -> std::result::Result<(), String> {
+    // Each value: a tag byte, a length byte, then that many bytes.
+    let mut values = Vec::new();
+    let mut rest = data;
+    while let [tag, len, tail @ ..] = rest {
+        let len = usize::from(*len).min(tail.len());
+        let (bytes, tail) = tail.split_at(len);
+        values.push(match tag % 5 {
+            0 => Value::Nil,
+            1 => Value::BulkString(bytes.to_vec()),
+            2 => Value::Int(
+                bytes
+                    .iter()
+                    .fold(0i64, |n, &b| n.wrapping_mul(257).wrapping_add(i64::from(b))),
+            ),
+            3 => Value::SimpleString(String::from_utf8_lossy(bytes).into_owned()),
+            _ => Value::Array(
+                bytes
+                    .iter()
+                    .map(|&b| Value::BulkString(b.to_string().into_bytes()))
+                    .collect(),
+            ),
+        });
+        rest = tail;
+    }
+    let check = |outcome: Result<()>| match outcome {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_corrupt() => Ok(()),
+        Err(error) => Err(format!("decoding failed with a non-corrupt error: {error}")),
+    };
+    check(parse_state(&values, "fuzz").map(|_| ()))?;
+    if let Ok(Some(state)) = parse_state(&values, "fuzz") {
+        // What decodes must be what was stored.
+        let expected: Vec<Option<i32>> = values
+            .iter()
+            .map(|v| parse_number::<i32>(v, String::new).ok().flatten())
+            .collect();
+        if expected
+            != [
+                Some(state.pts),
+                Some(state.qts),
+                Some(state.date),
+                Some(state.seq),
+            ]
+        {
+            return Err(format!("{values:?} decoded as {state:?}"));
+        }
+    }
+    let array = Value::Array(values.clone());
+    check(parse_hash::<i32>(&array, "fuzz").map(|_| ()))?;
+    check(parse_hash::<i64>(&array, "fuzz").map(|_| ()))?;
+    let map = Value::Map(
+        values
+            .chunks_exact(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect(),
+    );
+    check(parse_hash::<i32>(&map, "fuzz").map(|_| ()))?;
+    for value in &values {
+        check(parse_number::<i32>(value, String::new).map(|_| ()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use sync_core::ChannelCommit;
