@@ -309,9 +309,15 @@ impl Producer {
                 if entry.key().0 > now {
                     break;
                 }
-                match handle.handle(entry.remove()) {
+                let push = entry.remove();
+                // Kept for the server's books: a push the intake refuses is a lost push.
+                let copy = push.clone();
+                match handle.handle(push) {
                     Ok(()) => {}
-                    Err(IntakeError::Full) => report.intake_full += 1,
+                    Err(IntakeError::Full) => {
+                        report.intake_full += 1;
+                        api.with_server(|s| s.push_lost(&copy));
+                    }
                     Err(IntakeError::Stopped) => return report,
                 }
             }
@@ -329,18 +335,18 @@ impl Producer {
         push: Updates<TestUpdate, TestEntities>,
     ) -> Vec<(Duration, Updates<TestUpdate, TestEntities>)> {
         let faults = &self.faults;
-        if *silence > 0 {
+        let lost = if *silence > 0 {
             *silence -= 1;
-            report.lost += 1;
-            return Vec::new();
-        }
-        if rng.chance(faults.silence) {
+            true
+        } else if rng.chance(faults.silence) {
             *silence = faults.silence_length;
+            true
+        } else {
+            rng.chance(faults.drop)
+        };
+        if lost {
             report.lost += 1;
-            return Vec::new();
-        }
-        if rng.chance(faults.drop) {
-            report.lost += 1;
+            api.with_server(|s| s.push_lost(&push));
             return Vec::new();
         }
         let channel = match &push {
@@ -352,9 +358,11 @@ impl Producer {
         };
         let push = if rng.chance(faults.too_long) {
             report.too_long += 1;
+            api.with_server(|s| s.push_lost(&push));
             Updates::TooLong
         } else if let Some(channel_id) = channel.filter(|_| rng.chance(faults.channel_too_long)) {
             report.too_long += 1;
+            api.with_server(|s| s.push_lost(&push));
             let (pts, date) = api.with_server(|s| (s.channel_pts(channel_id), s.state().date));
             let pts = if rng.chance(0.5) { pts } else { None };
             let update = TestUpdate {

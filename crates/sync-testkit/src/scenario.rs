@@ -301,8 +301,10 @@ struct Run<'a> {
     trace: VecDeque<String>,
     report: Report,
     finished_stats: Stats,
+    trace_length: usize,
 }
 
+/// Steps kept for a violation's report; `SYNC_TESTKIT_TRACE` sets another length.
 const TRACE_LENGTH: usize = 40;
 
 impl<'a> Run<'a> {
@@ -334,6 +336,10 @@ impl<'a> Run<'a> {
             trace: VecDeque::new(),
             report: Report::default(),
             finished_stats: Stats::default(),
+            trace_length: std::env::var("SYNC_TESTKIT_TRACE")
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(TRACE_LENGTH),
         }
     }
 
@@ -363,7 +369,7 @@ impl<'a> Run<'a> {
     }
 
     fn log(&mut self, step: impl FnOnce() -> String) {
-        if self.trace.len() == TRACE_LENGTH {
+        if self.trace.len() >= self.trace_length {
             self.trace.pop_front();
         }
         let at = self.now.as_millis();
@@ -473,22 +479,26 @@ impl<'a> Run<'a> {
     /// Sends a push through the faulty network.
     fn send_push(&mut self, updates: Updates<TestUpdate, TestEntities>) {
         let faults = &self.scenario.faults;
-        if self.silence_left > 0 {
+        let lost = if self.silence_left > 0 {
             self.silence_left -= 1;
-            return;
-        }
-        if self.rng.chance(faults.silence) {
+            true
+        } else if self.rng.chance(faults.silence) {
             self.silence_left = faults.silence_length;
-            return;
-        }
-        if self.rng.chance(faults.drop) {
+            true
+        } else {
+            self.rng.chance(faults.drop)
+        };
+        if lost {
+            self.server.push_lost(&updates);
             return;
         }
         let updates = if self.rng.chance(faults.too_long) {
+            self.server.push_lost(&updates);
             Updates::TooLong
         } else if let Some(channel_id) =
             channel_of(&updates).filter(|_| self.rng.chance(faults.channel_too_long))
         {
+            self.server.push_lost(&updates);
             let pts = if self.rng.chance(0.5) {
                 self.server.channel_pts(channel_id)
             } else {

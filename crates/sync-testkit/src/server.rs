@@ -104,8 +104,8 @@ struct SimChannel {
     access_hash: i64,
     pts: i32,
     log: Vec<TestUpdate>,
-    /// Had news since the last difference the client received: the next getDifference
-    /// mentions it (`updateChannelTooLong`), as Telegram does.
+    /// The client missed a push of this channel: the next getDifference mentions it
+    /// (`updateChannelTooLong`), as Telegram does for channels whose news a client missed.
     dirty: bool,
 }
 
@@ -219,6 +219,22 @@ impl Server {
             .chain(self.channels.iter().flat_map(|c| c.log.iter().copied()))
     }
 
+    /// The network lost `push` (or replaced it by a too-long summary): the channels it
+    /// carried are mentioned in the next difference, so the client learns of their news even
+    /// when no later push of theirs reveals the gap.
+    pub fn push_lost(&mut self, push: &Updates<TestUpdate, TestEntities>) {
+        let Updates::Combined { updates, .. } = push else {
+            return;
+        };
+        for update in updates {
+            if let Sequence::Channel { channel_id, .. } = update.sequence
+                && let Some(&index) = self.channel_index.get(&channel_id)
+            {
+                self.channels[index].dirty = true;
+            }
+        }
+    }
+
     /// The client reconnected from scratch: mention every channel in the next difference.
     pub fn client_restarted(&mut self) {
         for channel in &mut self.channels {
@@ -302,7 +318,6 @@ impl Server {
                 let garbage = self.rng.next_u64() as i64;
                 let channel = &mut self.channels[index];
                 channel.pts += pts_count;
-                channel.dirty = true;
                 let update = TestUpdate {
                     id,
                     sequence: Sequence::Channel {
