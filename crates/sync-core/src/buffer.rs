@@ -18,6 +18,7 @@ pub(crate) enum Fit {
 }
 
 /// Classifies `start` against `local`.
+#[inline]
 pub(crate) fn fit(start: i32, local: i32) -> Fit {
     match start.cmp(&local) {
         std::cmp::Ordering::Equal => Fit::Next,

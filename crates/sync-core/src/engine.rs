@@ -64,6 +64,7 @@ fn check_non_negative(field: &'static str, value: i32) -> Result<i32, Error> {
 }
 
 /// The range a `pts` + `pts_count` occupies, or `None` for pts 0 (no position).
+#[inline(always)]
 fn pts_range(pts: i32, pts_count: i32) -> Result<Option<(i32, i32)>, Error> {
     check_non_negative("pts", pts)?;
     check_non_negative("pts_count", pts_count)?;
@@ -78,6 +79,7 @@ fn pts_range(pts: i32, pts_count: i32) -> Result<Option<(i32, i32)>, Error> {
 
 /// Checks an update's numbers. Zero pts / qts mean "no position": such updates are unordered
 /// and never move or reset the state.
+#[inline(always)]
 fn classify(sequence: Sequence) -> Result<Place, Error> {
     Ok(match sequence {
         Sequence::Unordered => Place::Unordered,
@@ -290,6 +292,7 @@ impl Change {
         !self.state && self.channels.is_empty() && self.removed.is_empty()
     }
 
+    #[inline(always)]
     fn channel(&mut self, channel_id: ChannelId, reset: bool) {
         // Runs of one channel's updates are common: skip the repeat cheaply here, and
         // deduplicate the rest when the batch is sealed.
@@ -1020,6 +1023,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// Sends one checked update to its sequence. Unordered updates are delivered, or kept for
     /// their container's `seq` when `container` is given. Returns true when the update waits
     /// (buffered behind a gap or an in-flight request).
+    #[inline(always)]
     fn route(
         &mut self,
         now: Instant,
@@ -1053,6 +1057,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         }
     }
 
+    #[inline]
     fn common_held(&self) -> bool {
         !self.has_state || self.common.fetch.in_flight()
     }
@@ -1062,6 +1067,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// Invariant (nothing after a gap is delivered early): an entry is applied only when its
     /// range starts exactly at the local value, and held back whenever a request is in flight
     /// for the box, because the reply may carry it too.
+    #[inline(always)]
     fn offer_common(
         &mut self,
         now: Instant,
@@ -1076,8 +1082,12 @@ impl<U: Update, E: Entities> Engine<U, E> {
         match fit(start, self.local(slot)) {
             Fit::Next => {
                 self.apply_common(slot, end, entry);
-                self.drain_slot(slot);
-                self.settle_common(now);
+                // The in-order path: with nothing buffered and no gap open there is nothing
+                // to drain and no deadline to move.
+                if self.common.fetch.gap_open || !self.common.buffer(slot).is_empty() {
+                    self.drain_slot(slot);
+                    self.settle_common(now);
+                }
                 false
             }
             Fit::Old => {
@@ -1123,6 +1133,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         true
     }
 
+    #[inline]
     fn local(&self, slot: Slot) -> i32 {
         match slot {
             Slot::Pts => self.state.pts,
@@ -1131,6 +1142,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         }
     }
 
+    #[inline(always)]
     fn apply_common(&mut self, slot: Slot, end: i32, entry: Entry<U>) {
         match slot {
             Slot::Pts => self.state.pts = end,
@@ -1186,6 +1198,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         self.reschedule_common();
     }
 
+    #[inline(always)]
     fn offer_channel(
         &mut self,
         now: Instant,
@@ -1194,7 +1207,17 @@ impl<U: Update, E: Entities> Engine<U, E> {
         end: i32,
         entry: Entry<U>,
     ) -> bool {
-        let Some(&local) = self.channels.get(&channel_id) else {
+        // Most channels have no box (nothing buffered, nothing fetched): skip the lookup then.
+        let channel_box = if self.channel_boxes.is_empty() {
+            None
+        } else {
+            self.channel_boxes.get(&channel_id)
+        };
+        let (boxed, held) = match channel_box {
+            Some(channel) => (true, channel.fetch.in_flight()),
+            None => (false, false),
+        };
+        let Some(local) = self.channels.get_mut(&channel_id) else {
             // First seen: nothing is known about earlier history, so the update starts the
             // channel's sequence.
             self.channels.insert(channel_id, end);
@@ -1202,17 +1225,15 @@ impl<U: Update, E: Entities> Engine<U, E> {
             self.apply_entry(entry);
             return false;
         };
-        let held = self
-            .channel_boxes
-            .get(&channel_id)
-            .is_some_and(|c| c.fetch.in_flight());
         if held {
             return self.buffer_channel(now, channel_id, start, end, entry);
         }
-        match fit(start, local) {
+        match fit(start, *local) {
             Fit::Next => {
-                self.apply_channel(channel_id, end, entry);
-                if self.channel_boxes.contains_key(&channel_id) {
+                *local = end;
+                self.open_change.channel(channel_id, false);
+                self.apply_entry(entry);
+                if boxed {
                     self.drain_channel(channel_id);
                     self.settle_channel(now, channel_id);
                 }
@@ -1269,6 +1290,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         self.apply_entry(entry);
     }
 
+    #[inline(always)]
     fn apply_entry(&mut self, entry: Entry<U>) {
         match entry {
             Entry::Update(update) => self.deliver(update),
@@ -1604,11 +1626,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
     // ----------------------------------------------------------------------------------------
     // Deliveries and commits
 
+    #[inline(always)]
     fn deliver(&mut self, update: U) {
         self.stats.updates_delivered += 1;
         self.open_updates.push(update);
     }
 
+    #[inline]
     fn advance_date(&mut self, date: i32) {
         if date > self.state.date && self.has_state {
             self.state.date = date;
@@ -1643,18 +1667,22 @@ impl<U: Update, E: Entities> Engine<U, E> {
             return;
         }
         let change = mem::take(&mut self.open_change);
-        let mut channels: Vec<ChannelCommit> = change
-            .channels
-            .iter()
-            .filter_map(|&(channel_id, reset)| {
-                let pts = *self.channels.get(&channel_id)?;
-                Some(ChannelCommit {
-                    channel_id,
-                    pts,
-                    reset,
+        let mut channels: Vec<ChannelCommit> = if change.channels.is_empty() {
+            Vec::new()
+        } else {
+            change
+                .channels
+                .iter()
+                .filter_map(|&(channel_id, reset)| {
+                    let pts = *self.channels.get(&channel_id)?;
+                    Some(ChannelCommit {
+                        channel_id,
+                        pts,
+                        reset,
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
         dedup_channels(&mut channels);
         let commit = Commit {
             state: change.state.then_some(self.state),
