@@ -329,26 +329,29 @@ fn merge_commit(earlier: &mut Commit, later: Commit) {
         earlier.removed_channels.extend(later.removed_channels);
     }
     earlier.channels.extend(later.channels);
-    dedup_channels(&mut earlier.channels);
+    dedup_channels(&mut earlier.channels, true);
 }
 
 /// Keeps one entry per channel: the last one, with every reset flag of the run folded in.
-fn dedup_channels(channels: &mut Vec<ChannelCommit>) {
+/// `stable` keeps later entries after earlier ones of the same channel (needed when they may
+/// differ); without it the sort never allocates.
+fn dedup_channels(channels: &mut Vec<ChannelCommit>, stable: bool) {
     if channels.len() < 2 {
         return;
     }
-    channels.sort_by_key(|c| c.channel_id); // stable: later entries stay later
-    let mut out: Vec<ChannelCommit> = Vec::with_capacity(channels.len());
-    for c in channels.drain(..) {
-        match out.last_mut() {
-            Some(last) if last.channel_id == c.channel_id => {
-                let reset = last.reset || c.reset;
-                *last = ChannelCommit { reset, ..c };
-            }
-            _ => out.push(c),
-        }
+    if stable {
+        channels.sort_by_key(|c| c.channel_id);
+    } else {
+        channels.sort_unstable_by_key(|c| c.channel_id);
     }
-    *channels = out;
+    channels.dedup_by(|later, earlier| {
+        if later.channel_id != earlier.channel_id {
+            return false;
+        }
+        earlier.pts = later.pts;
+        earlier.reset |= later.reset;
+        true
+    });
 }
 
 /// The sans-IO update engine of one account. See the [crate docs](crate) for the model.
@@ -1666,29 +1669,32 @@ impl<U: Update, E: Entities> Engine<U, E> {
         if !has_delivery && self.open_change.is_empty() {
             return;
         }
-        let change = mem::take(&mut self.open_change);
-        let mut channels: Vec<ChannelCommit> = if change.channels.is_empty() {
-            Vec::new()
-        } else {
-            change
-                .channels
-                .iter()
-                .filter_map(|&(channel_id, reset)| {
-                    let pts = *self.channels.get(&channel_id)?;
-                    Some(ChannelCommit {
-                        channel_id,
-                        pts,
-                        reset,
-                    })
+        // The change's channel list keeps its capacity from batch to batch.
+        let change = &mut self.open_change;
+        let (state, state_reset) = (
+            mem::take(&mut change.state),
+            mem::take(&mut change.state_reset),
+        );
+        let removed_channels = mem::take(&mut change.removed);
+        let mut channels: Vec<ChannelCommit> = Vec::new();
+        if !change.channels.is_empty() {
+            let tracked = &self.channels;
+            channels.extend(change.channels.drain(..).filter_map(|(channel_id, reset)| {
+                let pts = *tracked.get(&channel_id)?;
+                Some(ChannelCommit {
+                    channel_id,
+                    pts,
+                    reset,
                 })
-                .collect()
-        };
-        dedup_channels(&mut channels);
+            }));
+        }
+        // All entries of one channel carry its current pts: order among them does not matter.
+        dedup_channels(&mut channels, false);
         let commit = Commit {
-            state: change.state.then_some(self.state),
-            state_reset: change.state_reset,
+            state: state.then_some(self.state),
+            state_reset,
             channels,
-            removed_channels: change.removed,
+            removed_channels,
         };
         let batch = has_delivery.then(|| {
             let id = BatchId(self.next_batch);

@@ -1,0 +1,200 @@
+//! Memory, measured with a counting allocator: bytes per tracked channel, bytes per buffered
+//! update, and no allocation per update on the in-order path.
+//!
+//! The figures are printed (`cargo test -p sync-core --test memory -- --nocapture`) and
+//! checked against the budgets the crate promises.
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    clippy::print_stdout
+)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use sync_core::{Config, Difference, Engine, Output, Sequence, State, Update, Updates};
+
+/// Counts live bytes and allocation calls.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The counters are process-wide: measurements must not overlap.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[derive(Debug, Clone, Copy)]
+struct Lean(Sequence);
+
+impl Update for Lean {
+    fn sequence(&self) -> Sequence {
+        self.0
+    }
+}
+
+const START: State = State {
+    pts: 1,
+    qts: 1,
+    date: 0,
+    seq: 1,
+};
+
+fn ready(channels: i64) -> (Engine<Lean>, Instant) {
+    let now = Instant::now();
+    let mut engine = Engine::from_state(
+        Config::default(),
+        now,
+        START,
+        (1..=channels).map(|c| (c, 1)),
+    )
+    .unwrap();
+    let Some(Output::Request(request)) = engine.poll_output() else {
+        unreachable!()
+    };
+    engine
+        .handle_difference(now, request.id, Difference::Empty { date: 0, seq: 1 })
+        .unwrap();
+    while engine.poll_output().is_some() {}
+    (engine, now)
+}
+
+fn drain(engine: &mut Engine<Lean>) {
+    while let Some(output) = engine.poll_output() {
+        if let Output::Deliver(batch) = output {
+            engine.ack(batch.id).unwrap();
+            engine.recycle(batch.updates);
+        }
+    }
+}
+
+#[test]
+fn a_million_tracked_channels_fit_in_64_mb() {
+    let _serial = SERIAL.lock().unwrap();
+    let channels = 1_000_000;
+    let before = LIVE.load(Ordering::Relaxed);
+    let (engine, _) = ready(channels);
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    let per_channel = bytes as f64 / channels as f64;
+    println!(
+        "{channels} tracked channels: {bytes} bytes of engine state, {per_channel:.1} bytes per channel"
+    );
+    assert_eq!(engine.stats().channels_tracked, channels as usize);
+    assert!(bytes <= 64 * 1024 * 1024, "{bytes} bytes");
+}
+
+#[test]
+fn buffered_updates_cost_little() {
+    let _serial = SERIAL.lock().unwrap();
+    let (mut engine, now) = ready(0);
+    let count = 900; // under the default per-sequence cap of 1,000
+    let before = LIVE.load(Ordering::Relaxed);
+    // pts 2 is missing: every later update waits.
+    for pts in 3..3 + count {
+        let update = Lean(Sequence::Common { pts, pts_count: 1 });
+        engine
+            .handle_updates(now, Updates::Short { update, date: 0 })
+            .unwrap();
+    }
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    assert_eq!(engine.stats().buffered_now, count as usize);
+    let per_update = bytes as f64 / f64::from(count);
+    println!(
+        "{count} buffered updates: {bytes} bytes, {per_update:.1} bytes per buffered update (update type of {} bytes)",
+        size_of::<Lean>()
+    );
+    assert!(per_update <= 128.0, "{per_update}");
+}
+
+#[test]
+fn the_in_order_path_allocates_nothing_per_update() {
+    let _serial = SERIAL.lock().unwrap();
+    for channels in [0i64, 1_000] {
+        let (mut engine, now) = ready(channels);
+        let update = |i: i32| {
+            if channels == 0 {
+                Lean(Sequence::Common {
+                    pts: i + 2,
+                    pts_count: 1,
+                })
+            } else {
+                Lean(Sequence::Channel {
+                    channel_id: i64::from(i) % channels + 1,
+                    pts: i / channels as i32 + 2,
+                    pts_count: 1,
+                })
+            }
+        };
+        // Warm up: the output queue, the pending-commit queue and the batch vector reach their
+        // working size.
+        for i in 0..1_000 {
+            engine
+                .handle_updates(
+                    now,
+                    Updates::Short {
+                        update: update(i),
+                        date: 0,
+                    },
+                )
+                .unwrap();
+            drain(&mut engine);
+        }
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let n = 100_000;
+        for i in 1_000..1_000 + n {
+            engine
+                .handle_updates(
+                    now,
+                    Updates::Short {
+                        update: update(i),
+                        date: 0,
+                    },
+                )
+                .unwrap();
+            drain(&mut engine);
+        }
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        println!(
+            "{n} in-order updates over {channels} channels, polled after each: {allocations} allocations"
+        );
+        if channels == 0 {
+            assert_eq!(allocations, 0, "the common in-order path allocated");
+        } else {
+            // A channel commit names its channels in a vector: one allocation per commit.
+            assert!(
+                allocations <= n as usize,
+                "{allocations} allocations for {n} updates"
+            );
+        }
+    }
+}
