@@ -1,0 +1,98 @@
+//! Feeds the `sync-core` engine from `grammers-tl-types`, the TL types Rust Telegram clients
+//! speak (pinned to 0.11.0, layer 230).
+//!
+//! The engine is generic over the application's update type; this crate supplies the TL one
+//! and converts everything that crosses the boundary:
+//!
+//! | TL | engine | with |
+//! | --- | --- | --- |
+//! | `Update` | update type [`TlUpdate`] (its [`Sequence`](sync_core::Sequence): [`sequence_of`]) | |
+//! | `users` + `chats` | entities [`TlEntities`] (channel access hashes; min ones marked) | |
+//! | `Updates` (pushed) | [`Incoming`] → [`Engine::handle_updates`](sync_core::Engine::handle_updates) | [`Converter::updates`] |
+//! | `updateShortSentMessage` | [`Incoming::Affected`], or a full message | [`Converter::sent_message`] |
+//! | `updates.State` | [`State`](sync_core::State) | [`state`] |
+//! | `updates.Difference` | [`Difference`](sync_core::Difference) | [`difference`] |
+//! | `updates.ChannelDifference` | [`ChannelDifference`](sync_core::ChannelDifference) | [`channel_difference`] |
+//! | `messages.affectedMessages` / `affectedHistory` | [`Affected`](sync_core::Affected) | [`affected_messages`], [`affected_history`] |
+//! | engine [`Request`](sync_core::Request) | `updates.getState` / `getDifference` / `getChannelDifference` | [`request`] + [`AccessHashes`] |
+//!
+//! # Peers the application cannot resolve
+//!
+//! Short updates carry no users, and containers may carry only "min" ones. A message update
+//! that mentions a user or channel (chat, sender, forward origin, inline bot, mention) whose
+//! full access hash neither the container nor the application's [`PeerCache`] knows is not
+//! delivered half-known: [`Converter::updates`] withholds it and returns
+//! [`Incoming::NeedsDifference`], whose [`Refetch`] asks the engine for the difference of its
+//! sequence (which comes with full entities). [`Incoming::apply`] does both steps.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Instant;
+//! use grammers_tl_types as tl;
+//! use sync_core::{Config, Difference, Output, State};
+//! use sync_grammers::{Converter, PeerRef, TlEngine, TlRequest};
+//!
+//! let now = Instant::now();
+//! let stored = State { pts: 10, qts: 0, date: 1, seq: 0 };
+//! let mut engine = TlEngine::from_state(Config::default(), now, stored, []).unwrap();
+//! // The application's peer cache: here it knows user 7 only.
+//! let converter = Converter::new(|peer: PeerRef| peer == PeerRef::User(7));
+//! let hashes = std::collections::HashMap::<i64, i64>::new();
+//!
+//! // At start the engine asks for the difference: send it as a TL call.
+//! let Some(Output::Request(request)) = engine.poll_output() else { panic!() };
+//! let Ok(TlRequest::GetDifference(call)) = sync_grammers::request(&request, &hashes) else {
+//!     panic!()
+//! };
+//! assert_eq!(call.pts, 10);
+//! // … invoke `call`; the server answers that nothing is new.
+//! let reply = tl::types::updates::DifferenceEmpty { date: 2, seq: 0 }.into();
+//! engine.handle_difference(now, request.id, sync_grammers::difference(reply)).unwrap();
+//!
+//! // A pushed private message from user 7, pts 11.
+//! let pushed = tl::types::UpdateShortMessage {
+//!     out: false, mentioned: false, media_unread: false, silent: false,
+//!     id: 100, user_id: 7, message: "hi".into(), pts: 11, pts_count: 1, date: 3,
+//!     fwd_from: None, via_bot_id: None, reply_to: None, entities: None, ttl_period: None,
+//! };
+//! converter.updates(pushed.into()).apply(&mut engine, now).unwrap();
+//!
+//! let mut delivered = Vec::new();
+//! while let Some(output) = engine.poll_output() {
+//!     if let Output::Deliver(batch) = output {
+//!         delivered.extend(batch.updates.iter().cloned().map(|u| u.into_inner()));
+//!         engine.ack(batch.id).unwrap();
+//!     }
+//! }
+//! // It arrives as the full `updateNewMessage` it abbreviates.
+//! let [tl::enums::Update::NewMessage(update)] = &delivered[..] else { panic!() };
+//! let tl::enums::Message::Message(message) = &update.message else { panic!() };
+//! assert_eq!((message.id, message.message.as_str()), (100, "hi"));
+//! ```
+
+mod difference;
+mod entities;
+mod error;
+mod incoming;
+mod peers;
+mod request;
+mod update;
+
+pub use difference::{affected_history, affected_messages, channel_difference, difference, state};
+pub use entities::TlEntities;
+pub use error::ConvertError;
+pub use incoming::{ChannelRefetch, Converter, Incoming, Refetch, TlEngine, TlUpdates};
+pub use peers::{AllKnown, PeerCache, PeerRef};
+pub use request::{AccessHashes, TlRequest, request};
+pub use update::{TlUpdate, message_channel, sequence_of};
+
+/// Decodes a TL value (an `Updates`, `updates.Difference`, `updates.ChannelDifference`,
+/// `updates.State`, …) from the bytes of an RPC result or a push; convert it afterwards.
+pub fn decode<T: tl::Deserializable>(bytes: &[u8]) -> Result<T, ConvertError> {
+    Ok(T::from_bytes(bytes)?)
+}
+
+/// The `grammers-tl-types` version this adapter is built against, re-exported so applications
+/// use the same one.
+pub use grammers_tl_types as tl;

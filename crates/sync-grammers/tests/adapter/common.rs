@@ -1,0 +1,270 @@
+//! TL values built by hand, and a few by decoding hand-written bytes.
+
+use std::time::Instant;
+
+use sync_core::{Batch, Config, Output, Request, State};
+use sync_grammers::tl::{self, Deserializable, Serializable};
+use sync_grammers::{TlEngine, TlEntities, TlUpdate};
+
+pub fn user_peer(user_id: i64) -> tl::enums::Peer {
+    tl::types::PeerUser { user_id }.into()
+}
+
+pub fn chat_peer(chat_id: i64) -> tl::enums::Peer {
+    tl::types::PeerChat { chat_id }.into()
+}
+
+pub fn channel_peer(channel_id: i64) -> tl::enums::Peer {
+    tl::types::PeerChannel { channel_id }.into()
+}
+
+/// A `message` with only id, peer, date and text set.
+pub fn message(id: i32, peer_id: tl::enums::Peer) -> tl::types::Message {
+    tl::types::Message {
+        out: false,
+        mentioned: false,
+        media_unread: false,
+        silent: false,
+        post: false,
+        from_scheduled: false,
+        legacy: false,
+        edit_hide: false,
+        pinned: false,
+        noforwards: false,
+        invert_media: false,
+        offline: false,
+        video_processing_pending: false,
+        paid_suggested_post_stars: false,
+        paid_suggested_post_ton: false,
+        id,
+        from_id: None,
+        from_boosts_applied: None,
+        from_rank: None,
+        peer_id,
+        saved_peer_id: None,
+        fwd_from: None,
+        via_bot_id: None,
+        via_business_bot_id: None,
+        guestchat_via_from: None,
+        reply_to: None,
+        date: 1_700_000_000,
+        message: format!("message {id}"),
+        media: None,
+        reply_markup: None,
+        entities: None,
+        views: None,
+        forwards: None,
+        replies: None,
+        edit_date: None,
+        post_author: None,
+        grouped_id: None,
+        reactions: None,
+        restriction_reason: None,
+        ttl_period: None,
+        quick_reply_shortcut_id: None,
+        effect: None,
+        factcheck: None,
+        report_delivery_until_date: None,
+        paid_message_stars: None,
+        suggested_post: None,
+        schedule_repeat_period: None,
+        summary_from_language: None,
+        rich_message: None,
+    }
+}
+
+pub fn new_message(peer: tl::enums::Peer, pts: i32, pts_count: i32) -> tl::enums::Update {
+    tl::types::UpdateNewMessage {
+        message: message(pts, peer).into(),
+        pts,
+        pts_count,
+    }
+    .into()
+}
+
+pub fn new_channel_message(channel_id: i64, pts: i32) -> tl::enums::Update {
+    tl::types::UpdateNewChannelMessage {
+        message: message(pts, channel_peer(channel_id)).into(),
+        pts,
+        pts_count: 1,
+    }
+    .into()
+}
+
+pub fn delete_messages(pts: i32, pts_count: i32) -> tl::enums::Update {
+    tl::types::UpdateDeleteMessages {
+        messages: (0..pts_count).collect(),
+        pts,
+        pts_count,
+    }
+    .into()
+}
+
+pub fn typing(user_id: i64) -> tl::enums::Update {
+    tl::types::UpdateUserTyping {
+        user_id,
+        top_msg_id: None,
+        action: tl::enums::SendMessageAction::SendMessageTypingAction,
+    }
+    .into()
+}
+
+pub fn short_message(user_id: i64, pts: i32) -> tl::types::UpdateShortMessage {
+    tl::types::UpdateShortMessage {
+        out: false,
+        mentioned: false,
+        media_unread: false,
+        silent: false,
+        id: pts,
+        user_id,
+        message: format!("short {pts}"),
+        pts,
+        pts_count: 1,
+        date: 1_700_000_000 + pts,
+        fwd_from: None,
+        via_bot_id: None,
+        reply_to: None,
+        entities: None,
+        ttl_period: None,
+    }
+}
+
+pub fn short_chat_message(from_id: i64, chat_id: i64, pts: i32) -> tl::types::UpdateShortChatMessage {
+    tl::types::UpdateShortChatMessage {
+        out: false,
+        mentioned: false,
+        media_unread: false,
+        silent: false,
+        id: pts,
+        from_id,
+        chat_id,
+        message: format!("chat {pts}"),
+        pts,
+        pts_count: 1,
+        date: 1_700_000_000 + pts,
+        fwd_from: None,
+        via_bot_id: None,
+        reply_to: None,
+        entities: None,
+        ttl_period: None,
+    }
+}
+
+fn push_u32(bytes: &mut Vec<u8>, value: u32) {
+    bytes.extend_from_slice(&value.to_le_bytes());
+}
+
+fn push_i64(bytes: &mut Vec<u8>, value: i64) {
+    bytes.extend_from_slice(&value.to_le_bytes());
+}
+
+/// `user#b1b8cc83` decoded from bytes: flags (bit 0: access_hash, bit 20: min), flags2, id,
+/// access_hash.
+pub fn user(id: i64, access_hash: Option<i64>, min: bool) -> tl::enums::User {
+    let mut bytes = Vec::new();
+    push_u32(&mut bytes, 0xb1b8_cc83);
+    let flags = u32::from(access_hash.is_some()) | if min { 1 << 20 } else { 0 };
+    push_u32(&mut bytes, flags);
+    push_u32(&mut bytes, 0);
+    push_i64(&mut bytes, id);
+    if let Some(hash) = access_hash {
+        push_i64(&mut bytes, hash);
+    }
+    tl::enums::User::from_bytes(&bytes).unwrap()
+}
+
+/// `channel#d49f34c6` decoded from bytes: flags (bit 12: min, bit 13: access_hash), flags2,
+/// id, access_hash, title, photo (`chatPhotoEmpty`), date.
+pub fn channel(id: i64, access_hash: Option<i64>, min: bool) -> tl::enums::Chat {
+    let mut bytes = Vec::new();
+    push_u32(&mut bytes, 0xd49f_34c6);
+    let flags = if access_hash.is_some() { 1 << 13 } else { 0 } | if min { 1 << 12 } else { 0 };
+    push_u32(&mut bytes, flags);
+    push_u32(&mut bytes, 0);
+    push_i64(&mut bytes, id);
+    if let Some(hash) = access_hash {
+        push_i64(&mut bytes, hash);
+    }
+    "title".to_owned().serialize(&mut bytes);
+    push_u32(&mut bytes, 0x37c1_011c);
+    push_u32(&mut bytes, 1_700_000_000);
+    tl::enums::Chat::from_bytes(&bytes).unwrap()
+}
+
+pub fn channel_forbidden(id: i64, access_hash: i64) -> tl::enums::Chat {
+    tl::types::ChannelForbidden {
+        broadcast: true,
+        megagroup: false,
+        monoforum: false,
+        id,
+        access_hash,
+        title: "gone".into(),
+        until_date: None,
+    }
+    .into()
+}
+
+/// Serializes a TL value and decodes it back, as a value arriving from the network would.
+pub fn round_trip<T: Serializable + Deserializable>(value: &T) -> T {
+    T::from_bytes(&value.to_bytes()).unwrap()
+}
+
+/// An engine resumed from `state` whose start-up getDifference was answered empty.
+pub fn engine_at(now: Instant, state: State) -> TlEngine {
+    let mut engine = TlEngine::from_state(Config::default(), now, state, []).unwrap();
+    let request = next_request(&mut engine);
+    engine
+        .handle_difference(
+            now,
+            request.id,
+            sync_core::Difference::Empty {
+                date: state.date,
+                seq: state.seq,
+            },
+        )
+        .unwrap();
+    drain(&mut engine);
+    engine
+}
+
+pub fn next_request(engine: &mut TlEngine) -> Request {
+    loop {
+        match engine.poll_output() {
+            Some(Output::Request(request)) => return request,
+            Some(_) => {}
+            None => panic!("no request"),
+        }
+    }
+}
+
+/// Polls every output, acknowledging deliveries; returns the delivered TL updates and requests.
+pub fn drain(engine: &mut TlEngine) -> (Vec<tl::enums::Update>, Vec<Request>) {
+    let mut delivered = Vec::new();
+    let mut requests = Vec::new();
+    while let Some(output) = engine.poll_output() {
+        match output {
+            Output::Deliver(Batch { id, updates, .. }) => {
+                delivered.extend(updates.into_iter().map(TlUpdate::into_inner));
+                engine.ack(id).unwrap();
+            }
+            Output::Request(request) => requests.push(request),
+            _ => {}
+        }
+    }
+    (delivered, requests)
+}
+
+pub fn pts_of(updates: &[tl::enums::Update]) -> Vec<i32> {
+    updates
+        .iter()
+        .map(|u| match sync_grammers::sequence_of(u) {
+            sync_core::Sequence::Common { pts, .. } | sync_core::Sequence::Channel { pts, .. } => pts,
+            sync_core::Sequence::Qts { qts } => qts,
+            _ => 0,
+        })
+        .collect()
+}
+
+pub fn entities(users: Vec<tl::enums::User>, chats: Vec<tl::enums::Chat>) -> TlEntities {
+    TlEntities::new(users, chats)
+}

@@ -1,0 +1,10 @@
+//! The adapter's tests, one module per constructor family.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod difference;
+mod engine;
+mod envelope;
+mod peers;
+mod request;
+mod sequence;
