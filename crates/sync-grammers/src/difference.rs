@@ -63,9 +63,11 @@ fn full_difference(
     let mut updates =
         Vec::with_capacity(new_messages.len() + new_encrypted_messages.len() + other_updates.len());
     updates.extend(new_messages.into_iter().map(wrap_message));
-    updates.extend(new_encrypted_messages.into_iter().map(|message| {
-        TlUpdate(tl::types::UpdateNewEncryptedMessage { message, qts: 0 }.into())
-    }));
+    updates.extend(
+        new_encrypted_messages.into_iter().map(|message| {
+            TlUpdate(tl::types::UpdateNewEncryptedMessage { message, qts: 0 }.into())
+        }),
+    );
     updates.extend(other_updates.into_iter().map(TlUpdate));
     Difference::Difference {
         updates,

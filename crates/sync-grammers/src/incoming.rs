@@ -5,11 +5,11 @@ use std::time::Instant;
 use grammers_tl_types as tl;
 use sync_core::{Affected, ChannelId, Engine, Sequence, Update, Updates};
 
+use crate::decode;
 use crate::entities::TlEntities;
 use crate::error::ConvertError;
 use crate::peers::{AllKnown, PeerCache, Resolver};
 use crate::update::TlUpdate;
-use crate::decode;
 
 /// The engine type this adapter feeds.
 pub type TlEngine = Engine<TlUpdate, TlEntities>;
@@ -332,7 +332,10 @@ fn user_peer(user_id: i64) -> tl::enums::Peer {
 
 /// `updateShortMessage` as the `updateNewMessage` it abbreviates: a private chat with
 /// `user_id`, sent by them (incoming) or by us (outgoing).
-pub(crate) fn short_message(m: tl::types::UpdateShortMessage, self_id: Option<i64>) -> tl::enums::Update {
+pub(crate) fn short_message(
+    m: tl::types::UpdateShortMessage,
+    self_id: Option<i64>,
+) -> tl::enums::Update {
     let from_id = if m.out {
         self_id.map(user_peer)
     } else {

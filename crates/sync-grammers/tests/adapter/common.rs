@@ -6,20 +6,20 @@ use sync_core::{Batch, Config, Output, Request, State};
 use sync_grammers::tl::{self, Deserializable, Serializable};
 use sync_grammers::{TlEngine, TlEntities, TlUpdate};
 
-pub fn user_peer(user_id: i64) -> tl::enums::Peer {
+pub(crate) fn user_peer(user_id: i64) -> tl::enums::Peer {
     tl::types::PeerUser { user_id }.into()
 }
 
-pub fn chat_peer(chat_id: i64) -> tl::enums::Peer {
+pub(crate) fn chat_peer(chat_id: i64) -> tl::enums::Peer {
     tl::types::PeerChat { chat_id }.into()
 }
 
-pub fn channel_peer(channel_id: i64) -> tl::enums::Peer {
+pub(crate) fn channel_peer(channel_id: i64) -> tl::enums::Peer {
     tl::types::PeerChannel { channel_id }.into()
 }
 
 /// A `message` with only id, peer, date and text set.
-pub fn message(id: i32, peer_id: tl::enums::Peer) -> tl::types::Message {
+pub(crate) fn message(id: i32, peer_id: tl::enums::Peer) -> tl::types::Message {
     tl::types::Message {
         out: false,
         mentioned: false,
@@ -73,7 +73,7 @@ pub fn message(id: i32, peer_id: tl::enums::Peer) -> tl::types::Message {
     }
 }
 
-pub fn new_message(peer: tl::enums::Peer, pts: i32, pts_count: i32) -> tl::enums::Update {
+pub(crate) fn new_message(peer: tl::enums::Peer, pts: i32, pts_count: i32) -> tl::enums::Update {
     tl::types::UpdateNewMessage {
         message: message(pts, peer).into(),
         pts,
@@ -82,7 +82,7 @@ pub fn new_message(peer: tl::enums::Peer, pts: i32, pts_count: i32) -> tl::enums
     .into()
 }
 
-pub fn new_channel_message(channel_id: i64, pts: i32) -> tl::enums::Update {
+pub(crate) fn new_channel_message(channel_id: i64, pts: i32) -> tl::enums::Update {
     tl::types::UpdateNewChannelMessage {
         message: message(pts, channel_peer(channel_id)).into(),
         pts,
@@ -91,7 +91,7 @@ pub fn new_channel_message(channel_id: i64, pts: i32) -> tl::enums::Update {
     .into()
 }
 
-pub fn delete_messages(pts: i32, pts_count: i32) -> tl::enums::Update {
+pub(crate) fn delete_messages(pts: i32, pts_count: i32) -> tl::enums::Update {
     tl::types::UpdateDeleteMessages {
         messages: (0..pts_count).collect(),
         pts,
@@ -100,7 +100,7 @@ pub fn delete_messages(pts: i32, pts_count: i32) -> tl::enums::Update {
     .into()
 }
 
-pub fn typing(user_id: i64) -> tl::enums::Update {
+pub(crate) fn typing(user_id: i64) -> tl::enums::Update {
     tl::types::UpdateUserTyping {
         user_id,
         top_msg_id: None,
@@ -109,7 +109,7 @@ pub fn typing(user_id: i64) -> tl::enums::Update {
     .into()
 }
 
-pub fn short_message(user_id: i64, pts: i32) -> tl::types::UpdateShortMessage {
+pub(crate) fn short_message(user_id: i64, pts: i32) -> tl::types::UpdateShortMessage {
     tl::types::UpdateShortMessage {
         out: false,
         mentioned: false,
@@ -129,7 +129,11 @@ pub fn short_message(user_id: i64, pts: i32) -> tl::types::UpdateShortMessage {
     }
 }
 
-pub fn short_chat_message(from_id: i64, chat_id: i64, pts: i32) -> tl::types::UpdateShortChatMessage {
+pub(crate) fn short_chat_message(
+    from_id: i64,
+    chat_id: i64,
+    pts: i32,
+) -> tl::types::UpdateShortChatMessage {
     tl::types::UpdateShortChatMessage {
         out: false,
         mentioned: false,
@@ -160,7 +164,7 @@ fn push_i64(bytes: &mut Vec<u8>, value: i64) {
 
 /// `user#b1b8cc83` decoded from bytes: flags (bit 0: access_hash, bit 20: min), flags2, id,
 /// access_hash.
-pub fn user(id: i64, access_hash: Option<i64>, min: bool) -> tl::enums::User {
+pub(crate) fn user(id: i64, access_hash: Option<i64>, min: bool) -> tl::enums::User {
     let mut bytes = Vec::new();
     push_u32(&mut bytes, 0xb1b8_cc83);
     let flags = u32::from(access_hash.is_some()) | if min { 1 << 20 } else { 0 };
@@ -175,7 +179,7 @@ pub fn user(id: i64, access_hash: Option<i64>, min: bool) -> tl::enums::User {
 
 /// `channel#d49f34c6` decoded from bytes: flags (bit 12: min, bit 13: access_hash), flags2,
 /// id, access_hash, title, photo (`chatPhotoEmpty`), date.
-pub fn channel(id: i64, access_hash: Option<i64>, min: bool) -> tl::enums::Chat {
+pub(crate) fn channel(id: i64, access_hash: Option<i64>, min: bool) -> tl::enums::Chat {
     let mut bytes = Vec::new();
     push_u32(&mut bytes, 0xd49f_34c6);
     let flags = if access_hash.is_some() { 1 << 13 } else { 0 } | if min { 1 << 12 } else { 0 };
@@ -191,7 +195,7 @@ pub fn channel(id: i64, access_hash: Option<i64>, min: bool) -> tl::enums::Chat 
     tl::enums::Chat::from_bytes(&bytes).unwrap()
 }
 
-pub fn channel_forbidden(id: i64, access_hash: i64) -> tl::enums::Chat {
+pub(crate) fn channel_forbidden(id: i64, access_hash: i64) -> tl::enums::Chat {
     tl::types::ChannelForbidden {
         broadcast: true,
         megagroup: false,
@@ -205,12 +209,12 @@ pub fn channel_forbidden(id: i64, access_hash: i64) -> tl::enums::Chat {
 }
 
 /// Serializes a TL value and decodes it back, as a value arriving from the network would.
-pub fn round_trip<T: Serializable + Deserializable>(value: &T) -> T {
+pub(crate) fn round_trip<T: Serializable + Deserializable>(value: &T) -> T {
     T::from_bytes(&value.to_bytes()).unwrap()
 }
 
 /// An engine resumed from `state` whose start-up getDifference was answered empty.
-pub fn engine_at(now: Instant, state: State) -> TlEngine {
+pub(crate) fn engine_at(now: Instant, state: State) -> TlEngine {
     let mut engine = TlEngine::from_state(Config::default(), now, state, []).unwrap();
     let request = next_request(&mut engine);
     engine
@@ -227,7 +231,7 @@ pub fn engine_at(now: Instant, state: State) -> TlEngine {
     engine
 }
 
-pub fn next_request(engine: &mut TlEngine) -> Request {
+pub(crate) fn next_request(engine: &mut TlEngine) -> Request {
     loop {
         match engine.poll_output() {
             Some(Output::Request(request)) => return request,
@@ -238,7 +242,7 @@ pub fn next_request(engine: &mut TlEngine) -> Request {
 }
 
 /// Polls every output, acknowledging deliveries; returns the delivered TL updates and requests.
-pub fn drain(engine: &mut TlEngine) -> (Vec<tl::enums::Update>, Vec<Request>) {
+pub(crate) fn drain(engine: &mut TlEngine) -> (Vec<tl::enums::Update>, Vec<Request>) {
     let mut delivered = Vec::new();
     let mut requests = Vec::new();
     while let Some(output) = engine.poll_output() {
@@ -254,17 +258,19 @@ pub fn drain(engine: &mut TlEngine) -> (Vec<tl::enums::Update>, Vec<Request>) {
     (delivered, requests)
 }
 
-pub fn pts_of(updates: &[tl::enums::Update]) -> Vec<i32> {
+pub(crate) fn pts_of(updates: &[tl::enums::Update]) -> Vec<i32> {
     updates
         .iter()
         .map(|u| match sync_grammers::sequence_of(u) {
-            sync_core::Sequence::Common { pts, .. } | sync_core::Sequence::Channel { pts, .. } => pts,
+            sync_core::Sequence::Common { pts, .. } | sync_core::Sequence::Channel { pts, .. } => {
+                pts
+            }
             sync_core::Sequence::Qts { qts } => qts,
             _ => 0,
         })
         .collect()
 }
 
-pub fn entities(users: Vec<tl::enums::User>, chats: Vec<tl::enums::Chat>) -> TlEntities {
+pub(crate) fn entities(users: Vec<tl::enums::User>, chats: Vec<tl::enums::Chat>) -> TlEntities {
     TlEntities::new(users, chats)
 }
