@@ -674,6 +674,10 @@ where
     A: Api,
     S: StateStorage + AccessHashStorage + 'static,
 {
+    /// Most queued pushes taken per turn of the main loop before the engine is polled: large
+    /// enough to amortise a poll, small enough to keep timers and replies responsive.
+    const INTAKE_BATCH: usize = 1_024;
+
     /// The main loop. Returns `Err` with a message when the authorization is lost.
     async fn run(
         &mut self,
@@ -704,7 +708,15 @@ where
                 }
                 () = &mut sleep, if deadline.is_some() => self.engine.handle_timeout(now()),
                 Some(command) = control.recv() => self.command(command),
-                Some(input) = intake.recv() => self.input(input),
+                Some(input) = intake.recv() => {
+                    self.input(input);
+                    // Take whatever else is queued before polling the engine: one delivery
+                    // batch, one dispatch and one commit then cover many pushes.
+                    for _ in 0..Self::INTAKE_BATCH {
+                        let Ok(input) = intake.try_recv() else { break };
+                        self.input(input);
+                    }
+                }
             }
             if self.shared.overflowed.swap(false, Ordering::AcqRel) {
                 self.shared.counters.intake_recoveries.incr();

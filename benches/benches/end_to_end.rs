@@ -1,0 +1,223 @@
+//! The whole runtime against the simulated server, as fast as it goes: a `Manager` on tokio,
+//! in-memory storage, dispatch to a trivial handler through the sharded fan-out.
+//!
+//! `cargo bench -p sync-benches --bench end_to_end` (`E2E_EVENTS`, `E2E_RUNS` to change the
+//! size and the number of runs; prints min / median / max).
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::disallowed_methods
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sync_core::Updates;
+use sync_runtime::sim::{ApiFaults, SimulatedApi};
+use sync_runtime::{BoxError, Config, Handler, Manager};
+use sync_storage::MemoryStorage;
+use sync_testkit::{Limits, Server, TestEntities, TestUpdate, Workload};
+
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl Handler<TestUpdate, TestEntities> for Count {
+    async fn handle(&self, _: TestUpdate, _: Arc<[TestEntities]>) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn workload() -> Workload {
+    // Common-box traffic plus channels: what a busy user account sees.
+    Workload {
+        channels: 100,
+        seq_updates: 0,
+        ephemeral: 0,
+        ..Workload::default()
+    }
+}
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.engine = sync_core::Config {
+        pts_total_limit: None,
+        ..sync_core::Config::bot()
+    };
+    config.intake_capacity = 65_536;
+    config
+}
+
+/// A backlog of `events` on the server; the client starts behind it and catches up by
+/// differences alone. Returns (updates handled, seconds).
+async fn catch_up(events: u64) -> (u64, f64) {
+    let limits = Limits {
+        difference_limit: 10_000,
+        difference_too_long_after: usize::MAX,
+        ..Limits::default()
+    };
+    let mut server = Server::new(7, workload(), limits);
+    let start_state = server.state();
+    let channels: Vec<(i64, i32)> = server.channel_states().collect();
+    while server.events() < events {
+        let push = server.produce();
+        server.push_lost(&push); // nothing was pushed: the difference must mention every channel
+    }
+    let api = SimulatedApi::new(server, ApiFaults::none(Duration::ZERO), 1);
+    let storage = Arc::new(MemoryStorage::new());
+    let account = 1;
+    let commit = sync_core::Commit {
+        state: Some(start_state),
+        channels: channels
+            .iter()
+            .map(|&(channel_id, pts)| sync_core::ChannelCommit {
+                channel_id,
+                pts,
+                reset: false,
+            })
+            .collect(),
+        ..sync_core::Commit::default()
+    };
+    sync_storage::StateStorage::apply(&*storage, account, &commit)
+        .await
+        .unwrap();
+    for (channel_id, hash) in api.with_server(|s| s.access_hashes().collect::<Vec<_>>()) {
+        sync_storage::AccessHashStorage::set_access_hash(&*storage, account, channel_id, hash)
+            .await
+            .unwrap();
+    }
+    let handled = Arc::new(Count::default());
+    let started = Instant::now();
+    let manager = Manager::with_config(account, api, storage, Arc::clone(&handled), config());
+    let handle = manager.handle();
+    let run = tokio::spawn(manager.run());
+    handle.caught_up().await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    if std::env::var("E2E_DEBUG").is_ok() {
+        println!("{:#?}", handle.stats());
+    }
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    (handled.0.load(Ordering::Relaxed), seconds)
+}
+
+/// `events` pushed in order through `ManagerHandle::handle` as fast as the intake takes them.
+async fn live(events: u64) -> (u64, f64) {
+    // The pushes come from a twin of the API's server (same seed, same events): the API's
+    // server stays at the start until the pushes are in, so the startup difference is empty
+    // and every update arrives by push; then it catches up with its twin for the final check.
+    let mut twin = Server::new(11, workload(), Limits::default());
+    let start_state = twin.state();
+    let mut pushes: Vec<Updates<TestUpdate, TestEntities>> = Vec::new();
+    while twin.events() < events {
+        pushes.push(twin.produce());
+    }
+    let api = SimulatedApi::new(
+        Server::new(11, workload(), Limits::default()),
+        ApiFaults::none(Duration::ZERO),
+        1,
+    );
+    let storage = Arc::new(MemoryStorage::new());
+    let account = 1;
+    let channels: Vec<sync_core::ChannelCommit> = (1..=workload().channels as i64)
+        .map(|channel_id| sync_core::ChannelCommit {
+            channel_id,
+            pts: 1,
+            reset: false,
+        })
+        .collect();
+    let commit = sync_core::Commit {
+        state: Some(start_state),
+        channels,
+        ..sync_core::Commit::default()
+    };
+    sync_storage::StateStorage::apply(&*storage, account, &commit)
+        .await
+        .unwrap();
+    let handled = Arc::new(Count::default());
+    let manager = Manager::with_config(
+        account,
+        api.clone(),
+        storage,
+        Arc::clone(&handled),
+        config(),
+    );
+    let handle = manager.handle();
+    let run = tokio::spawn(manager.run());
+    handle.caught_up().await.unwrap();
+    let started = Instant::now();
+    for (sent, push) in pushes.into_iter().enumerate() {
+        while handle.handle(push.clone()).is_err() {
+            // The intake is full: give the manager the thread, then retry.
+            tokio::task::yield_now().await;
+        }
+        // Hand the thread over now and then, as a network reader would between reads.
+        if sent % 1_024 == 1_023 {
+            tokio::task::yield_now().await;
+        }
+    }
+    api.with_server(|server| {
+        while server.events() < events {
+            server.produce();
+        }
+    });
+    handle.caught_up().await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    if std::env::var("E2E_DEBUG").is_ok() {
+        println!("{:#?}", handle.stats());
+    }
+    handle.shutdown();
+    run.await.unwrap().unwrap();
+    (handled.0.load(Ordering::Relaxed), seconds)
+}
+
+fn report(name: &str, runs: &mut [(u64, f64)]) {
+    let mut rates: Vec<f64> = runs.iter().map(|&(n, s)| n as f64 / s).collect();
+    rates.sort_by(f64::total_cmp);
+    let (min, median, max) = (rates[0], rates[rates.len() / 2], rates[rates.len() - 1]);
+    println!(
+        "{name}: {} updates handled; updates/s min {:.0} median {:.0} max {:.0}; seconds median {:.3}",
+        runs[0].0,
+        min,
+        median,
+        max,
+        runs.iter().map(|r| r.1).fold(Vec::new(), |mut v, s| {
+            v.push(s);
+            v
+        })[runs.len() / 2]
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs benches once in test mode: keep that quick.
+    let quick = std::env::args().any(|a| a == "--test");
+    let events = if quick {
+        2_000
+    } else {
+        env("E2E_EVENTS", 1_000_000)
+    };
+    let runs = if quick { 1 } else { env("E2E_RUNS", 3) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut backlog: Vec<(u64, f64)> = (0..runs)
+        .map(|_| runtime.block_on(catch_up(events)))
+        .collect();
+    report(
+        &format!("catch up a backlog of {events} events by getDifference"),
+        &mut backlog,
+    );
+    let mut pushed: Vec<(u64, f64)> = (0..runs).map(|_| runtime.block_on(live(events))).collect();
+    report(&format!("{events} events pushed in order"), &mut pushed);
+}

@@ -1,0 +1,479 @@
+//! sync-core (through the sync-grammers adapter) side by side with grammers' own message box
+//! (`grammers_session::updates::MessageBoxes`), fed the same stream of TL `Updates` values in
+//! one process.
+//!
+//! `cargo bench -p sync-benches --bench grammers`
+//!
+//! Each scenario runs three ways: building the inputs alone (`build`), building and feeding
+//! grammers (`grammers`), building and feeding the adapter and engine (`sync-core`). Inputs are
+//! generated inside the timed loop, one at a time, so the bench measures update handling
+//! rather than memory bandwidth; the net cost of a side is its time minus `build`. A summary
+//! table of per-update costs and ratios is printed at the end.
+//!
+//! Both sides do what a driver does per pushed value: the engine side converts it
+//! (`Converter::updates`, peers known), feeds it, polls every output and acknowledges and
+//! recycles the batch; the grammers side calls `process_updates` and drops the result. Both
+//! read the clock once per value (grammers does it inside `process_updates`).
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use grammers_session::updates::{MessageBoxes, UpdatesLike};
+use sync_core::{Config, Difference, Output, State};
+use sync_grammers::tl;
+use sync_grammers::{AllKnown, Converter, TlEngine};
+
+/// Updates per timed iteration.
+const BLOCK: u64 = 1_000;
+/// Text of each message: with its entities, a TL value of about 5 KB.
+const TEXT_LEN: usize = 4_900;
+const START_PTS: i32 = 1;
+const START_SEQ: i32 = 1;
+
+#[derive(Debug, Clone, Copy)]
+enum Scenario {
+    /// `updateShort` + `updateNewMessage`, common pts in order.
+    InOrder,
+    /// `updateShort` + `updateNewChannelMessage`, round-robin over this many channels.
+    Channels(i64),
+    /// `updates` containers of 10 `updateNewMessage`, consecutive seq.
+    Seq10,
+    /// Common pts with every pair swapped: each pair opens a gap and closes it.
+    Swapped,
+    /// `updateShortMessage`, common pts in order.
+    ShortMessage,
+}
+
+impl Scenario {
+    fn name(self) -> String {
+        match self {
+            Scenario::InOrder => "in_order".into(),
+            Scenario::Channels(n) => format!("channels_{n}"),
+            Scenario::Seq10 => "seq_containers_10".into(),
+            Scenario::Swapped => "pairs_swapped".into(),
+            Scenario::ShortMessage => "short_message".into(),
+        }
+    }
+
+    fn channels(self) -> i64 {
+        match self {
+            Scenario::Channels(n) => n,
+            _ => 0,
+        }
+    }
+}
+
+/// The same endless stream for every side: the i-th value depends only on i.
+struct Stream {
+    scenario: Scenario,
+    text: String,
+    produced: u64,
+    pts: i32,
+    seq: i32,
+    channel_pts: Vec<i32>,
+}
+
+impl Stream {
+    fn new(scenario: Scenario) -> Self {
+        Self {
+            scenario,
+            text: "x".repeat(TEXT_LEN),
+            produced: 0,
+            pts: START_PTS,
+            seq: START_SEQ,
+            channel_pts: vec![START_PTS; usize::try_from(scenario.channels()).unwrap()],
+        }
+    }
+
+    /// The next pushed value and how many updates it carries.
+    fn next(&mut self) -> (tl::enums::Updates, u64) {
+        let i = self.produced;
+        match self.scenario {
+            Scenario::InOrder => {
+                self.produced += 1;
+                self.pts += 1;
+                (self.short(new_message(self.message(self.pts), self.pts)), 1)
+            }
+            Scenario::Swapped => {
+                self.produced += 1;
+                // Pair k holds base+2k+1 and base+2k+2; the second comes first.
+                let pair_base = START_PTS + 2 * i32::try_from(i / 2).unwrap();
+                let pts = if i % 2 == 0 {
+                    pair_base + 2
+                } else {
+                    pair_base + 1
+                };
+                (self.short(new_message(self.message(pts), pts)), 1)
+            }
+            Scenario::Channels(n) => {
+                self.produced += 1;
+                let index = usize::try_from(i % u64::try_from(n).unwrap()).unwrap();
+                self.channel_pts[index] += 1;
+                let pts = self.channel_pts[index];
+                let channel_id = i64::try_from(index).unwrap() + 1;
+                let mut message = self.message(pts);
+                message.peer_id = tl::types::PeerChannel { channel_id }.into();
+                let update = tl::types::UpdateNewChannelMessage {
+                    message: message.into(),
+                    pts,
+                    pts_count: 1,
+                };
+                (self.short(update.into()), 1)
+            }
+            Scenario::Seq10 => {
+                self.produced += 10;
+                self.seq += 1;
+                let updates = (0..10)
+                    .map(|_| {
+                        self.pts += 1;
+                        new_message(self.message(self.pts), self.pts)
+                    })
+                    .collect();
+                let container = tl::types::Updates {
+                    updates,
+                    users: vec![],
+                    chats: vec![],
+                    date: 1_700_000_000,
+                    seq: self.seq,
+                };
+                (container.into(), 10)
+            }
+            Scenario::ShortMessage => {
+                self.produced += 1;
+                self.pts += 1;
+                let short = tl::types::UpdateShortMessage {
+                    out: false,
+                    mentioned: false,
+                    media_unread: false,
+                    silent: false,
+                    id: self.pts,
+                    user_id: 42,
+                    message: self.text.clone(),
+                    pts: self.pts,
+                    pts_count: 1,
+                    date: 1_700_000_000,
+                    fwd_from: None,
+                    via_bot_id: None,
+                    reply_to: None,
+                    entities: Some(entities()),
+                    ttl_period: None,
+                };
+                (short.into(), 1)
+            }
+        }
+    }
+
+    fn short(&self, update: tl::enums::Update) -> tl::enums::Updates {
+        tl::types::UpdateShort {
+            update,
+            date: 1_700_000_000,
+        }
+        .into()
+    }
+
+    fn message(&self, id: i32) -> tl::types::Message {
+        message(id, self.text.clone())
+    }
+}
+
+fn new_message(message: tl::types::Message, pts: i32) -> tl::enums::Update {
+    tl::types::UpdateNewMessage {
+        message: message.into(),
+        pts,
+        pts_count: 1,
+    }
+    .into()
+}
+
+fn entities() -> Vec<tl::enums::MessageEntity> {
+    (0..8)
+        .map(|i| {
+            tl::types::MessageEntityBold {
+                offset: i * 10,
+                length: 5,
+            }
+            .into()
+        })
+        .collect()
+}
+
+fn message(id: i32, text: String) -> tl::types::Message {
+    tl::types::Message {
+        out: false,
+        mentioned: false,
+        media_unread: false,
+        silent: false,
+        post: false,
+        from_scheduled: false,
+        legacy: false,
+        edit_hide: false,
+        pinned: false,
+        noforwards: false,
+        invert_media: false,
+        offline: false,
+        video_processing_pending: false,
+        paid_suggested_post_stars: false,
+        paid_suggested_post_ton: false,
+        id,
+        from_id: Some(tl::types::PeerUser { user_id: 42 }.into()),
+        from_boosts_applied: None,
+        from_rank: None,
+        peer_id: tl::types::PeerUser { user_id: 42 }.into(),
+        saved_peer_id: None,
+        fwd_from: None,
+        via_bot_id: None,
+        via_business_bot_id: None,
+        guestchat_via_from: None,
+        reply_to: None,
+        date: 1_700_000_000,
+        message: text,
+        media: None,
+        reply_markup: None,
+        entities: Some(entities()),
+        views: None,
+        forwards: None,
+        replies: None,
+        edit_date: None,
+        post_author: None,
+        grouped_id: None,
+        reactions: None,
+        restriction_reason: None,
+        ttl_period: None,
+        quick_reply_shortcut_id: None,
+        effect: None,
+        factcheck: None,
+        report_delivery_until_date: None,
+        paid_message_stars: None,
+        suggested_post: None,
+        schedule_repeat_period: None,
+        summary_from_language: None,
+        rich_message: None,
+    }
+}
+
+/// grammers' message box at the start state, every channel known, not fetching anything.
+fn grammers_boxes(scenario: Scenario) -> MessageBoxes {
+    let mut boxes = MessageBoxes::new();
+    boxes.set_state(tl::types::updates::State {
+        pts: START_PTS,
+        qts: START_PTS,
+        date: 1,
+        seq: START_SEQ,
+        unread_count: 0,
+    });
+    for id in 1..=scenario.channels() {
+        boxes.try_set_channel_state(id, START_PTS);
+    }
+    debug_assert!(
+        boxes.session_state().channels.len() == usize::try_from(scenario.channels()).unwrap_or(0)
+    );
+    boxes
+}
+
+/// The engine at the same start state, past its start-up difference.
+fn our_engine(scenario: Scenario) -> TlEngine {
+    let now = Instant::now();
+    let state = State {
+        pts: START_PTS,
+        qts: START_PTS,
+        date: 1,
+        seq: START_SEQ,
+    };
+    let channels = (1..=scenario.channels()).map(|id| (id, START_PTS));
+    let mut engine = TlEngine::from_state(Config::default(), now, state, channels).unwrap();
+    let Some(Output::Request(request)) = engine.poll_output() else {
+        unreachable!()
+    };
+    engine
+        .handle_difference(
+            now,
+            request.id,
+            Difference::Empty {
+                date: 1,
+                seq: START_SEQ,
+            },
+        )
+        .unwrap();
+    drain(&mut engine);
+    engine
+}
+
+fn drain(engine: &mut TlEngine) -> u64 {
+    let mut delivered = 0;
+    while let Some(output) = engine.poll_output() {
+        if let Output::Deliver(mut batch) = output {
+            delivered += batch.updates.len() as u64;
+            engine.ack(batch.id).unwrap();
+            // The application takes the updates; the vector goes back to the engine.
+            batch.updates.clear();
+            engine.recycle(batch.updates);
+        }
+    }
+    delivered
+}
+
+/// Time and update counts per (scenario, side), accumulated over every timed run.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    elapsed: Duration,
+    updates: u64,
+    delivered: u64,
+}
+
+impl Tally {
+    fn ns_per_update(self) -> f64 {
+        self.elapsed.as_secs_f64() * 1e9 / self.updates.max(1) as f64
+    }
+}
+
+thread_local! {
+    static TALLIES: RefCell<BTreeMap<(String, &'static str), Tally>> = RefCell::default();
+}
+
+fn record(scenario: Scenario, side: &'static str, elapsed: Duration, updates: u64, delivered: u64) {
+    TALLIES.with(|t| {
+        let mut t = t.borrow_mut();
+        let tally = t.entry((scenario.name(), side)).or_default();
+        tally.elapsed += elapsed;
+        tally.updates += updates;
+        tally.delivered += delivered;
+    });
+}
+
+/// Runs `iters` blocks of `BLOCK` updates through `step`, which returns the number of updates
+/// it consumed and delivered.
+fn run_blocks(iters: u64, mut step: impl FnMut() -> (u64, u64)) -> (Duration, u64, u64) {
+    let start = Instant::now();
+    let (mut updates, mut delivered) = (0, 0);
+    for _ in 0..iters {
+        let block_end = updates + BLOCK;
+        while updates < block_end {
+            let (n, d) = step();
+            updates += n;
+            delivered += d;
+        }
+    }
+    (start.elapsed(), updates, delivered)
+}
+
+fn bench_scenario(c: &mut Criterion, scenario: Scenario) {
+    let mut group = c.benchmark_group(format!("grammers/{}", scenario.name()));
+    group.throughput(Throughput::Elements(BLOCK));
+
+    group.bench_function("build", |b| {
+        let mut stream = Stream::new(scenario);
+        b.iter_custom(|iters| {
+            let (elapsed, updates, _) = run_blocks(iters, || {
+                let (value, n) = stream.next();
+                black_box(value);
+                (n, 0)
+            });
+            record(scenario, "build", elapsed, updates, 0);
+            elapsed
+        });
+    });
+
+    group.bench_function("grammers", |b| {
+        let mut stream = Stream::new(scenario);
+        let mut boxes = grammers_boxes(scenario);
+        b.iter_custom(|iters| {
+            let (elapsed, updates, delivered) = run_blocks(iters, || {
+                let (value, n) = stream.next();
+                let delivered = match boxes.process_updates(UpdatesLike::Updates(value)) {
+                    Ok((updates, users, chats)) => {
+                        let delivered = updates.len() as u64;
+                        black_box((updates, users, chats));
+                        delivered
+                    }
+                    Err(gap) => {
+                        black_box(gap);
+                        0
+                    }
+                };
+                (n, delivered)
+            });
+            record(scenario, "grammers", elapsed, updates, delivered);
+            elapsed
+        });
+    });
+
+    group.bench_function("sync-core", |b| {
+        let mut stream = Stream::new(scenario);
+        let mut engine = our_engine(scenario);
+        let converter = Converter::new(AllKnown);
+        b.iter_custom(|iters| {
+            let (elapsed, updates, delivered) = run_blocks(iters, || {
+                let (value, n) = stream.next();
+                converter
+                    .updates(value)
+                    .apply(&mut engine, Instant::now())
+                    .unwrap();
+                (n, drain(&mut engine))
+            });
+            record(scenario, "sync-core", elapsed, updates, delivered);
+            elapsed
+        });
+    });
+
+    group.finish();
+}
+
+fn summary() {
+    let tallies = TALLIES.with(|t| t.borrow().clone());
+    let get = |scenario: &str, side| tallies.get(&(scenario.to_owned(), side)).copied();
+    println!();
+    println!(
+        "| scenario | build ns/update | grammers ns/update | sync-core ns/update | grammers net | sync-core net | end-to-end ratio | net ratio | delivered/fed (grammers, sync-core) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for scenario in SCENARIOS {
+        let name = scenario.name();
+        let (Some(build), Some(theirs), Some(ours)) = (
+            get(&name, "build"),
+            get(&name, "grammers"),
+            get(&name, "sync-core"),
+        ) else {
+            continue; // filtered out on the command line
+        };
+        let (b, t, o) = (
+            build.ns_per_update(),
+            theirs.ns_per_update(),
+            ours.ns_per_update(),
+        );
+        let (t_net, o_net) = (t - b, o - b);
+        println!(
+            "| {name} | {b:.0} | {t:.0} | {o:.0} | {t_net:.0} | {o_net:.0} | {:.2}× | {:.1}× | {:.3}, {:.3} |",
+            t / o,
+            t_net / o_net.max(1.0),
+            theirs.delivered as f64 / theirs.updates.max(1) as f64,
+            ours.delivered as f64 / ours.updates.max(1) as f64,
+        );
+    }
+}
+
+const SCENARIOS: [Scenario; 6] = [
+    Scenario::InOrder,
+    Scenario::Channels(1),
+    Scenario::Channels(1000),
+    Scenario::Seq10,
+    Scenario::Swapped,
+    Scenario::ShortMessage,
+];
+
+fn main() {
+    // Small samples keep the whole run near two minutes on a busy two-core machine.
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    for scenario in SCENARIOS {
+        bench_scenario(&mut c, scenario);
+    }
+    c.final_summary();
+    summary();
+}
