@@ -63,12 +63,12 @@ fn full_difference(
     let mut updates =
         Vec::with_capacity(new_messages.len() + new_encrypted_messages.len() + other_updates.len());
     updates.extend(new_messages.into_iter().map(wrap_message));
-    updates.extend(
-        new_encrypted_messages.into_iter().map(|message| {
-            TlUpdate(tl::types::UpdateNewEncryptedMessage { message, qts: 0 }.into())
-        }),
-    );
-    updates.extend(other_updates.into_iter().map(TlUpdate));
+    updates.extend(new_encrypted_messages.into_iter().map(|message| {
+        TlUpdate::from(tl::enums::Update::from(
+            tl::types::UpdateNewEncryptedMessage { message, qts: 0 },
+        ))
+    }));
+    updates.extend(other_updates.into_iter().map(TlUpdate::from));
     Difference::Difference {
         updates,
         entities,
@@ -94,7 +94,7 @@ fn wrap_message(message: tl::enums::Message) -> TlUpdate {
         }
         .into()
     };
-    TlUpdate(update)
+    TlUpdate::from(update)
 }
 
 /// The answer to `getChannelDifference` for `channel_id` (the channel of the request), for
@@ -119,16 +119,15 @@ pub fn channel_difference(
         D::Difference(d) => {
             let mut updates = Vec::with_capacity(d.new_messages.len() + d.other_updates.len());
             updates.extend(d.new_messages.into_iter().map(|message| {
-                TlUpdate(
+                TlUpdate::from(tl::enums::Update::from(
                     tl::types::UpdateNewChannelMessage {
                         message,
                         pts: 0,
                         pts_count: 0,
-                    }
-                    .into(),
-                )
+                    },
+                ))
             }));
-            updates.extend(d.other_updates.into_iter().map(TlUpdate));
+            updates.extend(d.other_updates.into_iter().map(TlUpdate::from));
             ChannelDifferenceKind::Difference {
                 updates,
                 entities: TlEntities::new(d.users, d.chats),

@@ -185,9 +185,12 @@ impl<C: PeerCache> Converter<C> {
                 let update = TlUpdate(short_chat_message(m));
                 self.short(update, date, known)
             }
-            T::UpdateShort(short) => {
-                let known = self.resolver(None).update_known(&short.update);
-                self.short(TlUpdate(short.update), short.date, known)
+            T::UpdateShort(tl::types::UpdateShort { update, date }) => {
+                // Boxed first: the TL update is about 5 KB inline, and every later move of it
+                // would copy all of it.
+                let update = TlUpdate(Box::new(update));
+                let known = self.resolver(None).update_known(&update);
+                self.short(update, date, known)
             }
             T::Combined(c) => self.combined(
                 c.updates,
@@ -242,7 +245,7 @@ impl<C: PeerCache> Converter<C> {
             pts_count: sent.pts_count,
         };
         Incoming::Updates(Updates::Short {
-            update: TlUpdate(update.into()),
+            update: TlUpdate::from(tl::enums::Update::from(update)),
             date: sent.date,
         })
     }
@@ -283,7 +286,7 @@ impl<C: PeerCache> Converter<C> {
             .position(|u| !resolver.update_known(u) && withholdable(crate::sequence_of(u)));
         let Some(first_unknown) = first_unknown else {
             return Incoming::Updates(Updates::Combined {
-                updates: updates.into_iter().map(TlUpdate).collect(),
+                updates: updates.into_iter().map(TlUpdate::from).collect(),
                 entities,
                 date,
                 seq_start,
@@ -299,7 +302,7 @@ impl<C: PeerCache> Converter<C> {
             if withheld {
                 refetch.add(sequence);
             } else {
-                kept.push(TlUpdate(update));
+                kept.push(TlUpdate::from(update));
             }
         }
         // The container is still fed (its seq, entities and other updates apply): only the
@@ -335,59 +338,57 @@ fn user_peer(user_id: i64) -> tl::enums::Peer {
 pub(crate) fn short_message(
     m: tl::types::UpdateShortMessage,
     self_id: Option<i64>,
-) -> tl::enums::Update {
+) -> Box<tl::enums::Update> {
     let from_id = if m.out {
         self_id.map(user_peer)
     } else {
         Some(user_peer(m.user_id))
     };
-    let message = tl::types::Message {
-        out: m.out,
-        mentioned: m.mentioned,
-        media_unread: m.media_unread,
-        silent: m.silent,
-        from_id,
-        fwd_from: m.fwd_from,
-        via_bot_id: m.via_bot_id,
-        reply_to: m.reply_to,
-        entities: m.entities,
-        ttl_period: m.ttl_period,
-        ..blank_message(m.id, user_peer(m.user_id), m.date, m.message)
-    };
-    tl::types::UpdateNewMessage {
-        message: message.into(),
+    // Built inside the box in one expression, so the 5 KB value is not copied on the way.
+    Box::new(tl::enums::Update::NewMessage(tl::types::UpdateNewMessage {
+        message: tl::enums::Message::Message(tl::types::Message {
+            out: m.out,
+            mentioned: m.mentioned,
+            media_unread: m.media_unread,
+            silent: m.silent,
+            from_id,
+            fwd_from: m.fwd_from,
+            via_bot_id: m.via_bot_id,
+            reply_to: m.reply_to,
+            entities: m.entities,
+            ttl_period: m.ttl_period,
+            ..blank_message(m.id, user_peer(m.user_id), m.date, m.message)
+        }),
         pts: m.pts,
         pts_count: m.pts_count,
-    }
-    .into()
+    }))
 }
 
 /// `updateShortChatMessage` as the `updateNewMessage` it abbreviates: a basic group
 /// (`peerChat`) message from the user `from_id`.
-pub(crate) fn short_chat_message(m: tl::types::UpdateShortChatMessage) -> tl::enums::Update {
+pub(crate) fn short_chat_message(m: tl::types::UpdateShortChatMessage) -> Box<tl::enums::Update> {
     let chat = tl::types::PeerChat { chat_id: m.chat_id }.into();
-    let message = tl::types::Message {
-        out: m.out,
-        mentioned: m.mentioned,
-        media_unread: m.media_unread,
-        silent: m.silent,
-        from_id: Some(user_peer(m.from_id)),
-        fwd_from: m.fwd_from,
-        via_bot_id: m.via_bot_id,
-        reply_to: m.reply_to,
-        entities: m.entities,
-        ttl_period: m.ttl_period,
-        ..blank_message(m.id, chat, m.date, m.message)
-    };
-    tl::types::UpdateNewMessage {
-        message: message.into(),
+    Box::new(tl::enums::Update::NewMessage(tl::types::UpdateNewMessage {
+        message: tl::enums::Message::Message(tl::types::Message {
+            out: m.out,
+            mentioned: m.mentioned,
+            media_unread: m.media_unread,
+            silent: m.silent,
+            from_id: Some(user_peer(m.from_id)),
+            fwd_from: m.fwd_from,
+            via_bot_id: m.via_bot_id,
+            reply_to: m.reply_to,
+            entities: m.entities,
+            ttl_period: m.ttl_period,
+            ..blank_message(m.id, chat, m.date, m.message)
+        }),
         pts: m.pts,
         pts_count: m.pts_count,
-    }
-    .into()
+    }))
 }
 
 /// A `message` with only the given fields set: the short forms carry no more.
+#[inline(always)]
 fn blank_message(id: i32, peer_id: tl::enums::Peer, date: i32, text: String) -> tl::types::Message {
     tl::types::Message {
         out: false,

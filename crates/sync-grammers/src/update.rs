@@ -6,27 +6,40 @@ use sync_core::{ChannelId, Sequence, Update};
 /// A TL update, as the engine sees it.
 ///
 /// A newtype because neither the [`Update`] trait nor `tl::enums::Update` is defined here (the
-/// orphan rule). It is transparent: [`From`] wraps, [`TlUpdate::into_inner`] unwraps, and it
-/// derefs to the TL value.
+/// orphan rule). It boxes the TL value: `tl::enums::Update` is about 5 KB inline (its largest
+/// constructors hold whole messages), and the engine moves updates through buffers and batches,
+/// so a pointer is moved instead of 5 KB each time. It is transparent otherwise: [`From`]
+/// wraps, [`TlUpdate::into_inner`] unwraps, and it derefs to the TL value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TlUpdate(pub tl::enums::Update);
+pub struct TlUpdate(pub Box<tl::enums::Update>);
 
 impl TlUpdate {
     /// The TL update inside.
     pub fn into_inner(self) -> tl::enums::Update {
+        *self.0
+    }
+
+    /// The boxed TL update inside, without moving it out of its box.
+    pub fn into_box(self) -> Box<tl::enums::Update> {
         self.0
     }
 }
 
 impl From<tl::enums::Update> for TlUpdate {
     fn from(update: tl::enums::Update) -> Self {
+        Self(Box::new(update))
+    }
+}
+
+impl From<Box<tl::enums::Update>> for TlUpdate {
+    fn from(update: Box<tl::enums::Update>) -> Self {
         Self(update)
     }
 }
 
 impl From<TlUpdate> for tl::enums::Update {
     fn from(update: TlUpdate) -> Self {
-        update.0
+        *update.0
     }
 }
 
