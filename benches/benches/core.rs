@@ -85,6 +85,24 @@ fn bench_core(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
 
     let in_order = common(2..=N + 1);
+    // A driver that takes 64 pushes from its socket before polling (as the runtime does with
+    // its intake): the per-poll work is shared by the batch.
+    group.bench_function("in_order_common_pts_polled_every_64", |b| {
+        b.iter_batched_ref(
+            || engine(0),
+            |(e, now)| {
+                let mut delivered = 0;
+                for chunk in in_order.chunks(64) {
+                    for &update in chunk {
+                        e.handle_updates(*now, Updates::Short { update, date: 0 }).unwrap();
+                    }
+                    delivered += drain(e);
+                }
+                black_box(delivered)
+            },
+            BatchSize::LargeInput,
+        );
+    });
     group.bench_function("in_order_common_pts", |b| {
         b.iter_batched_ref(
             || engine(0),
