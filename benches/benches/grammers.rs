@@ -102,7 +102,7 @@ impl Stream {
                 self.produced += 1;
                 // Pair k holds base+2k+1 and base+2k+2; the second comes first.
                 let pair_base = START_PTS + 2 * i32::try_from(i / 2).unwrap();
-                let pts = if i % 2 == 0 {
+                let pts = if i.is_multiple_of(2) {
                     pair_base + 2
                 } else {
                     pair_base + 1
