@@ -71,6 +71,20 @@ fn feed(engine: &mut Engine<Lean>, now: Instant, updates: &[Lean]) -> usize {
     delivered
 }
 
+/// Like [`feed`], for a driver that polls after every 64 pushes.
+fn feed_batched(engine: &mut Engine<Lean>, now: Instant, updates: &[Lean]) -> usize {
+    let mut delivered = 0;
+    for chunk in updates.chunks(64) {
+        for &update in chunk {
+            engine
+                .handle_updates(now, Updates::Short { update, date: 0 })
+                .unwrap();
+        }
+        delivered += drain(engine);
+    }
+    delivered
+}
+
 fn common(range: std::ops::RangeInclusive<i32>) -> Vec<Lean> {
     range
         .map(|pts| Lean(Sequence::Common { pts, pts_count: 1 }))
@@ -90,16 +104,7 @@ fn bench_core(c: &mut Criterion) {
     group.bench_function("in_order_common_pts_polled_every_64", |b| {
         b.iter_batched_ref(
             || engine(0),
-            |(e, now)| {
-                let mut delivered = 0;
-                for chunk in in_order.chunks(64) {
-                    for &update in chunk {
-                        e.handle_updates(*now, Updates::Short { update, date: 0 }).unwrap();
-                    }
-                    delivered += drain(e);
-                }
-                black_box(delivered)
-            },
+            |(e, now)| black_box(feed_batched(e, *now, &in_order)),
             BatchSize::LargeInput,
         );
     });
@@ -146,6 +151,16 @@ fn bench_core(c: &mut Criterion) {
                 BatchSize::LargeInput,
             );
         });
+        group.bench_function(
+            format!("reordered_{percent}_percent_polled_every_64"),
+            |b| {
+                b.iter_batched_ref(
+                    || engine(0),
+                    |(e, now)| black_box(feed_batched(e, *now, &updates)),
+                    BatchSize::LargeInput,
+                );
+            },
+        );
     }
 
     let duplicated: Vec<Lean> = common(2..=N / 2 + 1)
