@@ -11,38 +11,49 @@
 )]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::time::Instant;
 
 use sync_core::{Config, Difference, Engine, Output, Sequence, State, Update, Updates};
 
-/// Counts live bytes and allocation calls.
+/// Counts live bytes and allocation calls of the current thread: the test harness allocates
+/// on its own threads meanwhile, and that must not count.
 struct Counting;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn live() -> isize {
+    LIVE.with(Cell::get)
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn count(bytes: isize, calls: usize) {
+    // `try_with`: the thread-local may already be gone while a thread shuts down.
+    let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + calls));
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count(layout.size() as isize, 1);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        count(-(layout.size() as isize), 0);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count(new_size as isize - layout.size() as isize, 1);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -50,9 +61,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// The counters are process-wide: measurements must not overlap.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Clone, Copy)]
 struct Lean(Sequence);
@@ -100,11 +108,10 @@ fn drain(engine: &mut Engine<Lean>) {
 
 #[test]
 fn a_million_tracked_channels_fit_in_64_mb() {
-    let _serial = SERIAL.lock().unwrap();
     let channels = 1_000_000;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     let (engine, _) = ready(channels);
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    let bytes = live() - before;
     let per_channel = bytes as f64 / channels as f64;
     println!(
         "{channels} tracked channels: {bytes} bytes of engine state, {per_channel:.1} bytes per channel"
@@ -115,10 +122,9 @@ fn a_million_tracked_channels_fit_in_64_mb() {
 
 #[test]
 fn buffered_updates_cost_little() {
-    let _serial = SERIAL.lock().unwrap();
     let (mut engine, now) = ready(0);
     let count = 900; // under the default per-sequence cap of 1,000
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     // pts 2 is missing: every later update waits.
     for pts in 3..3 + count {
         let update = Lean(Sequence::Common { pts, pts_count: 1 });
@@ -126,7 +132,7 @@ fn buffered_updates_cost_little() {
             .handle_updates(now, Updates::Short { update, date: 0 })
             .unwrap();
     }
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    let bytes = live() - before;
     assert_eq!(engine.stats().buffered_now, count as usize);
     let per_update = bytes as f64 / f64::from(count);
     println!(
@@ -138,7 +144,6 @@ fn buffered_updates_cost_little() {
 
 #[test]
 fn the_in_order_path_allocates_nothing_per_update() {
-    let _serial = SERIAL.lock().unwrap();
     for channels in [0i64, 1_000] {
         let (mut engine, now) = ready(channels);
         let update = |i: i32| {
@@ -169,7 +174,7 @@ fn the_in_order_path_allocates_nothing_per_update() {
                 .unwrap();
             drain(&mut engine);
         }
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let n = 100_000;
         for i in 1_000..1_000 + n {
             engine
@@ -183,7 +188,7 @@ fn the_in_order_path_allocates_nothing_per_update() {
                 .unwrap();
             drain(&mut engine);
         }
-        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let allocations = allocations() - before;
         println!(
             "{n} in-order updates over {channels} channels, polled after each: {allocations} allocations"
         );
