@@ -1,7 +1,7 @@
 //! Runs the engine against the simulated server with a visible fault mix and prints what
 //! happened.
 //!
-//! `cargo run --release -p sync-testkit --example simulate -- [EVENTS] [CHANNELS] [SEED]`
+//! `cargo run --release -p sync-testkit --example simulate_engine -- [EVENTS] [CHANNELS] [SEED]`
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
