@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sync_core::Updates;
 use sync_runtime::sim::{ApiFaults, SimulatedApi};
 use sync_runtime::{BoxError, Config, Handler, Manager};
 use sync_storage::MemoryStorage;
@@ -48,13 +47,14 @@ fn workload() -> Workload {
 }
 
 fn config() -> Config {
-    let mut config = Config::default();
-    config.engine = sync_core::Config {
-        pts_total_limit: None,
-        ..sync_core::Config::bot()
-    };
-    config.intake_capacity = 65_536;
-    config
+    Config {
+        engine: sync_core::Config {
+            pts_total_limit: None,
+            ..sync_core::Config::bot()
+        },
+        intake_capacity: 65_536,
+        ..Config::default()
+    }
 }
 
 /// A backlog of `events` on the server; the client starts behind it and catches up by
@@ -114,22 +114,43 @@ async fn catch_up(events: u64) -> (u64, f64) {
 async fn live(events: u64) -> (u64, f64) {
     // The server makes each event as it is pushed, so differences (the manager's recovery when
     // its intake overflows) always match what was pushed.
-    let limits = Limits { difference_too_long_after: usize::MAX, ..Limits::default() };
+    let limits = Limits {
+        difference_too_long_after: usize::MAX,
+        ..Limits::default()
+    };
     let server = Server::new(11, workload(), limits);
     let start_state = server.state();
     let api = SimulatedApi::new(server, ApiFaults::none(Duration::ZERO), 1);
     let storage = Arc::new(MemoryStorage::new());
     let account = 1;
     let channels: Vec<sync_core::ChannelCommit> = (1..=workload().channels as i64)
-        .map(|channel_id| sync_core::ChannelCommit { channel_id, pts: 1, reset: false })
+        .map(|channel_id| sync_core::ChannelCommit {
+            channel_id,
+            pts: 1,
+            reset: false,
+        })
         .collect();
-    let commit = sync_core::Commit { state: Some(start_state), channels, ..sync_core::Commit::default() };
-    sync_storage::StateStorage::apply(&*storage, account, &commit).await.unwrap();
+    let commit = sync_core::Commit {
+        state: Some(start_state),
+        channels,
+        ..sync_core::Commit::default()
+    };
+    sync_storage::StateStorage::apply(&*storage, account, &commit)
+        .await
+        .unwrap();
     for (channel_id, hash) in api.with_server(|s| s.access_hashes().collect::<Vec<_>>()) {
-        sync_storage::AccessHashStorage::set_access_hash(&*storage, account, channel_id, hash).await.unwrap();
+        sync_storage::AccessHashStorage::set_access_hash(&*storage, account, channel_id, hash)
+            .await
+            .unwrap();
     }
     let handled = Arc::new(Count::default());
-    let manager = Manager::with_config(account, api.clone(), storage, Arc::clone(&handled), config());
+    let manager = Manager::with_config(
+        account,
+        api.clone(),
+        storage,
+        Arc::clone(&handled),
+        config(),
+    );
     let handle = manager.handle();
     let run = tokio::spawn(manager.run());
     handle.caught_up().await.unwrap();
@@ -143,7 +164,7 @@ async fn live(events: u64) -> (u64, f64) {
         }
         sent += 1;
         // Hand the thread over now and then, as a network reader would between reads.
-        if sent % 256 == 0 {
+        if sent.is_multiple_of(256) {
             tokio::task::yield_now().await;
         }
     }

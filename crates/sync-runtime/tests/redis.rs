@@ -9,7 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis_server::RedisServer;
+use sync_testkit::redis_server::RedisServer;
+
+/// AOF on (`appendfsync always`): a killed server loses nothing it acknowledged.
+const AOF: &[&str] = &["--appendonly", "yes", "--appendfsync", "always"];
 use common::{Sim, config, env_or, producer};
 use sync_runtime::sim::ApiFaults;
 use sync_storage::{RedisConfig, RedisStorage};
@@ -37,7 +40,7 @@ fn fast_api() -> ApiFaults {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_and_restart_from_redis_loses_nothing() {
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = RedisServer::start_with(AOF) else {
         return;
     };
     let storage = connect(&server, "restart").await;
@@ -72,7 +75,7 @@ async fn shutdown_and_restart_from_redis_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_run_loses_nothing() {
-    let Some(mut server) = RedisServer::start() else {
+    let Some(mut server) = RedisServer::start_with(AOF) else {
         return;
     };
     let storage = connect(&server, "outage").await;

@@ -6,11 +6,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::redis_server::RedisServer;
 use sync_storage::{
     AccessHashStorage, ChannelCommit, Commit, Error, RedisConfig, RedisStorage, State,
     StateStorage, WriteMode,
 };
+use sync_testkit::redis_server::RedisServer;
 
 async fn make() -> Option<(RedisServer, RedisStorage)> {
     let server = RedisServer::start()?;
@@ -72,7 +72,7 @@ async fn keys_use_the_prefix_and_an_account_hash_tag() {
 
 #[tokio::test]
 async fn tcp_url_with_user_and_password() {
-    let Some(binary) = common::redis_server::find_binary() else {
+    let Some(binary) = sync_testkit::redis_server::find_binary() else {
         return;
     };
     drop(binary);

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::redis_server::RedisServer;
 use sync_storage::{ChannelCommit, Commit, Error, RedisConfig, RedisStorage, State, StateStorage};
+use sync_testkit::redis_server::RedisServer;
 
 const ACCOUNT: i64 = 31;
 

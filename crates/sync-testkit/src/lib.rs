@@ -15,6 +15,7 @@
 //!   window a crash left unacknowledged), each sequence in order, nothing after an unresolved
 //!   gap, and the client ending where the server is. A failure is a [`Violation`] with the seed
 //!   that replays it and the last steps before it.
+//! - [`redis_server`] starts a private `redis-server` for tests that need a real one.
 //! - [`fuzz`] holds the fuzz bodies that the cargo-fuzz targets (`fuzz/`), the property tests
 //!   and the corpus tests share: raw bytes in, the first broken rule out.
 //!
@@ -35,6 +36,7 @@
 
 pub mod fuzz;
 mod oracle;
+pub mod redis_server;
 mod rng;
 mod scenario;
 mod server;

@@ -1,8 +1,6 @@
 //! Shared test code: a simulated account wired to a manager, and the oracle's verdicts.
 #![allow(dead_code, unreachable_pub)]
 
-pub mod redis_server;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +13,6 @@ use sync_testkit::{Faults, Limits, Oracle, Server, TestEntities, TestUpdate, Wor
 use tokio::task::JoinHandle;
 
 pub const ACCOUNT: i64 = 4_242;
-
-/// True when running under CI (`CI` set, and not "false" or "0").
-pub fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
-}
 
 /// A number from the environment, for opt-in longer runs.
 pub fn env_or(name: &str, default: u64) -> u64 {

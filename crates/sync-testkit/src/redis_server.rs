@@ -1,4 +1,12 @@
-//! Starts a private redis-server for a test and kills it on drop.
+//! A private `redis-server` for tests: started on a unix socket in its own temp dir, killed on
+//! drop.
+//!
+//! The binary comes from `REDIS_SERVER`, else `redis-server` on `PATH`. When it is missing a
+//! test skips (with a note on stderr), except under CI (`CI` set and not `false`/`0`), where it
+//! fails: CI must run the Redis tests.
+//!
+//! These are test helpers: they panic, with a message, when the server cannot be started or
+//! does not answer, which is what a test wants.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -16,6 +24,11 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
+/// True when running under CI (`CI` set, and not `false` or `0`).
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
+}
+
 /// Finds redis-server: `REDIS_SERVER`, else `redis-server` on `PATH`. When it is missing the
 /// test fails under CI and is skipped (with a note) elsewhere.
 #[allow(clippy::print_stderr)] // The skip note is for the person running the tests.
@@ -31,7 +44,7 @@ pub fn find_binary() -> Option<PathBuf> {
     };
     if found.is_none() {
         let message = "redis-server not found (set REDIS_SERVER or put it on PATH)";
-        assert!(!super::is_ci(), "{message}: CI must run the Redis tests");
+        assert!(!is_ci(), "{message}: CI must run the Redis tests");
         eprintln!("note: {message}; skipping this Redis test");
     }
     found
@@ -47,7 +60,7 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> Option<Self> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new()
-            .prefix("rs")
+            .prefix("redis")
             .tempdir_in("/tmp")
             .expect("temp dir");
         let socket = dir.path().join("redis.sock");
