@@ -2,28 +2,17 @@
 //! random bytes.
 #![allow(missing_docs)]
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use proptest::prelude::*;
 use sync_storage::fuzzing::decode;
+use sync_testkit::fuzz::run_corpus;
 
 #[test]
 fn storage_decode_corpus() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/storage_decode");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "the corpus at {} is missing",
-        dir.display()
-    );
-    for path in files {
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        if let Err(message) = decode(&bytes) {
-            panic!("{}: {message}", path.display());
-        }
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/storage_decode");
+    if let Err(message) = run_corpus(&corpus, decode) {
+        panic!("{message}");
     }
 }
 

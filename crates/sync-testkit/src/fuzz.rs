@@ -3,6 +3,7 @@
 //! first broken rule as an error.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -604,4 +605,31 @@ pub fn core_scenario(data: &[u8]) -> Result<(), String> {
         .run()
         .map(|_| ())
         .map_err(|violation| format!("{violation}\n{spec:?}"))
+}
+
+/// Runs a fuzz body over every input of a checked-in corpus directory, in name order, and
+/// returns the first failure with the file it came from. A missing or empty corpus is an
+/// error too: the corpus test must not pass by testing nothing.
+///
+/// `corpus` is usually `fuzz/corpus/<target>` of the repository, found from a crate with
+/// `Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/<target>")`.
+pub fn run_corpus(
+    corpus: &Path,
+    body: impl Fn(&[u8]) -> Result<(), String>,
+) -> Result<usize, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus)
+        .map_err(|error| format!("the corpus at {} cannot be read: {error}", corpus.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_file())
+        .collect();
+    if files.is_empty() {
+        return Err(format!("the corpus at {} is empty", corpus.display()));
+    }
+    files.sort();
+    for path in &files {
+        let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        body(&bytes).map_err(|message| format!("{}: {message}", path.display()))?;
+    }
+    Ok(files.len())
 }

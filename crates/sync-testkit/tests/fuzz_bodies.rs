@@ -2,43 +2,28 @@
 //! random bytes from proptest, so the two kinds of testing share one input generator.
 #![allow(missing_docs)]
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use proptest::prelude::*;
 use sync_testkit::fuzz;
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+fn run(target: &str, body: fn(&[u8]) -> Result<(), String>) {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fuzz/corpus")
         .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-        .into_iter()
-        .filter_map(|path| std::fs::read(&path).ok().map(|bytes| (path, bytes)))
-        .collect()
-}
-
-fn run_corpus(target: &str, body: fn(&[u8]) -> Result<(), String>) {
-    let files = corpus(target);
-    assert!(!files.is_empty(), "the corpus of {target} is missing");
-    for (path, bytes) in files {
-        if let Err(message) = body(&bytes) {
-            panic!("{}: {message}", path.display());
-        }
+    if let Err(message) = fuzz::run_corpus(&corpus, body) {
+        panic!("{message}");
     }
 }
 
 #[test]
 fn core_inputs_corpus() {
-    run_corpus("core_inputs", fuzz::core_inputs);
+    run("core_inputs", fuzz::core_inputs);
 }
 
 #[test]
 fn core_scenario_corpus() {
-    run_corpus("core_scenario", fuzz::core_scenario);
+    run("core_scenario", fuzz::core_scenario);
 }
 
 fn cases(default: u32) -> ProptestConfig {
