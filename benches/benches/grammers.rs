@@ -202,57 +202,11 @@ fn entities() -> Vec<tl::enums::MessageEntity> {
 }
 
 fn message(id: i32, text: String) -> tl::types::Message {
-    tl::types::Message {
-        out: false,
-        mentioned: false,
-        media_unread: false,
-        silent: false,
-        post: false,
-        from_scheduled: false,
-        legacy: false,
-        edit_hide: false,
-        pinned: false,
-        noforwards: false,
-        invert_media: false,
-        offline: false,
-        video_processing_pending: false,
-        paid_suggested_post_stars: false,
-        paid_suggested_post_ton: false,
-        id,
-        from_id: Some(tl::types::PeerUser { user_id: 42 }.into()),
-        from_boosts_applied: None,
-        from_rank: None,
-        peer_id: tl::types::PeerUser { user_id: 42 }.into(),
-        saved_peer_id: None,
-        fwd_from: None,
-        via_bot_id: None,
-        via_business_bot_id: None,
-        guestchat_via_from: None,
-        reply_to: None,
-        date: 1_700_000_000,
-        message: text,
-        media: None,
-        reply_markup: None,
-        entities: Some(entities()),
-        views: None,
-        forwards: None,
-        replies: None,
-        edit_date: None,
-        post_author: None,
-        grouped_id: None,
-        reactions: None,
-        restriction_reason: None,
-        ttl_period: None,
-        quick_reply_shortcut_id: None,
-        effect: None,
-        factcheck: None,
-        report_delivery_until_date: None,
-        paid_message_stars: None,
-        suggested_post: None,
-        schedule_repeat_period: None,
-        summary_from_language: None,
-        rich_message: None,
-    }
+    let peer = tl::enums::Peer::from(tl::types::PeerUser { user_id: 42 });
+    let mut message = sync_grammers::blank_message(id, peer.clone(), 1_700_000_000, text);
+    message.from_id = Some(peer);
+    message.entities = Some(entities());
+    message
 }
 
 /// grammers' message box at the start state, every channel known, not fetching anything.

@@ -387,9 +387,15 @@ pub(crate) fn short_chat_message(m: tl::types::UpdateShortChatMessage) -> Box<tl
     }))
 }
 
-/// A `message` with only the given fields set: the short forms carry no more.
+/// A `message` with only the given fields set and every other one empty: what the short forms
+/// (`updateShortMessage`, `updateShortChatMessage`) carry. Also handy to build messages in tests.
 #[inline(always)]
-fn blank_message(id: i32, peer_id: tl::enums::Peer, date: i32, text: String) -> tl::types::Message {
+pub fn blank_message(
+    id: i32,
+    peer_id: tl::enums::Peer,
+    date: i32,
+    text: String,
+) -> tl::types::Message {
     tl::types::Message {
         out: false,
         mentioned: false,

@@ -82,7 +82,9 @@ mod update;
 pub use difference::{affected_history, affected_messages, channel_difference, difference, state};
 pub use entities::TlEntities;
 pub use error::ConvertError;
-pub use incoming::{ChannelRefetch, Converter, Incoming, Refetch, TlEngine, TlUpdates};
+pub use incoming::{
+    ChannelRefetch, Converter, Incoming, Refetch, TlEngine, TlUpdates, blank_message,
+};
 pub use peers::{AllKnown, PeerCache, PeerRef};
 pub use request::{AccessHashes, TlRequest, request};
 pub use update::{TlUpdate, message_channel, sequence_of};
