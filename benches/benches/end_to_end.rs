@@ -57,6 +57,39 @@ fn config() -> Config {
     }
 }
 
+/// Storage as the client left it: the state and channels it starts from, and every channel's
+/// access hash (as its dialogs would have given them).
+async fn stored(
+    api: &SimulatedApi,
+    account: i64,
+    state: sync_core::State,
+    channels: &[(i64, i32)],
+) -> Arc<MemoryStorage> {
+    let storage = Arc::new(MemoryStorage::new());
+    let channels = channels
+        .iter()
+        .map(|&(channel_id, pts)| sync_core::ChannelCommit {
+            channel_id,
+            pts,
+            reset: false,
+        })
+        .collect();
+    let commit = sync_core::Commit {
+        state: Some(state),
+        channels,
+        ..sync_core::Commit::default()
+    };
+    sync_storage::StateStorage::apply(&*storage, account, &commit)
+        .await
+        .unwrap();
+    for (channel_id, hash) in api.with_server(|s| s.access_hashes().collect::<Vec<_>>()) {
+        sync_storage::AccessHashStorage::set_access_hash(&*storage, account, channel_id, hash)
+            .await
+            .unwrap();
+    }
+    storage
+}
+
 /// A backlog of `events` on the server; the client starts behind it and catches up by
 /// differences alone. Returns (updates handled, seconds).
 async fn catch_up(events: u64) -> (u64, f64) {
@@ -73,28 +106,8 @@ async fn catch_up(events: u64) -> (u64, f64) {
         server.push_lost(&push); // nothing was pushed: the difference must mention every channel
     }
     let api = SimulatedApi::new(server, ApiFaults::none(Duration::ZERO), 1);
-    let storage = Arc::new(MemoryStorage::new());
     let account = 1;
-    let commit = sync_core::Commit {
-        state: Some(start_state),
-        channels: channels
-            .iter()
-            .map(|&(channel_id, pts)| sync_core::ChannelCommit {
-                channel_id,
-                pts,
-                reset: false,
-            })
-            .collect(),
-        ..sync_core::Commit::default()
-    };
-    sync_storage::StateStorage::apply(&*storage, account, &commit)
-        .await
-        .unwrap();
-    for (channel_id, hash) in api.with_server(|s| s.access_hashes().collect::<Vec<_>>()) {
-        sync_storage::AccessHashStorage::set_access_hash(&*storage, account, channel_id, hash)
-            .await
-            .unwrap();
-    }
+    let storage = stored(&api, account, start_state, &channels).await;
     let handled = Arc::new(Count::default());
     let started = Instant::now();
     let manager = Manager::with_config(account, api, storage, Arc::clone(&handled), config());
@@ -121,28 +134,11 @@ async fn live(events: u64) -> (u64, f64) {
     let server = Server::new(11, workload(), limits);
     let start_state = server.state();
     let api = SimulatedApi::new(server, ApiFaults::none(Duration::ZERO), 1);
-    let storage = Arc::new(MemoryStorage::new());
     let account = 1;
-    let channels: Vec<sync_core::ChannelCommit> = (1..=workload().channels as i64)
-        .map(|channel_id| sync_core::ChannelCommit {
-            channel_id,
-            pts: 1,
-            reset: false,
-        })
+    let channels: Vec<(i64, i32)> = (1..=workload().channels as i64)
+        .map(|channel_id| (channel_id, 1))
         .collect();
-    let commit = sync_core::Commit {
-        state: Some(start_state),
-        channels,
-        ..sync_core::Commit::default()
-    };
-    sync_storage::StateStorage::apply(&*storage, account, &commit)
-        .await
-        .unwrap();
-    for (channel_id, hash) in api.with_server(|s| s.access_hashes().collect::<Vec<_>>()) {
-        sync_storage::AccessHashStorage::set_access_hash(&*storage, account, channel_id, hash)
-            .await
-            .unwrap();
-    }
+    let storage = stored(&api, account, start_state, &channels).await;
     let handled = Arc::new(Count::default());
     let manager = Manager::with_config(
         account,
