@@ -650,6 +650,8 @@ impl<U: Update, E: Entities> Engine<U, E> {
         id: RequestId,
         difference: Difference<U, E>,
     ) -> Result<(), Error> {
+        // Invariant (malformed input changes nothing): everything is checked before the first
+        // change.
         self.expect_request(id, RequestFor::Difference)?;
         self.check_difference(&difference)?;
         self.requests.remove(&id);
@@ -681,6 +683,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
                         }
                     }
                 }
+                // Invariant (exactly once): the difference starts at the local state, so none of
+                // its updates was delivered before; what waits in the buffers and is covered by
+                // the new state is dropped as old when they are drained.
                 self.state = state;
                 self.open_change.state = true;
                 if slice {
@@ -1754,6 +1759,9 @@ fn reschedule(
 
 /// Gap bookkeeping shared by the common box and channels: a box whose buffers hold something
 /// while no fetch is pending has a gap, which waits `gap_timeout` from when it opened.
+///
+/// Invariant (liveness): the deadline is set when the gap opens and is not pushed back by later
+/// arrivals, so a steady stream of early updates cannot postpone the difference forever.
 fn settle(
     fetch: &mut Fetcher,
     stats: &mut Stats,
