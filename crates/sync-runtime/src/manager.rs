@@ -341,41 +341,17 @@ where
     /// shutdown token), instead of its own token. Call it before taking
     /// [`handle`](Self::handle)s: earlier handles keep the old token.
     #[must_use]
-    pub fn with_cancellation(self, token: CancellationToken) -> Self {
-        let Self {
-            account,
-            api,
-            storage,
-            handler,
-            config,
-            shared,
-            intake,
-            control,
-            handle,
-        } = self;
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
         let shared = Arc::new(Shared {
-            counters: Arc::clone(&shared.counters),
+            counters: Arc::clone(&self.shared.counters),
             engine: Mutex::new((sync_core::Stats::default(), false)),
             overflowed: AtomicBool::new(false),
             running: AtomicBool::new(false),
             cancel: token,
         });
-        let handle = ManagerHandle {
-            intake: handle.intake,
-            control: handle.control,
-            shared: Arc::clone(&shared),
-        };
-        Self {
-            account,
-            api,
-            storage,
-            handler,
-            config,
-            shared,
-            intake,
-            control,
-            handle,
-        }
+        self.handle.shared = Arc::clone(&shared);
+        self.shared = shared;
+        self
     }
 
     /// A handle for pushes, commands, stats and shutdown.

@@ -500,6 +500,30 @@ fn parse_hash<T: std::str::FromStr>(value: &Value, key: &str) -> Result<BTreeMap
     Ok(map)
 }
 
+impl RedisStorage {
+    /// One field of a hash (a channel's pts or access hash), read with retries and parsed as a
+    /// number: `None` when absent, [`Error::Corrupt`] when it does not parse.
+    async fn hget_number<T: std::str::FromStr>(
+        &self,
+        key: String,
+        channel: ChannelId,
+    ) -> Result<Option<T>> {
+        let value: Value = self
+            .with_retries(Op::Read, "HGET", |mut connection| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg(channel)
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
+        parse_number(&value, || format!("{key} field {channel}"))
+    }
+}
+
 impl StateStorage for RedisStorage {
     async fn get_state(&self, account: AccountId) -> Result<Option<State>> {
         let key = self.state_key(account);
@@ -519,20 +543,7 @@ impl StateStorage for RedisStorage {
     }
 
     async fn get_channel_pts(&self, account: AccountId, channel: ChannelId) -> Result<Option<i32>> {
-        let key = self.channels_key(account);
-        let value: Value = self
-            .with_retries(Op::Read, "HGET", |mut connection| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("HGET")
-                        .arg(key)
-                        .arg(channel)
-                        .query_async(&mut connection)
-                        .await
-                }
-            })
-            .await?;
-        parse_number(&value, || format!("{key} field {channel}"))
+        self.hget_number(self.channels_key(account), channel).await
     }
 
     async fn channels(&self, account: AccountId) -> Result<BTreeMap<ChannelId, i32>> {
@@ -594,20 +605,8 @@ impl StateStorage for RedisStorage {
 
 impl AccessHashStorage for RedisStorage {
     async fn get_access_hash(&self, account: AccountId, channel: ChannelId) -> Result<Option<i64>> {
-        let key = self.access_hashes_key(account);
-        let value: Value = self
-            .with_retries(Op::Read, "HGET", |mut connection| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("HGET")
-                        .arg(key)
-                        .arg(channel)
-                        .query_async(&mut connection)
-                        .await
-                }
-            })
-            .await?;
-        parse_number(&value, || format!("{key} field {channel}"))
+        self.hget_number(self.access_hashes_key(account), channel)
+            .await
     }
 
     fn set_access_hashes(
