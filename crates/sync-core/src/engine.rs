@@ -1669,11 +1669,16 @@ impl<U: Update, E: Entities> Engine<U, E> {
     ///
     /// Invariant (commits trail acknowledgements): a change is committed only once every batch
     /// delivered up to it has been acknowledged, so storage never runs ahead of the application.
+    #[inline]
     fn seal(&mut self) {
+        // Checked here, inlined into every poll: most polls find nothing open.
         let has_delivery = !self.open_updates.is_empty() || !self.open_entities.is_empty();
-        if !has_delivery && self.open_change.is_empty() {
-            return;
+        if has_delivery || !self.open_change.is_empty() {
+            self.seal_open(has_delivery);
         }
+    }
+
+    fn seal_open(&mut self, has_delivery: bool) {
         // The change's channel list keeps its capacity from batch to batch.
         let change = &mut self.open_change;
         let (state, state_reset) = (
@@ -1722,17 +1727,18 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
     /// Emits one commit for the acknowledged prefix of sealed changes.
     fn flush_commits(&mut self) {
-        let mut merged: Option<Commit> = None;
+        if !self.unacked.front().is_some_and(|p| p.acked) {
+            return;
+        }
+        let Some(PendingCommit { mut commit, .. }) = self.unacked.pop_front() else {
+            return;
+        };
         while self.unacked.front().is_some_and(|p| p.acked) {
-            let Some(pending) = self.unacked.pop_front() else {
-                break;
-            };
-            match merged.as_mut() {
-                Some(merged) => merge_commit(merged, pending.commit),
-                None => merged = Some(pending.commit),
+            if let Some(pending) = self.unacked.pop_front() {
+                merge_commit(&mut commit, pending.commit);
             }
         }
-        if let Some(commit) = merged.filter(|c| !c.is_empty()) {
+        if !commit.is_empty() {
             self.outputs.push_back(Output::Commit(commit));
         }
     }

@@ -55,7 +55,7 @@ pub fn difference(difference: tl::enums::updates::Difference) -> Difference<TlUp
 fn full_difference(
     new_messages: Vec<tl::enums::Message>,
     new_encrypted_messages: Vec<tl::enums::EncryptedMessage>,
-    other_updates: Vec<tl::enums::Update>,
+    mut other_updates: Vec<tl::enums::Update>,
     entities: TlEntities,
     new_state: tl::enums::updates::State,
     slice: bool,
@@ -68,7 +68,7 @@ fn full_difference(
             tl::types::UpdateNewEncryptedMessage { message, qts: 0 },
         ))
     }));
-    updates.extend(other_updates.into_iter().map(TlUpdate::from));
+    updates.extend(other_updates.iter_mut().map(TlUpdate::take));
     Difference::Difference {
         updates,
         entities,
@@ -116,7 +116,7 @@ pub fn channel_difference(
             is_final: d.r#final,
             timeout: d.timeout,
         },
-        D::Difference(d) => {
+        D::Difference(mut d) => {
             let mut updates = Vec::with_capacity(d.new_messages.len() + d.other_updates.len());
             updates.extend(d.new_messages.into_iter().map(|message| {
                 TlUpdate::from(tl::enums::Update::from(
@@ -127,7 +127,7 @@ pub fn channel_difference(
                     },
                 ))
             }));
-            updates.extend(d.other_updates.into_iter().map(TlUpdate::from));
+            updates.extend(d.other_updates.iter_mut().map(TlUpdate::take));
             ChannelDifferenceKind::Difference {
                 updates,
                 entities: TlEntities::new(d.users, d.chats),

@@ -169,8 +169,14 @@ impl<C: PeerCache> Converter<C> {
     /// A message update mentioning a peer that is unknown to both the container's entities and
     /// the [`PeerCache`] is withheld ([`Incoming::NeedsDifference`]). Only numbered updates are
     /// withheld: an unnumbered one could not be fetched again, so it is delivered as it is.
-    pub fn updates(&self, updates: tl::enums::Updates) -> Incoming {
+    pub fn updates(&self, mut updates: tl::enums::Updates) -> Incoming {
         use tl::enums::Updates as T;
+        if let T::UpdateShort(short) = &mut updates {
+            // The TL update is about 5 KB inline, and every move of it copies all of it: it is
+            // moved into its box once, from where it lies, and only the box's pointer moves
+            // from then on.
+            return self.short_update(TlUpdate::take(&mut short.update), short.date);
+        }
         match updates {
             T::TooLong => Incoming::Updates(Updates::TooLong),
             T::UpdateShortMessage(m) => {
@@ -185,13 +191,8 @@ impl<C: PeerCache> Converter<C> {
                 let update = TlUpdate(short_chat_message(m));
                 self.short(update, date, known)
             }
-            T::UpdateShort(tl::types::UpdateShort { update, date }) => {
-                // Boxed first: the TL update is about 5 KB inline, and every later move of it
-                // would copy all of it.
-                let update = TlUpdate(Box::new(update));
-                let known = self.resolver(None).update_known(&update);
-                self.short(update, date, known)
-            }
+            // Taken above; converted the same way.
+            T::UpdateShort(short) => self.short_update(TlUpdate::from(short.update), short.date),
             T::Combined(c) => self.combined(
                 c.updates,
                 TlEntities::new(c.users, c.chats),
@@ -257,6 +258,11 @@ impl<C: PeerCache> Converter<C> {
         }
     }
 
+    fn short_update(&self, update: TlUpdate, date: i32) -> Incoming {
+        let known = self.resolver(None).update_known(&update);
+        self.short(update, date, known)
+    }
+
     fn short(&self, update: TlUpdate, date: i32, known: bool) -> Incoming {
         let sequence = update.sequence();
         if known || !withholdable(sequence) {
@@ -286,7 +292,7 @@ impl<C: PeerCache> Converter<C> {
             .position(|u| !resolver.update_known(u) && withholdable(crate::sequence_of(u)));
         let Some(first_unknown) = first_unknown else {
             return Incoming::Updates(Updates::Combined {
-                updates: updates.into_iter().map(TlUpdate::from).collect(),
+                updates: TlUpdate::take_all(updates),
                 entities,
                 date,
                 seq_start,

@@ -23,6 +23,25 @@ impl TlUpdate {
     pub fn into_box(self) -> Box<tl::enums::Update> {
         self.0
     }
+
+    /// Moves the update out of `place` into a box, leaving `updateConfig` (which has no
+    /// fields) behind.
+    ///
+    /// Why not `From`: moving a 5 KB value out by value makes the compiler copy it to the
+    /// stack before copying it into the box. Allocating the box first and moving the value
+    /// straight from where it lies copies it once.
+    pub(crate) fn take(place: &mut tl::enums::Update) -> Self {
+        let slot = Box::new_uninit();
+        Self(Box::write(
+            slot,
+            std::mem::replace(place, tl::enums::Update::Config),
+        ))
+    }
+
+    /// Every update of `updates`, each moved into its box once (see [`TlUpdate::take`]).
+    pub(crate) fn take_all(mut updates: Vec<tl::enums::Update>) -> Vec<Self> {
+        updates.iter_mut().map(Self::take).collect()
+    }
 }
 
 impl From<tl::enums::Update> for TlUpdate {
