@@ -149,21 +149,37 @@ struct Live {
 
 /// Duplicates about 2 % of the pushes (the copy arrives up to 64 pushes later) and swaps
 /// about 2 % with a push up to 8 places later (a gap the next pushes fill).
-fn network_faults(pushes: &mut Vec<Updates<TestUpdate, TestEntities>>, seed: u64) {
+fn network_faults(
+    pushes: Vec<Updates<TestUpdate, TestEntities>>,
+    seed: u64,
+) -> Vec<Updates<TestUpdate, TestEntities>> {
     let mut rng = Rng::new(seed);
-    let mut i = 0;
-    while i < pushes.len() {
+    // Copies still in transit: (index of the push after which each arrives, the copy).
+    let mut late: Vec<(usize, Updates<TestUpdate, TestEntities>)> = Vec::new();
+    let mut out = Vec::with_capacity(pushes.len() + pushes.len() / 32);
+    for (i, push) in pushes.into_iter().enumerate() {
         if rng.chance(0.02) {
-            let at = (i + 1 + rng.below(64) as usize).min(pushes.len());
-            let copy = pushes[i].clone();
-            pushes.insert(at, copy);
+            late.push((i + rng.below(64) as usize, push.clone()));
         }
-        if rng.chance(0.02) {
-            let other = (i + 1 + rng.below(8) as usize).min(pushes.len() - 1);
-            pushes.swap(i, other);
+        out.push(push);
+        let mut k = 0;
+        while k < late.len() {
+            if late[k].0 <= i {
+                out.push(late.swap_remove(k).1);
+            } else {
+                k += 1;
+            }
         }
-        i += 1;
     }
+    out.extend(late.into_iter().map(|(_, copy)| copy));
+    let len = out.len();
+    for i in 0..len {
+        if rng.chance(0.02) {
+            let other = (i + 1 + rng.below(8) as usize).min(len - 1);
+            out.swap(i, other);
+        }
+    }
+    out
 }
 
 /// Updates the pushes carry, each counted once (a duplicate push carries the same ones): all
@@ -223,7 +239,7 @@ async fn live(events: u64, feed: Feed) -> Live {
         pushes
     });
     if feed.faults {
-        network_faults(&mut pushes, 5);
+        pushes = network_faults(pushes, 5);
     }
     let (all, counted) = updates_in(&pushes);
     // What one read of the socket decoded.
