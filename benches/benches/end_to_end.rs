@@ -2,7 +2,7 @@
 //! in-memory storage, dispatch to a trivial handler through the sharded fan-out.
 //!
 //! `cargo bench -p sync-benches --bench end_to_end` (`E2E_EVENTS`, `E2E_RUNS` to change the
-//! size and the number of runs, `E2E_READ` the pushes per read of the live reader,
+//! size and the number of runs, `E2E_READ` the pushes per read of the live reader, `E2E_SHARDS` the dispatch shards,
 //! `E2E_ONLY=catch_up|handle|batch|faults` to run one scenario, `E2E_DEBUG` to print stats;
 //! prints min / median / max).
 #![allow(
@@ -56,6 +56,7 @@ fn config() -> Config {
             ..sync_core::Config::bot()
         },
         intake_capacity: 65_536,
+        shards: env("E2E_SHARDS", Config::default().shards as u64) as usize,
         ..Config::default()
     }
 }

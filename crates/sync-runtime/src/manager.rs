@@ -703,8 +703,7 @@ struct Driver<A: Api, S> {
     waiting: Option<(BatchId, BoxFuture<Result<(), NotHandled>>)>,
     /// Consecutive failures per target, for the backoff; cleared on success.
     attempts: HashMap<Target, u32>,
-    /// Access hashes learned this run, each queued for storage when first learned or changed
-    /// (storage is read on a miss).
+    /// Access hashes learned this run (storage is read on a miss).
     hashes: HashMap<ChannelId, i64>,
     jitter: Jitter,
     waiters: Vec<oneshot::Sender<()>>,
@@ -993,18 +992,14 @@ where
                 Output::Request(request) => self.send(request),
                 Output::Commit(commit) => self.write(Write::Commit(commit)),
                 Output::AccessHashes(hashes) => {
-                    // Pushes mention the same channels over and over: only a hash this run has
-                    // not written yet (new, or changed) goes to storage.
-                    let known = &mut self.hashes;
+                    // The engine reports a hash when it is new or changed, not at every push.
                     let hashes: Vec<(ChannelId, i64)> = hashes
                         .into_iter()
                         .filter(|h| !h.min)
                         .map(|h| (h.channel_id, h.access_hash))
-                        .filter(|&(channel_id, hash)| known.insert(channel_id, hash) != Some(hash))
                         .collect();
-                    if !hashes.is_empty() {
-                        self.write(Write::Hashes(hashes));
-                    }
+                    self.hashes.extend(hashes.iter().copied());
+                    self.write(Write::Hashes(hashes));
                 }
                 Output::DifferenceTooLong { pts } => {
                     tracing::warn!(pts, "difference too long: history skipped");
