@@ -726,6 +726,10 @@ where
     /// replies responsive.
     const INTAKE_BATCH: usize = 8_192;
 
+    /// A turn that took at least this many pushes (and fewer than [`Self::INTAKE_BATCH`])
+    /// yields once before polling the engine, to take what a busy reader adds meanwhile.
+    const BUSY_INTAKE: usize = 64;
+
     /// The main loop. Returns `Err` with a message when the authorization is lost.
     async fn run(
         &mut self,
@@ -761,9 +765,19 @@ where
                     let mut taken = self.input(input);
                     // Take whatever else is queued before polling the engine: one delivery
                     // batch, one dispatch and one commit then cover many pushes.
-                    while taken < Self::INTAKE_BATCH {
-                        let Ok(input) = intake.try_recv() else { break };
-                        taken += self.input(input);
+                    let mut yielded = false;
+                    loop {
+                        while taken < Self::INTAKE_BATCH {
+                            let Ok(input) = intake.try_recv() else { break };
+                            taken += self.input(input);
+                        }
+                        // A busy reader: let the tasks that are ready run once (the reader
+                        // among them) and take what it adds, so that the delivery is larger.
+                        if yielded || taken < Self::BUSY_INTAKE || taken >= Self::INTAKE_BATCH {
+                            break;
+                        }
+                        yielded = true;
+                        tokio::task::yield_now().await;
                     }
                 }
             }
