@@ -726,10 +726,6 @@ where
     /// replies responsive.
     const INTAKE_BATCH: usize = 8_192;
 
-    /// A turn that took at least this many pushes (and fewer than [`Self::INTAKE_BATCH`])
-    /// yields once before polling the engine, to take what a busy reader adds meanwhile.
-    const BUSY_INTAKE: usize = 64;
-
     /// The main loop. Returns `Err` with a message when the authorization is lost.
     async fn run(
         &mut self,
@@ -765,18 +761,20 @@ where
                     let mut taken = self.input(input);
                     // Take whatever else is queued before polling the engine: one delivery
                     // batch, one dispatch and one commit then cover many pushes.
-                    let mut yielded = false;
+                    let mut rounds = 0;
                     loop {
+                        let before = taken;
                         while taken < Self::INTAKE_BATCH {
                             let Ok(input) = intake.try_recv() else { break };
                             taken += self.input(input);
                         }
-                        // A busy reader: let the tasks that are ready run once (the reader
-                        // among them) and take what it adds, so that the delivery is larger.
-                        if yielded || taken < Self::BUSY_INTAKE || taken >= Self::INTAKE_BATCH {
+                        // Let the tasks that are ready run once (the reader among them) and
+                        // take what they add, and again while each round brings more: one
+                        // delivery then covers many reads. A quiet intake costs one yield.
+                        if taken >= Self::INTAKE_BATCH || rounds > 0 && taken == before {
                             break;
                         }
-                        yielded = true;
+                        rounds += 1;
                         tokio::task::yield_now().await;
                     }
                 }
