@@ -758,7 +758,9 @@ where
                 () = &mut sleep, if deadline.is_some() => self.engine.handle_timeout(now()),
                 Some(command) = control.recv() => self.command(command),
                 Some(input) = intake.recv() => {
-                    let mut taken = self.input(input);
+                    // One reading of the clock per round: a round takes microseconds.
+                    let mut now = now();
+                    let mut taken = self.input(now, input);
                     // Take whatever else is queued before polling the engine: one delivery
                     // batch, one dispatch and one commit then cover many pushes.
                     let mut rounds = 0;
@@ -766,7 +768,7 @@ where
                         let before = taken;
                         while taken < Self::INTAKE_BATCH {
                             let Ok(input) = intake.try_recv() else { break };
-                            taken += self.input(input);
+                            taken += self.input(now, input);
                         }
                         // Let the tasks that are ready run once (the reader among them) and
                         // take what they add, and again while each round brings more: one
@@ -776,6 +778,7 @@ where
                         }
                         rounds += 1;
                         tokio::task::yield_now().await;
+                        now = self::now();
                     }
                 }
             }
@@ -797,8 +800,11 @@ where
 
     /// Feeds one intake message to the engine; returns how many pushes it carried, and gives
     /// their room in the intake back.
-    fn input(&mut self, input: Input<UpdateOf<A>, EntitiesOf<A>>) -> usize {
-        let now = now();
+    fn input(
+        &mut self,
+        now: std::time::Instant,
+        input: Input<UpdateOf<A>, EntitiesOf<A>>,
+    ) -> usize {
         let pushes = match input {
             Input::Updates(updates) => {
                 self.push(now, updates);
