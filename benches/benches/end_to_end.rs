@@ -22,12 +22,33 @@ use sync_runtime::{BoxError, Config, Handler, IntakeError, Manager};
 use sync_storage::MemoryStorage;
 use sync_testkit::{Limits, Rng, Server, TestEntities, TestUpdate, Workload};
 
+/// One thread's share of the count, on a cache line of its own.
 #[derive(Default)]
-struct Count(AtomicU64);
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+/// A handler that counts what it is given. Each thread counts on its own cache line, so that
+/// the count does not add contention of its own between the dispatch workers (one shared
+/// counter costs about a quarter of the live figure on two cores).
+#[derive(Default)]
+struct Count([Stripe; 16]);
+
+impl Count {
+    fn total(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+static THREADS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static STRIPE: usize = (THREADS.fetch_add(1, Ordering::Relaxed) % 16) as usize;
+}
 
 impl Handler<TestUpdate, TestEntities> for Count {
     async fn handle(&self, _: TestUpdate, _: Arc<[TestEntities]>) -> Result<(), BoxError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        let stripe = STRIPE.with(|s| *s);
+        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -124,7 +145,7 @@ async fn catch_up(events: u64) -> (u64, f64) {
     }
     handle.shutdown();
     run.await.unwrap().unwrap();
-    (handled.0.load(Ordering::Relaxed), seconds)
+    (handled.total(), seconds)
 }
 
 /// How the bench's network reader hands pushes over.
@@ -291,7 +312,7 @@ async fn live(events: u64, feed: Feed) -> Live {
     // The oracle's count: every update the pushes carried was handled, once (the catch-up
     // before the clock started had nothing to deliver). The pushes carry zero-count updates,
     // which a difference does not repeat: a push recovered by difference would show here.
-    let handled = handled.0.load(Ordering::Relaxed);
+    let handled = handled.total();
     if feed.faults {
         assert!(
             (counted..=all).contains(&handled),
