@@ -764,12 +764,15 @@ where
                     // Take whatever else is queued before polling the engine: one delivery
                     // batch, one dispatch and one commit then cover many pushes.
                     let mut rounds = 0;
+                    let mut released = 0;
                     loop {
                         let before = taken;
                         while taken < Self::INTAKE_BATCH {
                             let Ok(input) = intake.try_recv() else { break };
                             taken += self.input(now, input);
                         }
+                        self.release(taken - released);
+                        released = taken;
                         // Let the tasks that are ready run once (the reader among them) and
                         // take what they add, and again while each round brings more: one
                         // delivery then covers many reads. A quiet intake costs one yield.
@@ -798,8 +801,8 @@ where
         }
     }
 
-    /// Feeds one intake message to the engine; returns how many pushes it carried, and gives
-    /// their room in the intake back.
+    /// Feeds one intake message to the engine; returns how many pushes it carried (their room
+    /// in the intake is given back by [`release`](Self::release)).
     fn input(
         &mut self,
         now: std::time::Instant,
@@ -831,15 +834,24 @@ where
                 1
             }
         };
-        // Saturating: a handle of a manager rebuilt by `with_cancellation` shares this count,
-        // so it never goes below what was added; this only guards the arithmetic.
+        pushes
+    }
+
+    /// Gives the room of `pushes` taken pushes back to the intake (once per round rather than
+    /// per message: the count is shared with every handle).
+    fn release(&self, pushes: usize) {
+        if pushes == 0 {
+            return;
+        }
+        // Saturating: every push released was added by a handle first (a manager rebuilt by
+        // `with_cancellation` shares the count with earlier handles); this only guards the
+        // arithmetic.
         let _ = self
             .shared
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
                 Some(queued.saturating_sub(pushes))
             });
-        pushes
     }
 
     /// One pushed `Updates` value into the engine.
