@@ -808,7 +808,7 @@ where
         now: std::time::Instant,
         input: Input<UpdateOf<A>, EntitiesOf<A>>,
     ) -> usize {
-        let pushes = match input {
+        match input {
             Input::Updates(updates) => {
                 self.push(now, updates);
                 1
@@ -833,8 +833,7 @@ where
                 self.engine.request_difference(now);
                 1
             }
-        };
-        pushes
+        }
     }
 
     /// Gives the room of `pushes` taken pushes back to the intake (once per round rather than
