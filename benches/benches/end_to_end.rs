@@ -345,8 +345,9 @@ fn report(name: &str, runs: &mut [(u64, f64)]) {
 }
 
 fn main() {
-    // `cargo test --benches` runs benches once in test mode: keep that quick.
-    let quick = std::env::args().any(|a| a == "--test");
+    // `cargo test --benches` runs benches once in test mode (a debug build, without a
+    // `--test` argument for a bench without a harness): keep that quick.
+    let quick = std::env::args().any(|a| a == "--test") || cfg!(debug_assertions);
     let events = if quick {
         2_000
     } else {
