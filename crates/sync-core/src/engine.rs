@@ -387,6 +387,10 @@ pub struct Engine<U, E = ()> {
     buffered_total: usize,
     /// Reused for classifying a container's updates without allocating.
     scratch: Vec<Place>,
+    /// The last access hash reported per channel: pushes mention the same channels over and
+    /// over, and only a new or changed hash is reported again. One entry per channel whose
+    /// hash was learned (forgetting a channel drops its entry).
+    reported_hashes: FxHashMap<ChannelId, i64>,
     stats: Stats,
 }
 
@@ -460,6 +464,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
             next_batch: 0,
             buffered_total: 0,
             scratch: Vec::new(),
+            reported_hashes: FxHashMap::default(),
             stats: Stats::default(),
         }
     }
@@ -993,6 +998,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
             self.channel_requests_in_flight = self.channel_requests_in_flight.saturating_sub(1);
         }
         self.forget(channel_id);
+        self.reported_hashes.remove(&channel_id);
         self.pump_channel_queue();
     }
 
@@ -1649,7 +1655,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
     }
 
     fn learn(&mut self, entities: E) {
-        let hashes: Vec<ChannelHash> = entities.channel_hashes().filter(|h| !h.min).collect();
+        let reported = &mut self.reported_hashes;
+        let hashes: Vec<ChannelHash> = entities
+            .channel_hashes()
+            .filter(|h| {
+                !h.min && reported.insert(h.channel_id, h.access_hash) != Some(h.access_hash)
+            })
+            .collect();
         if !hashes.is_empty() {
             self.outputs.push_back(Output::AccessHashes(hashes));
         }

@@ -46,7 +46,8 @@
 //! - [`Output::Request`]: send it to Telegram; answer with the matching `handle_*` input
 //!   quoting its [`RequestId`], or with [`Engine::handle_failure`].
 //! - [`Output::Commit`]: persist it atomically, in order.
-//! - [`Output::AccessHashes`]: store them; channel requests need them.
+//! - [`Output::AccessHashes`]: store them; channel requests need them. A hash is reported
+//!   when first learned and again only when it changes, not at every update that mentions it.
 //! - [`Output::ChannelTooLong`], [`Output::DifferenceTooLong`], [`Output::ChannelClosed`]:
 //!   history was skipped or a channel was lost; tell the application.
 //!

@@ -107,7 +107,8 @@ pub enum Output<U, E = ()> {
     Request(Request),
     /// Persist this change, all or nothing, in the order given.
     Commit(Commit),
-    /// Store these channel access hashes (never "min" ones).
+    /// Store these channel access hashes (never "min" ones). A hash is reported when first
+    /// learned and again only when it changes (or after the channel was forgotten).
     AccessHashes(Vec<ChannelHash>),
     /// `updates.differenceTooLong`: the common history between the old pts and `pts` was
     /// skipped. The application should reload what it shows (dialogs, open chats).

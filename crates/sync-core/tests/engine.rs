@@ -842,6 +842,39 @@ fn min_channel_hashes_are_never_reported() {
 }
 
 #[test]
+fn a_hash_is_reported_when_new_or_changed_only() {
+    let mut h = Harness::ready();
+    let hash = |access_hash| ChannelHash {
+        channel_id: 1,
+        access_hash,
+        min: false,
+    };
+    // Pushes 101..=104 mention channel 1 with hashes 11, 11, 12, 12.
+    for (pts_value, access_hash) in [(101, 11), (102, 11), (103, 12), (104, 12)] {
+        h.engine
+            .handle_updates(
+                h.now,
+                Updates::Combined {
+                    updates: vec![pts(pts_value)],
+                    entities: Ents(vec![hash(access_hash)]),
+                    date: 0,
+                    seq_start: 0,
+                    seq: 0,
+                },
+            )
+            .unwrap();
+        h.pump();
+    }
+    assert_eq!(
+        h.notes,
+        [
+            Output::AccessHashes(vec![hash(11)]),
+            Output::AccessHashes(vec![hash(12)])
+        ]
+    );
+}
+
+#[test]
 fn malformed_pushes_are_refused_whole() {
     let mut h = Harness::ready();
     let bad = [

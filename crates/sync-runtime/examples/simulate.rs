@@ -215,6 +215,7 @@ where
         latency: Duration::from_millis(10),
         faults: push_faults,
         seed: options.seed,
+        batched: true,
     };
     let network = producer.run(&api, &handle, |_| {}).await;
     handle.caught_up().await.map_err(|e| e.to_string())?;

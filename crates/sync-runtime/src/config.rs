@@ -8,8 +8,11 @@ use std::time::Duration;
 pub struct Config {
     /// The engine's settings (gap timeout, limits, buffer caps, concurrent channel requests).
     pub engine: sync_core::Config,
-    /// How many pushes [`ManagerHandle::handle`](crate::ManagerHandle::handle) queues before it
-    /// drops the newest (they are recovered by a difference). Default 4,096.
+    /// How many pushes [`ManagerHandle::handle`](crate::ManagerHandle::handle) and
+    /// [`ManagerHandle::handle_batch`](crate::ManagerHandle::handle_batch) queue before they
+    /// drop the newest (they are recovered by a difference). A batch counts its pushes and is
+    /// taken or dropped whole; one larger than this is taken only into an empty intake.
+    /// Default 4,096.
     pub intake_capacity: usize,
     /// Dispatch shards: how many peers are handled at the same time. Default 8.
     pub shards: usize,

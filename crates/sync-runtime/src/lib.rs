@@ -15,11 +15,17 @@
 //!
 //! - **Start**: loads the stored state and catches up with `getDifference`, or calls
 //!   `getState` on the first run.
-//! - **Intake**: your network reader hands pushes to [`ManagerHandle::handle`], which never
-//!   waits. When its bounded intake is full the push is dropped and counted, and the manager
-//!   fetches the difference instead, so a handler that itself calls the API can never
-//!   deadlock it. [`ManagerHandle::handle_affected`] takes the pts of your own calls, and
-//!   [`ManagerHandle::session_reset`] signals `new_session_created`.
+//! - **Intake**: your network reader hands pushes to [`ManagerHandle::handle`], or what one
+//!   read decoded to [`ManagerHandle::handle_batch`] (one message through the intake for
+//!   the lot); neither ever waits. When the bounded intake (counted in pushes) is full the
+//!   push, or the whole batch, is dropped and counted, and the manager fetches the
+//!   difference instead, so a handler that itself calls the API can never deadlock it. A
+//!   reader that would rather slow down than lose pushes to a difference can watch
+//!   [`ManagerHandle::queued`]. [`ManagerHandle::handle_affected`] takes the pts of your own
+//!   calls, and [`ManagerHandle::session_reset`] signals `new_session_created`.
+//! - **Turns**: the manager takes queued pushes for as long as the reader keeps adding them
+//!   (yielding to the other tasks between rounds, up to 8,192 pushes), then polls the engine
+//!   once, so one delivery, one dispatch and one commit cover many pushes.
 //! - **Requests**: the engine's requests run concurrently (several channel differences at
 //!   once, bounded by the engine), with exponential backoff and jitter on transient errors and
 //!   FLOOD_WAIT honoured; an inaccessible channel stops being tracked and you are told
@@ -28,8 +34,9 @@
 //! - **Dispatch**: delivered updates go to your handler through `sync-events`, sharded by
 //!   [`PeerKey`]: one chat's updates are handled in order, many chats in parallel.
 //! - **Persistence**: a batch is acknowledged to the engine only once every update in it was
-//!   handled, and the engine's commits trail those acknowledgements; commits are written in
-//!   order, retried while storage is unavailable. A crash therefore loses nothing: a restart
+//!   handled (dispatched batches are acknowledged in order, from the dispatch receipts, with
+//!   one wake-up armed for the oldest), and the engine's commits trail those
+//!   acknowledgements; commits are written in order, retried while storage is unavailable. A crash therefore loses nothing: a restart
 //!   redelivers at most the unacknowledged tail.
 //! - **Shutdown**: [`ManagerHandle::shutdown`] (or a [`CancellationToken`]) stops intake,
 //!   drains dispatch, persists the final state and makes [`Manager::run`] return.
@@ -113,13 +120,18 @@
 //!     // The network reader: hand every pushed `Updates` over; this never waits.
 //!     handle.handle(Updates::Short { update: Message { chat: 1, pts: 11 }, date: 0 })?;
 //!     handle.handle(Updates::Short { update: Message { chat: 2, pts: 12 }, date: 0 })?;
+//!     // Or what one read of the socket decoded, in one call.
+//!     handle.handle_batch(vec![
+//!         Updates::Short { update: Message { chat: 1, pts: 13 }, date: 0 },
+//!         Updates::Short { update: Message { chat: 3, pts: 14 }, date: 0 },
+//!     ])?;
 //!     handle.caught_up().await?;
 //!
 //!     handle.shutdown();
 //!     let summary = run.await??;
 //!     assert!(summary.persisted);
-//!     assert_eq!(handled.0.load(Ordering::Relaxed), 2);
-//!     assert_eq!(summary.state.map(|s| s.pts), Some(12));
+//!     assert_eq!(handled.0.load(Ordering::Relaxed), 4);
+//!     assert_eq!(summary.state.map(|s| s.pts), Some(14));
 //!     Ok::<_, Box<dyn std::error::Error>>(())
 //! })
 //! # }

@@ -1,9 +1,9 @@
 //! The per-account manager: drives the engine with the API, storage and the handler.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use sync_core::{
     Affected, Batch, BatchId, ChannelDifference, ChannelId, Difference, Engine, Failure, Output,
     Request, RequestId, RequestKind, State, Updates,
 };
-use sync_events::{AsyncObserver, Event, EventStream, NotHandled, ObserverPanic};
+use sync_events::{AsyncObserver, Event, EventStream, NotHandled, ObserverPanic, Receipt};
 use sync_storage::{AccessHashStorage, AccountId, StateStorage};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -31,11 +31,13 @@ use crate::writer::{Write, Writer};
 type UpdateOf<A> = <A as Api>::Update;
 type EntitiesOf<A> = <A as Api>::Entities;
 
-/// Why [`ManagerHandle::handle`] (and its siblings) did not take a push.
+/// Why [`ManagerHandle::handle`] (and its siblings, [`ManagerHandle::handle_batch`] included)
+/// did not take a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IntakeError {
-    /// The intake is full: the push was dropped and counted, and the manager fetches the
-    /// difference once it has room, so nothing is lost. Nothing to do for the caller.
+    /// The intake is full: the push (or the whole batch) was dropped and counted, and the
+    /// manager fetches the difference once it has room, so nothing is lost. Nothing to do for
+    /// the caller.
     #[error(
         "the manager's intake is full; the push was dropped and will be recovered by a difference"
     )]
@@ -92,6 +94,9 @@ pub struct Summary {
 /// A push or a signal from the application, through the bounded intake.
 enum Input<U, E> {
     Updates(Updates<U, E>),
+    /// Many pushes in the order they arrived, as one message (see
+    /// [`ManagerHandle::handle_batch`]).
+    Batch(Vec<Updates<U, E>>),
     Affected(Affected),
     SessionReset,
 }
@@ -116,7 +121,14 @@ struct Shared {
     /// The engine's last published stats and idleness.
     engine: Mutex<(sync_core::Stats, bool)>,
     /// Set by a handle that dropped a push; the manager fetches the difference and clears it.
-    overflowed: AtomicBool,
+    /// Kept by [`Manager::with_cancellation`], so that earlier handles' drops are recovered.
+    overflowed: Arc<AtomicBool>,
+    /// Pushes in the intake: added by a handle before it sends, taken off by the manager
+    /// when it receives. Bounded by `capacity` (see [`ManagerHandle::handle_batch`]). Kept by
+    /// [`Manager::with_cancellation`], like the intake itself.
+    queued: Arc<AtomicUsize>,
+    /// [`Config::intake_capacity`], at least 1.
+    capacity: usize,
     running: AtomicBool,
     cancel: CancellationToken,
 }
@@ -124,7 +136,7 @@ struct Shared {
 /// The application's side of a running [`Manager`]: feed it pushes, ask for its stats, shut it
 /// down. Cheap to clone; every method is safe to call from handlers.
 pub struct ManagerHandle<U, E = ()> {
-    intake: mpsc::Sender<Input<U, E>>,
+    intake: mpsc::UnboundedSender<Input<U, E>>,
     control: mpsc::UnboundedSender<Control>,
     shared: Arc<Shared>,
 }
@@ -152,37 +164,86 @@ impl<U, E> ManagerHandle<U, E> {
     /// the push is dropped, counted, and recovered by a difference ([`IntakeError::Full`]), so
     /// a network reader (or a handler) calling this can never be blocked by the manager.
     pub fn handle(&self, updates: Updates<U, E>) -> Result<(), IntakeError> {
-        self.offer(Input::Updates(updates))
+        self.offer(Input::Updates(updates), 1)
+    }
+
+    /// Hands many pushed `Updates` values to the manager at once, in the order they arrived:
+    /// what a network reader decoded from one read. Equivalent to calling
+    /// [`handle`](Self::handle) on each in order, but it costs one message through the intake
+    /// (and at most one wake-up of the manager) for the whole batch.
+    ///
+    /// Never waits. The intake counts pushes, not batches: a batch is taken when it fits in
+    /// the room left by [`Config::intake_capacity`], or when the intake is empty (so a batch
+    /// larger than the capacity is not refused for good; the intake then holds at most that
+    /// batch). Otherwise the whole batch is dropped, counted in
+    /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped), and recovered by
+    /// a difference ([`IntakeError::Full`]). An empty batch is accepted and does nothing.
+    pub fn handle_batch(&self, batch: Vec<Updates<U, E>>) -> Result<(), IntakeError> {
+        match batch.len() {
+            0 => {
+                if self.intake.is_closed() {
+                    Err(IntakeError::Stopped)
+                } else {
+                    Ok(())
+                }
+            }
+            n => self.offer(Input::Batch(batch), n),
+        }
+    }
+
+    /// How many pushes wait in the intake right now (a batch counts its pushes). A reader
+    /// that would rather slow down than have pushes dropped (and fetched again by difference)
+    /// can hold back while this is close to [`Config::intake_capacity`].
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
     }
 
     /// The `pts` / `pts_count` returned by the application's own calls
     /// (`messages.affectedMessages`, `affectedHistory`, `channels.deleteMessages`, …): they
     /// advance the sequence like an update.
     pub fn handle_affected(&self, affected: Affected) -> Result<(), IntakeError> {
-        self.offer(Input::Affected(affected))
+        self.offer(Input::Affected(affected), 1)
     }
 
     /// The session was reset (`new_session_created`), or an update could not be decoded: the
     /// manager fetches the difference.
     pub fn session_reset(&self) -> Result<(), IntakeError> {
-        self.offer(Input::SessionReset)
+        self.offer(Input::SessionReset, 1)
     }
 
-    fn offer(&self, input: Input<U, E>) -> Result<(), IntakeError> {
-        match self.intake.try_send(input) {
+    /// Queues `input`, which carries `pushes` pushes, if the intake has room for them.
+    fn offer(&self, input: Input<U, E>, pushes: usize) -> Result<(), IntakeError> {
+        if self.intake.is_closed() {
+            return Err(IntakeError::Stopped);
+        }
+        let shared = &*self.shared;
+        // Invariant (the intake is bounded): room is reserved before the message is sent and
+        // given back by the manager when it takes the message, so at most `capacity` pushes
+        // (or one larger batch, taken only into an empty intake) wait at any time.
+        let reserved = shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                let fits = queued == 0 || queued.saturating_add(pushes) <= shared.capacity;
+                fits.then(|| queued.saturating_add(pushes))
+            });
+        if reserved.is_err() {
+            drop(input);
+            shared.counters.pushes_dropped.add(pushes as u64);
+            // Invariant (a dropped push is recovered): the flag is set after the push was
+            // dropped, and the manager requests the difference after it sees the flag, so
+            // the server answers from a moment that includes the dropped push.
+            shared.overflowed.store(true, Ordering::Release);
+            return Err(IntakeError::Full);
+        }
+        match self.intake.send(input) {
             Ok(()) => {
-                self.shared.counters.pushes_accepted.incr();
+                shared.counters.pushes_accepted.add(pushes as u64);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.counters.pushes_dropped.incr();
-                // Invariant (a dropped push is recovered): the flag is set after the push was
-                // dropped, and the manager requests the difference after it sees the flag, so
-                // the server answers from a moment that includes the dropped push.
-                self.shared.overflowed.store(true, Ordering::Release);
-                Err(IntakeError::Full)
+            Err(_) => {
+                shared.queued.fetch_sub(pushes, Ordering::AcqRel);
+                Err(IntakeError::Stopped)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(IntakeError::Stopped),
         }
     }
 
@@ -280,7 +341,7 @@ pub struct Manager<A: Api, S, H> {
     handler: Arc<H>,
     config: Config,
     shared: Arc<Shared>,
-    intake: mpsc::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+    intake: mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
     control: mpsc::UnboundedReceiver<Control>,
     handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
 }
@@ -310,12 +371,15 @@ where
     /// The same with a [`Config`]. Shared API clients and storages work too: the traits are
     /// implemented for `Arc<_>`.
     pub fn with_config(account: AccountId, api: A, storage: S, handler: H, config: Config) -> Self {
-        let (intake_tx, intake) = mpsc::channel(config.intake_capacity.max(1));
+        // Unbounded as a channel: the intake's bound is counted in pushes by `Shared::queued`.
+        let (intake_tx, intake) = mpsc::unbounded_channel();
         let (control_tx, control) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             counters: Arc::new(Counters::new(account)),
             engine: Mutex::new((sync_core::Stats::default(), false)),
-            overflowed: AtomicBool::new(false),
+            overflowed: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            capacity: config.intake_capacity.max(1),
             running: AtomicBool::new(false),
             cancel: CancellationToken::new(),
         });
@@ -345,7 +409,9 @@ where
         let shared = Arc::new(Shared {
             counters: Arc::clone(&self.shared.counters),
             engine: Mutex::new((sync_core::Stats::default(), false)),
-            overflowed: AtomicBool::new(false),
+            overflowed: Arc::clone(&self.shared.overflowed),
+            queued: Arc::clone(&self.shared.queued),
+            capacity: self.shared.capacity,
             running: AtomicBool::new(false),
             cancel: token,
         });
@@ -447,7 +513,8 @@ where
             stream,
             writes: Some(writes),
             requests: FuturesUnordered::new(),
-            acks: FuturesUnordered::new(),
+            dispatched: VecDeque::new(),
+            waiting: None,
             attempts: HashMap::new(),
             hashes: HashMap::new(),
             jitter,
@@ -629,8 +696,11 @@ struct Driver<A: Api, S> {
     /// The writer's queue; `None` once closed at shutdown.
     writes: Option<mpsc::UnboundedSender<Write>>,
     requests: FuturesUnordered<BoxFuture<Done<UpdateOf<A>, EntitiesOf<A>>>>,
-    /// Resolve with a batch id once its updates were handled.
-    acks: FuturesUnordered<BoxFuture<(BatchId, Result<(), NotHandled>)>>,
+    /// Dispatched batches not yet acknowledged, oldest first, with their receipts.
+    dispatched: VecDeque<(BatchId, Receipt)>,
+    /// Resolves once the oldest dispatched batch (the one named) was handled, or cannot be:
+    /// the only wake-up the acknowledgements need, however many batches are in flight.
+    waiting: Option<(BatchId, BoxFuture<Result<(), NotHandled>>)>,
     /// Consecutive failures per target, for the backoff; cleared on success.
     attempts: HashMap<Target, u32>,
     /// Access hashes learned this run (storage is read on a miss).
@@ -650,14 +720,16 @@ where
     A: Api,
     S: StateStorage + AccessHashStorage + 'static,
 {
-    /// Most queued pushes taken per turn of the main loop before the engine is polled: large
-    /// enough to amortise a poll, small enough to keep timers and replies responsive.
-    const INTAKE_BATCH: usize = 1_024;
+    /// Most queued pushes taken per turn of the main loop before the engine is polled (a
+    /// batch from [`ManagerHandle::handle_batch`] is taken whole and counts its pushes): large
+    /// enough to amortise a poll, a dispatch and a commit, small enough to keep timers and
+    /// replies responsive.
+    const INTAKE_BATCH: usize = 8_192;
 
     /// The main loop. Returns `Err` with a message when the authorization is lost.
     async fn run(
         &mut self,
-        intake: &mut mpsc::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+        intake: &mut mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
         control: &mut mpsc::UnboundedReceiver<Control>,
         cancel: &CancellationToken,
     ) -> Result<(), String> {
@@ -676,8 +748,9 @@ where
                     tracing::info!("shutdown requested");
                     return Ok(());
                 }
-                Some((batch, handled)) = self.acks.next(), if !self.acks.is_empty() => {
-                    self.acknowledge(batch, handled);
+                (batch, handled) = wait_handled(&mut self.waiting), if self.waiting.is_some() => {
+                    self.waiting = None;
+                    self.settle(Some((batch, handled)));
                 }
                 Some((id, target, result)) = self.requests.next(), if !self.requests.is_empty() => {
                     self.complete(id, target, result)?;
@@ -685,12 +758,30 @@ where
                 () = &mut sleep, if deadline.is_some() => self.engine.handle_timeout(now()),
                 Some(command) = control.recv() => self.command(command),
                 Some(input) = intake.recv() => {
-                    self.input(input);
+                    // One reading of the clock per round: a round takes microseconds.
+                    let mut now = now();
+                    let mut taken = self.input(now, input);
                     // Take whatever else is queued before polling the engine: one delivery
                     // batch, one dispatch and one commit then cover many pushes.
-                    for _ in 0..Self::INTAKE_BATCH {
-                        let Ok(input) = intake.try_recv() else { break };
-                        self.input(input);
+                    let mut rounds = 0;
+                    let mut released = 0;
+                    loop {
+                        let before = taken;
+                        while taken < Self::INTAKE_BATCH {
+                            let Ok(input) = intake.try_recv() else { break };
+                            taken += self.input(now, input);
+                        }
+                        self.release(taken - released);
+                        released = taken;
+                        // Let the tasks that are ready run once (the reader among them) and
+                        // take what they add, and again while each round brings more: one
+                        // delivery then covers many reads. A quiet intake costs one yield.
+                        if taken >= Self::INTAKE_BATCH || rounds > 0 && taken == before {
+                            break;
+                        }
+                        rounds += 1;
+                        tokio::task::yield_now().await;
+                        now = self::now();
                     }
                 }
             }
@@ -700,19 +791,34 @@ where
                 self.engine.request_difference(now());
             }
             self.drain().await?;
+            // Batches handled meanwhile are acknowledged without waiting for a wake-up; the
+            // commits that follows are queued by the next drain.
+            while self.settle(None) {
+                self.drain().await?;
+            }
+            self.watch_oldest();
             self.publish();
         }
     }
 
-    fn input(&mut self, input: Input<UpdateOf<A>, EntitiesOf<A>>) {
-        let now = now();
+    /// Feeds one intake message to the engine; returns how many pushes it carried (their room
+    /// in the intake is given back by [`release`](Self::release)).
+    fn input(
+        &mut self,
+        now: std::time::Instant,
+        input: Input<UpdateOf<A>, EntitiesOf<A>>,
+    ) -> usize {
         match input {
             Input::Updates(updates) => {
-                if let Err(error) = self.engine.handle_updates(now, updates) {
-                    self.shared.counters.pushes_refused.incr();
-                    tracing::warn!(%error, "malformed push refused: fetching the difference");
-                    self.engine.request_difference(now);
+                self.push(now, updates);
+                1
+            }
+            Input::Batch(batch) => {
+                let pushes = batch.len();
+                for updates in batch {
+                    self.push(now, updates);
                 }
+                pushes
             }
             Input::Affected(affected) => {
                 if let Err(error) = self.engine.handle_affected(now, affected) {
@@ -720,11 +826,39 @@ where
                     tracing::warn!(%error, "malformed affected pts refused: fetching the difference");
                     self.engine.request_difference(now);
                 }
+                1
             }
             Input::SessionReset => {
                 tracing::info!("session reset: fetching the difference");
                 self.engine.request_difference(now);
+                1
             }
+        }
+    }
+
+    /// Gives the room of `pushes` taken pushes back to the intake (once per round rather than
+    /// per message: the count is shared with every handle).
+    fn release(&self, pushes: usize) {
+        if pushes == 0 {
+            return;
+        }
+        // Saturating: every push released was added by a handle first (a manager rebuilt by
+        // `with_cancellation` shares the count with earlier handles); this only guards the
+        // arithmetic.
+        let _ = self
+            .shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                Some(queued.saturating_sub(pushes))
+            });
+    }
+
+    /// One pushed `Updates` value into the engine.
+    fn push(&mut self, now: std::time::Instant, updates: Updates<UpdateOf<A>, EntitiesOf<A>>) {
+        if let Err(error) = self.engine.handle_updates(now, updates) {
+            self.shared.counters.pushes_refused.incr();
+            tracing::warn!(%error, "malformed push refused: fetching the difference");
+            self.engine.request_difference(now);
         }
     }
 
@@ -745,16 +879,62 @@ where
         }
     }
 
-    fn acknowledge(&mut self, batch: BatchId, handled: Result<(), NotHandled>) {
-        match handled {
-            Ok(()) => match self.engine.ack(batch) {
-                Ok(()) => self.shared.counters.batches_acknowledged.incr(),
-                Err(error) => tracing::error!(%error, "acknowledgement refused"),
-            },
+    /// Acknowledges the dispatched batches that were handled, oldest first, stopping at the
+    /// first that was not; returns whether it acknowledged any. `oldest` is what the wait for
+    /// the oldest batch learned, if it fired: an error means that batch will never be handled.
+    ///
+    /// Invariant (commits trail handled updates): a batch is acknowledged only when its receipt
+    /// says every one of its updates was handled (`is_handled` reads each shard's delivered
+    /// count with acquire ordering), and the engine commits nothing past an unacknowledged
+    /// batch. Acknowledging in dispatch order loses nothing: the engine commits only the
+    /// acknowledged prefix anyway.
+    fn settle(&mut self, oldest: Option<(BatchId, Result<(), NotHandled>)>) -> bool {
+        if let Some((batch, Err(error))) = oldest
+            && self
+                .dispatched
+                .front()
+                .is_some_and(|(front, _)| *front == batch)
+        {
+            self.dispatched.pop_front();
             // Only when a dispatch worker was dropped: the batch stays unacknowledged, so its
             // state is never committed and a restart delivers it again.
-            Err(error) => tracing::error!(%error, %batch, "batch not handled"),
+            tracing::error!(%error, %batch, "batch not handled");
         }
+        let mut acknowledged = false;
+        while let Some((batch, receipt)) = self.dispatched.front() {
+            if !self.stream.is_handled(receipt) {
+                break;
+            }
+            match self.engine.ack(*batch) {
+                Ok(()) => self.shared.counters.batches_acknowledged.incr(),
+                Err(error) => tracing::error!(%error, "acknowledgement refused"),
+            }
+            self.dispatched.pop_front();
+            acknowledged = true;
+        }
+        acknowledged
+    }
+
+    /// Arranges one wake-up for when the oldest dispatched batch is handled, unless one is
+    /// arranged for it already; a wait for a batch that was acknowledged meanwhile is dropped.
+    fn watch_oldest(&mut self) {
+        let Some((front, receipt)) = self.dispatched.front() else {
+            self.waiting = None;
+            return;
+        };
+        if self
+            .waiting
+            .as_ref()
+            .is_some_and(|(batch, _)| batch == front)
+        {
+            return;
+        }
+        let stream = self.stream.clone();
+        let receipt = receipt.clone();
+        self.waiting = Some((
+            *front,
+            Box::pin(async move { stream.handled(&receipt).await }),
+        ));
     }
 
     /// A request finished: hands the reply to the engine, or classifies the failure.
@@ -841,6 +1021,7 @@ where
                 Output::Request(request) => self.send(request),
                 Output::Commit(commit) => self.write(Write::Commit(commit)),
                 Output::AccessHashes(hashes) => {
+                    // The engine reports a hash when it is new or changed, not at every push.
                     let hashes: Vec<(ChannelId, i64)> = hashes
                         .into_iter()
                         .filter(|h| !h.min)
@@ -901,11 +1082,7 @@ where
         match self.stream.send_batch_async(events).await {
             Ok(receipt) => {
                 self.shared.counters.updates_dispatched.add(count);
-                let stream = self.stream.clone();
-                self.acks.push(Box::pin(async move {
-                    let handled = stream.handled(&receipt).await;
-                    (id, handled)
-                }));
+                self.dispatched.push_back((id, receipt));
             }
             Err(error) => {
                 tracing::error!(%error, %id, "batch not dispatched; it stays unacknowledged")
@@ -1002,10 +1179,16 @@ where
             // Acknowledging emits commits (and possibly notices); nothing new is delivered
             // without an input, but whatever comes is dispatched and waited for as well.
             let _ = self.drain().await;
-            match self.acks.next().await {
-                Some((batch, handled)) => self.acknowledge(batch, handled),
-                None => break,
+            if self.settle(None) {
+                continue;
             }
+            self.watch_oldest();
+            if self.waiting.is_none() {
+                break;
+            }
+            let (batch, handled) = wait_handled(&mut self.waiting).await;
+            self.waiting = None;
+            self.settle(Some((batch, handled)));
         }
         for waiter in self.waiters.drain(..) {
             drop(waiter); // the caller sees `Stopped`
@@ -1015,8 +1198,9 @@ where
     /// Publishes stats for the handles, resolves `caught_up` waiters and logs gap events.
     fn publish(&mut self) {
         let stats = self.engine.stats();
-        let idle =
-            self.engine.is_idle() && stats.unacknowledged_batches == 0 && self.acks.is_empty();
+        let idle = self.engine.is_idle()
+            && stats.unacknowledged_batches == 0
+            && self.dispatched.is_empty();
         *self
             .shared
             .engine
@@ -1056,6 +1240,17 @@ where
         #[cfg(feature = "metrics")]
         self.gauges.set(&stats);
         self.seen = stats;
+    }
+}
+
+/// Waits for the armed wait of [`Driver::watch_oldest`]; pending forever when none is armed
+/// (the main loop only polls it when one is).
+async fn wait_handled(
+    waiting: &mut Option<(BatchId, BoxFuture<Result<(), NotHandled>>)>,
+) -> (BatchId, Result<(), NotHandled>) {
+    match waiting {
+        Some((batch, future)) => (*batch, future.await),
+        None => std::future::pending().await,
     }
 }
 

@@ -258,6 +258,10 @@ pub struct Producer {
     pub faults: Faults,
     /// Seed of the network's faults.
     pub seed: u64,
+    /// Hand the pushes that arrive at the same instant over in one
+    /// [`ManagerHandle::handle_batch`] call, as a reader that decodes several frames per read
+    /// does; otherwise each goes through [`ManagerHandle::handle`].
+    pub batched: bool,
 }
 
 impl Producer {
@@ -305,18 +309,34 @@ impl Producer {
                 }
                 progress(api.with_server(|s| s.events()));
             }
+            let mut read = Vec::new();
             while let Some(entry) = transit.first_entry() {
                 if entry.key().0 > now {
                     break;
                 }
-                let push = entry.remove();
+                read.push(entry.remove());
+            }
+            let reads: Vec<Vec<_>> = if self.batched {
+                vec![read]
+            } else {
+                read.into_iter().map(|push| vec![push]).collect()
+            };
+            for read in reads {
+                if read.is_empty() {
+                    continue;
+                }
                 // Kept for the server's books: a push the intake refuses is a lost push.
-                let copy = push.clone();
-                match handle.handle(push) {
+                let copies = read.clone();
+                let handed = if self.batched {
+                    handle.handle_batch(read)
+                } else {
+                    read.into_iter().try_for_each(|push| handle.handle(push))
+                };
+                match handed {
                     Ok(()) => {}
                     Err(IntakeError::Full) => {
-                        report.intake_full += 1;
-                        api.with_server(|s| s.push_lost(&copy));
+                        report.intake_full += copies.len() as u64;
+                        api.with_server(|s| copies.iter().for_each(|push| s.push_lost(push)));
                     }
                     Err(IntakeError::Stopped) => return report,
                 }

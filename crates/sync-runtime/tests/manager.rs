@@ -211,6 +211,152 @@ async fn a_full_intake_drops_pushes_and_recovers_them_by_difference() {
     sim.finish(&*storage).await.expect("oracle");
 }
 
+/// A producer whose pushes arrive in groups of `burst`, each group handed over with one
+/// `handle_batch` call.
+fn batched_producer(seed: u64, faults: Faults, burst: u32) -> sync_runtime::sim::Producer {
+    let mut producer = producer(seed, events(), faults, false);
+    producer.burst = burst;
+    producer.batched = true;
+    producer
+}
+
+#[tokio::test(start_paused = true)]
+async fn batched_pushes_pass_the_oracle_across_fault_mixes() {
+    let mixes = [
+        ("none", Faults::none()),
+        ("moderate", Faults::moderate()),
+        ("harsh", Faults::harsh()),
+    ];
+    for seed in 1..=env_or("SYNC_RUNTIME_SEEDS", 2) {
+        for (name, faults) in mixes.clone() {
+            let seed = seed * 1_000 + name.len() as u64;
+            let mut sim = Sim::new(seed, 8, ApiFaults::default());
+            let storage = Arc::new(MemoryStorage::new());
+            sim.seed(&*storage).await;
+            let (handle, run) = sim.start(&storage, config(seed, false));
+            let burst = 1 + (seed % 16) as u32;
+            sim.produce(&handle, batched_producer(seed, faults, burst))
+                .await
+                .expect("producer");
+            handle.caught_up().await.expect("caught up");
+            handle.shutdown();
+            let summary = run.await.expect("join").expect("run");
+            let stats = summary.stats;
+            assert_eq!(
+                stats.runtime.updates_dispatched, stats.engine.updates_delivered,
+                "{name}, seed {seed}"
+            );
+            assert_eq!(
+                stats.engine.unacknowledged_batches, 0,
+                "{name}, seed {seed}"
+            );
+            assert_eq!(handle.queued(), 0, "{name}, seed {seed}");
+            if let Err(message) = sim.finish(&*storage).await {
+                panic!("{name}, seed {seed}: {message}");
+            }
+            assert_eq!(sim.oracle.repeats(), 0, "{name}, seed {seed}");
+            assert!(sim.recorder.count() > 0, "{name}: nothing delivered");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_intake_drops_whole_batches_and_recovers_them_by_difference() {
+    let mut sim = Sim::new(37, 8, ApiFaults::none(Duration::from_millis(40)));
+    // A slow handler and tiny queues, as in the single-push case; batches of 10 are larger
+    // than the intake, so they are taken only into an empty intake.
+    sim.recorder = Recorder::new().with_delay(Duration::from_millis(30));
+    let storage = Arc::new(MemoryStorage::new());
+    sim.seed(&*storage).await;
+    let config = sync_runtime::Config {
+        intake_capacity: 4,
+        shard_capacity: 2,
+        ..config(37, false)
+    };
+    let (handle, run) = sim.start(&storage, config);
+    sim.produce(&handle, batched_producer(37, Faults::none(), 10))
+        .await
+        .expect("producer");
+    handle.caught_up().await.expect("caught up");
+    handle.shutdown();
+    let summary = run.await.expect("join").expect("run");
+    let runtime = summary.stats.runtime;
+    assert!(runtime.pushes_dropped > 0, "{runtime:?}");
+    assert!(runtime.intake_recoveries > 0, "{runtime:?}");
+    assert!(runtime.pushes_accepted > 0, "{runtime:?}");
+    sim.finish(&*storage).await.expect("oracle");
+}
+
+/// The intake's books, without running the manager (nothing is taken out): a batch is taken
+/// whole when it fits in the room left, or into an empty intake, and dropped whole otherwise;
+/// `queued` and the counters follow exactly.
+#[test]
+fn the_intake_counts_pushes_and_takes_or_drops_whole_batches() {
+    use sync_core::Updates;
+    use sync_runtime::{IntakeError, Manager};
+    use sync_testkit::{Rng, TestUpdate};
+
+    let push = |id: u64| Updates::Short {
+        update: TestUpdate {
+            id,
+            sequence: Sequence::Unordered,
+        },
+        date: 0,
+    };
+    for seed in 0..200 {
+        let mut rng = Rng::new(seed);
+        let capacity = 1 + rng.below(64) as usize;
+        let sim = Sim::new(seed, 0, ApiFaults::default());
+        let manager = Manager::with_config(
+            ACCOUNT,
+            sim.api.clone(),
+            Arc::new(MemoryStorage::new()),
+            Recorder::new(),
+            sync_runtime::Config {
+                intake_capacity: capacity,
+                ..config(seed, false)
+            },
+        );
+        let handle = manager.handle();
+        let (mut queued, mut accepted, mut dropped, mut largest) = (0usize, 0u64, 0u64, 0usize);
+        for _ in 0..50 {
+            let single = rng.chance(0.3);
+            let n = if single {
+                1
+            } else {
+                rng.below(2 * capacity as u64) as usize
+            };
+            let fits = n == 0 || queued == 0 || queued + n <= capacity;
+            let result = if single {
+                handle.handle(push(0))
+            } else {
+                handle.handle_batch((0..n as u64).map(push).collect())
+            };
+            if fits {
+                assert_eq!(result, Ok(()), "seed {seed}");
+                queued += n;
+                accepted += n as u64;
+                largest = largest.max(n);
+            } else {
+                assert_eq!(result, Err(IntakeError::Full), "seed {seed}");
+                dropped += n as u64;
+            }
+            assert_eq!(handle.queued(), queued, "seed {seed}");
+            assert!(queued <= capacity.max(largest), "seed {seed}");
+            let runtime = handle.stats().runtime;
+            assert_eq!(runtime.pushes_accepted, accepted, "seed {seed}");
+            assert_eq!(runtime.pushes_dropped, dropped, "seed {seed}");
+        }
+        drop(manager);
+        assert_eq!(
+            handle.handle_batch(vec![push(1)]),
+            Err(IntakeError::Stopped)
+        );
+        assert_eq!(handle.handle_batch(Vec::new()), Err(IntakeError::Stopped));
+        assert_eq!(handle.handle(push(1)), Err(IntakeError::Stopped));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn first_run_without_stored_state_starts_from_get_state() {
     let mut sim = Sim::new(19, 0, ApiFaults::default());

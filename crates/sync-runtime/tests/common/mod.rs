@@ -188,6 +188,7 @@ pub fn producer(seed: u64, events: u64, faults: Faults, fast: bool) -> Producer 
         latency,
         faults,
         seed,
+        batched: false,
     }
 }
 
