@@ -91,8 +91,25 @@ impl<C: PeerCache> Resolver<'_, C> {
         user_id.is_none_or(|id| self.known(PeerRef::User(id)))
     }
 
+    /// The users a service message's action names: members added, removed or invited, the
+    /// creator's first members, the inviter of a link, the peers of a proximity alert.
+    fn action_known(&self, action: &tl::enums::MessageAction) -> bool {
+        use tl::enums::MessageAction as A;
+        let all = |users: &[i64]| users.iter().all(|&id| self.known(PeerRef::User(id)));
+        match action {
+            A::ChatCreate(a) => all(&a.users),
+            A::ChatAddUser(a) => all(&a.users),
+            A::InviteToGroupCall(a) => all(&a.users),
+            A::ChatDeleteUser(a) => self.known(PeerRef::User(a.user_id)),
+            A::ChatJoinedByLink(a) => self.known(PeerRef::User(a.inviter_id)),
+            A::GeoProximityReached(a) => self.peer_known(&a.from_id) && self.peer_known(&a.to_id),
+            _ => true,
+        }
+    }
+
     /// Every peer a message mentions that the application would need: its chat, its sender,
-    /// the forward origin, the inline bot and the users named in its text.
+    /// the forward origin, the inline bot and the users named in its text; for a service
+    /// message, the users its action names.
     pub(crate) fn message_known(&self, message: &tl::enums::Message) -> bool {
         match message {
             tl::enums::Message::Message(m) => {
@@ -103,7 +120,9 @@ impl<C: PeerCache> Resolver<'_, C> {
                     && self.mentions_known(m.entities.as_ref())
             }
             tl::enums::Message::Service(m) => {
-                self.peer_known(&m.peer_id) && self.opt_peer_known(m.from_id.as_ref())
+                self.peer_known(&m.peer_id)
+                    && self.opt_peer_known(m.from_id.as_ref())
+                    && self.action_known(&m.action)
             }
             // Nothing to show: a deleted or unavailable message needs no peer.
             tl::enums::Message::Empty(_) => true,

@@ -331,3 +331,47 @@ fn a_min_channel_never_overwrites_a_known_hash() {
         }]
     );
 }
+
+#[test]
+fn service_message_naming_an_unknown_user_is_withheld() {
+    let converter = Converter::new(Cache::knowing(&[PeerRef::User(1)]));
+    let added = |users: Vec<i64>| {
+        let service = tl::types::MessageService {
+            out: false,
+            mentioned: false,
+            media_unread: false,
+            reactions_are_possible: false,
+            silent: false,
+            post: false,
+            legacy: false,
+            id: 9,
+            from_id: Some(user_peer(1)),
+            peer_id: chat_peer(300),
+            saved_peer_id: None,
+            reply_to: None,
+            date: 1,
+            action: tl::types::MessageActionChatAddUser { users }.into(),
+            reactions: None,
+            ttl_period: None,
+        };
+        tl::types::UpdateShort {
+            update: tl::types::UpdateNewMessage {
+                message: service.into(),
+                pts: 40,
+                pts_count: 1,
+            }
+            .into(),
+            date: 1,
+        }
+    };
+    // Every user it names is known: delivered.
+    assert!(matches!(
+        converter.updates(added(vec![1]).into()),
+        Incoming::Updates(Updates::Short { .. })
+    ));
+    // User 2 was added, and nobody can resolve them: fetched by difference instead.
+    assert_eq!(
+        withheld(converter.updates(added(vec![1, 2]).into())),
+        (None, common_refetch())
+    );
+}
