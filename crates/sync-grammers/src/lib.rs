@@ -20,9 +20,8 @@
 //!
 //! Short updates carry no users, and containers may carry only "min" ones. A message update
 //! that mentions a user or channel (chat, sender, forward origin, inline bot, mention, users a
-//! service message's action names) whose
-//! full access hash neither the container nor the application's [`PeerCache`] knows is not
-//! delivered half-known: [`Converter::updates`] withholds it and returns
+//! service message's action names) whose full access hash neither the container nor the
+//! application's [`PeerCache`] knows is not delivered half-known: [`Converter::updates`] withholds it and returns
 //! [`Incoming::NeedsDifference`], whose [`Refetch`] asks the engine for the difference of its
 //! sequence (which comes with full entities). [`Incoming::apply`] does both steps.
 //!
