@@ -183,18 +183,23 @@ async fn failing_and_panicking_handlers_do_not_stop_the_manager() {
     sim.finish(&*storage).await.expect("oracle");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_full_intake_drops_pushes_and_recovers_them_by_difference() {
-    let mut sim = Sim::new(17, 8, ApiFaults::none(Duration::from_millis(40)));
-    // A slow handler and tiny queues: dispatch backs up, the manager waits, the intake fills.
+/// A slow handler and tiny queues: dispatch backs up, the manager waits, the intake fills.
+async fn backed_up(seed: u64) -> (Sim, Arc<MemoryStorage>, sync_runtime::Config) {
+    let mut sim = Sim::new(seed, 8, ApiFaults::none(Duration::from_millis(40)));
     sim.recorder = Recorder::new().with_delay(Duration::from_millis(30));
     let storage = Arc::new(MemoryStorage::new());
     sim.seed(&*storage).await;
     let config = sync_runtime::Config {
         intake_capacity: 4,
         shard_capacity: 2,
-        ..config(17, false)
+        ..config(seed, false)
     };
+    (sim, storage, config)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_intake_drops_pushes_and_recovers_them_by_difference() {
+    let (mut sim, storage, config) = backed_up(17).await;
     let (handle, run) = sim.start(&storage, config);
     let mut burst = producer(17, events(), Faults::none(), false);
     burst.burst = 10;
@@ -262,17 +267,8 @@ async fn batched_pushes_pass_the_oracle_across_fault_mixes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_intake_drops_whole_batches_and_recovers_them_by_difference() {
-    let mut sim = Sim::new(37, 8, ApiFaults::none(Duration::from_millis(40)));
-    // A slow handler and tiny queues, as in the single-push case; batches of 10 are larger
-    // than the intake, so they are taken only into an empty intake.
-    sim.recorder = Recorder::new().with_delay(Duration::from_millis(30));
-    let storage = Arc::new(MemoryStorage::new());
-    sim.seed(&*storage).await;
-    let config = sync_runtime::Config {
-        intake_capacity: 4,
-        shard_capacity: 2,
-        ..config(37, false)
-    };
+    // Batches of 10 are larger than the intake, so they are taken only into an empty intake.
+    let (mut sim, storage, config) = backed_up(37).await;
     let (handle, run) = sim.start(&storage, config);
     sim.produce(&handle, batched_producer(37, Faults::none(), 10))
         .await
