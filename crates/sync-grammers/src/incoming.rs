@@ -171,12 +171,6 @@ impl<C: PeerCache> Converter<C> {
     /// withheld: an unnumbered one could not be fetched again, so it is delivered as it is.
     pub fn updates(&self, mut updates: tl::enums::Updates) -> Incoming {
         use tl::enums::Updates as T;
-        if let T::UpdateShort(short) = &mut updates {
-            // The TL update is about 5 KB inline, and every move of it copies all of it: it is
-            // moved into its box once, from where it lies, and only the box's pointer moves
-            // from then on.
-            return self.short_update(TlUpdate::take(&mut short.update), short.date);
-        }
         match updates {
             T::TooLong => Incoming::Updates(Updates::TooLong),
             T::UpdateShortMessage(m) => {
@@ -191,8 +185,12 @@ impl<C: PeerCache> Converter<C> {
                 let update = TlUpdate(short_chat_message(m));
                 self.short(update, date, known)
             }
-            // Taken above; converted the same way.
-            T::UpdateShort(short) => self.short_update(TlUpdate::from(short.update), short.date),
+            // Borrowed, not moved: the TL update is about 5 KB inline, and moving it out by
+            // value would copy it to the stack first. It is moved into its box once, from
+            // where it lies, and only the box's pointer moves from then on.
+            T::UpdateShort(ref mut short) => {
+                self.short_update(TlUpdate::take(&mut short.update), short.date)
+            }
             T::Combined(c) => self.combined(
                 c.updates,
                 TlEntities::new(c.users, c.chats),
