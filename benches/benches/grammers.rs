@@ -385,54 +385,39 @@ fn bench_scenario(c: &mut Criterion, scenario: Scenario) {
         });
     });
 
-    group.bench_function("sync-core", |b| {
-        let mut stream = Stream::new(scenario);
-        let mut engine = our_engine(scenario);
-        let converter = Converter::new(AllKnown);
-        b.iter_custom(|iters| {
-            let (elapsed, updates, delivered) = run_blocks(iters, || {
-                converter
-                    .updates(stream.next())
-                    .apply(&mut engine, Instant::now())
-                    .unwrap();
-                (scenario.per_value(), drain(&mut engine))
+    // Polled after every value, and, as a driver that takes what its socket has ready before
+    // polling does (sync-runtime's loop does this), after every `POLL_EVERY`: one clock read,
+    // one batch, one commit per turn. Kept small: 64 values of 10 KB each (update and text)
+    // outgrow the cache, and the misses cost more than the polls saved.
+    for (side, poll_every) in [("sync-core", 1), ("sync-core-batched", POLL_EVERY)] {
+        group.bench_function(side, |b| {
+            let mut stream = Stream::new(scenario);
+            let mut engine = our_engine(scenario);
+            let converter = Converter::new(AllKnown);
+            let mut now = Instant::now();
+            let mut fed = 0u64;
+            b.iter_custom(|iters| {
+                let (elapsed, updates, delivered) = run_blocks(iters, || {
+                    if fed.is_multiple_of(poll_every) {
+                        now = Instant::now();
+                    }
+                    converter
+                        .updates(stream.next())
+                        .apply(&mut engine, now)
+                        .unwrap();
+                    fed += 1;
+                    let delivered = if fed.is_multiple_of(poll_every) {
+                        drain(&mut engine)
+                    } else {
+                        0
+                    };
+                    (scenario.per_value(), delivered)
+                });
+                record(scenario, side, elapsed, updates, delivered);
+                elapsed
             });
-            record(scenario, "sync-core", elapsed, updates, delivered);
-            elapsed
         });
-    });
-
-    // The same, for a driver that takes what its socket has ready (here `POLL_EVERY` values)
-    // before polling, as sync-runtime's loop does: one clock read, one batch, one commit per
-    // turn. Kept small: 64 values of 10 KB each (update and text) outgrow the cache, and the
-    // misses cost more than the polls saved.
-    group.bench_function("sync-core-batched", |b| {
-        let mut stream = Stream::new(scenario);
-        let mut engine = our_engine(scenario);
-        let converter = Converter::new(AllKnown);
-        let mut now = Instant::now();
-        let mut fed = 0u64;
-        b.iter_custom(|iters| {
-            let (elapsed, updates, delivered) = run_blocks(iters, || {
-                if fed.is_multiple_of(POLL_EVERY) {
-                    now = Instant::now();
-                }
-                converter
-                    .updates(stream.next())
-                    .apply(&mut engine, now)
-                    .unwrap();
-                fed += 1;
-                let delivered = if fed.is_multiple_of(POLL_EVERY) {
-                    drain(&mut engine)
-                } else {
-                    0
-                };
-                (scenario.per_value(), delivered)
-            });
-            record(scenario, "sync-core-batched", elapsed, updates, delivered);
-            elapsed
-        });
-    });
+    }
 
     group.finish();
 }
