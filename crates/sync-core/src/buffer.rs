@@ -27,11 +27,14 @@ pub(crate) fn fit(start: i32, local: i32) -> Fit {
     }
 }
 
-/// One waiting item and the range it occupies.
+/// One waiting item, the range it occupies, and when it arrived.
 #[derive(Debug)]
 pub(crate) struct Pending<T> {
     pub(crate) start: i32,
     pub(crate) end: i32,
+    /// The engine's arrival count when the item was buffered: tells items that waited before
+    /// a request was sent from those that came while it was in flight.
+    pub(crate) arrival: u64,
     pub(crate) item: T,
 }
 
@@ -63,14 +66,35 @@ impl<T> Buffer<T> {
 
     /// Inserts an item, unless an item of the same non-empty range waits already (a duplicate
     /// push of a buffered update). Returns whether it was inserted.
-    pub(crate) fn insert(&mut self, start: i32, end: i32, item: T) -> bool {
+    pub(crate) fn insert(&mut self, start: i32, end: i32, arrival: u64, item: T) -> bool {
         let key = (start, end);
         let at = self.items.partition_point(|p| (p.start, p.end) <= key);
         if start != end && at > 0 && (self.items[at - 1].start, self.items[at - 1].end) == key {
             return false;
         }
-        self.items.insert(at, Pending { start, end, item });
+        self.items.insert(
+            at,
+            Pending {
+                start,
+                end,
+                arrival,
+                item,
+            },
+        );
         true
+    }
+
+    /// Removes the items that arrived before `arrival` and end past `named`, the value an
+    /// authoritative answer gave the sequence; returns them.
+    ///
+    /// Such an item cannot be real: the server's value is at least that of every update it
+    /// had pushed before it was asked. Items that arrived later may be newer than the answer
+    /// and are kept.
+    pub(crate) fn discard_beyond(&mut self, named: i32, arrival: u64) -> Vec<T> {
+        self.items
+            .extract_if(.., |p| p.end > named && p.arrival < arrival)
+            .map(|p| p.item)
+            .collect()
     }
 
     /// Removes and returns the first item if it no longer waits behind a gap at `local`.
@@ -97,11 +121,11 @@ mod tests {
     #[test]
     fn keeps_ranges_sorted_and_rejects_duplicates() {
         let mut buffer = Buffer::default();
-        assert!(buffer.insert(5, 6, "b"));
-        assert!(buffer.insert(3, 5, "a"));
-        assert!(!buffer.insert(5, 6, "b again"));
-        assert!(buffer.insert(5, 5, "zero-count at 5"));
-        assert!(buffer.insert(5, 5, "another zero-count at 5"));
+        assert!(buffer.insert(5, 6, 0, "b"));
+        assert!(buffer.insert(3, 5, 0, "a"));
+        assert!(!buffer.insert(5, 6, 0, "b again"));
+        assert!(buffer.insert(5, 5, 0, "zero-count at 5"));
+        assert!(buffer.insert(5, 5, 0, "another zero-count at 5"));
         assert_eq!(buffer.len(), 4);
 
         assert!(buffer.pop_ready(2).is_none(), "3 > 2 is a gap");
@@ -110,6 +134,21 @@ mod tests {
         assert_eq!(
             order,
             ["a", "zero-count at 5", "another zero-count at 5", "b"]
+        );
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn discards_only_what_waited_before_the_answer_and_lies_beyond_it() {
+        let mut buffer = Buffer::default();
+        assert!(buffer.insert(7, 8, 1, "beyond, early"));
+        assert!(buffer.insert(4, 5, 1, "within, early"));
+        assert!(buffer.insert(9, 10, 3, "beyond, late"));
+        let discarded = buffer.discard_beyond(6, 2);
+        assert_eq!(discarded, ["beyond, early"]);
+        assert_eq!(
+            buffer.discard_beyond(-1, 4),
+            ["within, early", "beyond, late"]
         );
         assert!(buffer.is_empty());
     }

@@ -4,6 +4,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::mem;
 use std::time::Instant;
 
+use std::collections::hash_map::Entry as MapEntry;
+
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::buffer::{Buffer, Fit, fit};
@@ -38,6 +40,7 @@ enum Place {
         channel_id: ChannelId,
         pts: Option<i32>,
     },
+    PtsChanged,
 }
 
 fn invalid(field: &'static str, value: i32) -> Error {
@@ -117,6 +120,7 @@ fn classify(sequence: Sequence) -> Result<Place, Error> {
             };
             Place::ChannelTooLong { channel_id, pts }
         }
+        Sequence::PtsChanged => Place::PtsChanged,
     })
 }
 
@@ -180,6 +184,9 @@ struct Fetcher {
     refetch: bool,
     /// A gap is open (counted in the stats once, when it opened).
     gap_open: bool,
+    /// The engine's arrival count when the last request was sent: what was buffered before
+    /// it, and lies beyond the final answer, never existed (see [`Buffer::discard_beyond`]).
+    asked_at: u64,
 }
 
 impl Fetcher {
@@ -192,6 +199,7 @@ impl Fetcher {
             attempts: 0,
             refetch: false,
             gap_open: false,
+            asked_at: 0,
         }
     }
 
@@ -218,6 +226,21 @@ struct CommonBox<U> {
     qts: Buffer<Entry<U>>,
     seq: Buffer<Entry<U>>,
     fetch: Fetcher,
+    rebase: Rebase,
+    /// The arrival count at the last `updatePtsChanged`: entries buffered before it are under
+    /// the old numbers.
+    rebase_mark: u64,
+}
+
+/// Where a re-base after `updatePtsChanged` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebase {
+    /// None under way.
+    No,
+    /// Fetching what is pending under the old numbers (`getDifference`), until a final answer.
+    Pending,
+    /// Asking `getState` for the new numbers.
+    State,
 }
 
 impl<U> CommonBox<U> {
@@ -385,6 +408,8 @@ pub struct Engine<U, E = ()> {
     unacked: VecDeque<PendingCommit>,
     next_batch: u64,
     buffered_total: usize,
+    /// Updates buffered so far, ever: stamps each buffered entry with its arrival.
+    arrivals: u64,
     /// Reused for classifying a container's updates without allocating.
     scratch: Vec<Place>,
     /// The last access hash reported per channel: pushes mention the same channels over and
@@ -445,6 +470,8 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 qts: Buffer::default(),
                 seq: Buffer::default(),
                 fetch: Fetcher::new(),
+                rebase: Rebase::No,
+                rebase_mark: 0,
             },
             channels: FxHashMap::default(),
             channel_boxes: FxHashMap::default(),
@@ -463,6 +490,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
             unacked: VecDeque::new(),
             next_batch: 0,
             buffered_total: 0,
+            arrivals: 0,
             scratch: Vec::new(),
             reported_hashes: FxHashMap::default(),
             stats: Stats::default(),
@@ -546,9 +574,111 @@ impl<U: Update, E: Entities> Engine<U, E> {
     // ----------------------------------------------------------------------------------------
     // Inputs
 
-    /// A pushed `Updates` value. Numbers are checked before anything is applied: an error
-    /// leaves the engine as it was.
+    /// A pushed `Updates` value. Numbers are checked before anything is applied.
+    ///
+    /// A push with a malformed number is refused whole (an error; nothing of it is applied or
+    /// delivered), but it is not forgotten: the engine fetches the difference of every
+    /// sequence it names (the common box, and each channel it names), so its good updates
+    /// come back that way. A channel the engine did not track yet is tracked from where its
+    /// good update starts; one whose own numbers are bad is reported with
+    /// [`Output::ChannelTooLong`] and `pts: None`.
     pub fn handle_updates(&mut self, now: Instant, updates: Updates<U, E>) -> Result<(), Error> {
+        match self.check_updates(&updates) {
+            Ok(place) => {
+                self.apply_updates(now, updates, place);
+                Ok(())
+            }
+            Err(error) => {
+                self.recover(now, &updates);
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks a push's numbers: returns a short update's place, and leaves a container's
+    /// places in `scratch`.
+    #[inline(always)]
+    fn check_updates(&mut self, updates: &Updates<U, E>) -> Result<Place, Error> {
+        match updates {
+            Updates::TooLong => Ok(Place::Unordered),
+            Updates::Short { update, .. } => classify(update.sequence()),
+            Updates::Combined {
+                updates,
+                seq_start,
+                seq,
+                ..
+            } => {
+                check_non_negative("seq", *seq)?;
+                if *seq != 0 && !(1..=*seq).contains(seq_start) {
+                    return Err(invalid("seq_start", *seq_start));
+                }
+                let places = &mut self.scratch;
+                places.clear();
+                for update in updates {
+                    places.push(classify(update.sequence())?);
+                }
+                Ok(Place::Unordered)
+            }
+        }
+    }
+
+    /// A refused push: fetch the difference of every sequence it names.
+    fn recover(&mut self, now: Instant, updates: &Updates<U, E>) {
+        self.stats.pushes_refused += 1;
+        self.last_activity = now;
+        let named: &[U] = match updates {
+            Updates::TooLong => &[],
+            Updates::Short { update, .. } => std::slice::from_ref(update),
+            Updates::Combined { updates, .. } => updates,
+        };
+        let mut channels: Vec<(ChannelId, Option<i32>)> = named
+            .iter()
+            .filter_map(|update| match update.sequence() {
+                Sequence::Channel {
+                    channel_id,
+                    pts,
+                    pts_count,
+                } => Some((channel_id, pts_range(pts, pts_count).ok().flatten())),
+                Sequence::ChannelTooLong { channel_id, .. } => Some((channel_id, None)),
+                _ => None,
+            })
+            .map(|(channel_id, range)| (channel_id, range.map(|(start, _)| start)))
+            .filter(|&(channel_id, _)| channel_id > 0)
+            .collect();
+        channels.sort_unstable();
+        channels.dedup_by_key(|&mut (channel_id, _)| channel_id);
+        self.start_common_fetch();
+        for (channel_id, start) in channels {
+            self.recover_channel(channel_id, start);
+        }
+    }
+
+    /// A refused update named this channel: fetch its difference from where it stands, or,
+    /// if it was not tracked, from `start` (where the refused update starts, when its own
+    /// numbers are good). A channel nobody knows the position of is reported.
+    fn recover_channel(&mut self, channel_id: ChannelId, start: Option<i32>) {
+        match (self.channels.entry(channel_id), start) {
+            (MapEntry::Occupied(_), _) => {}
+            (MapEntry::Vacant(vacant), Some(start)) => {
+                // What the server has from where the update starts includes it.
+                vacant.insert(start);
+                self.open_change.channel(channel_id, false);
+            }
+            (MapEntry::Vacant(_), None) => {
+                self.notify(Output::ChannelTooLong {
+                    channel_id,
+                    pts: None,
+                });
+                return;
+            }
+        }
+        self.start_channel_fetch(channel_id);
+    }
+
+    /// Applies a push checked by [`check_updates`](Self::check_updates), with the place it
+    /// returned.
+    #[inline(always)]
+    fn apply_updates(&mut self, now: Instant, updates: Updates<U, E>, short: Place) {
         match updates {
             Updates::TooLong => {
                 self.last_activity = now;
@@ -556,9 +686,8 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.start_common_fetch();
             }
             Updates::Short { update, date } => {
-                let place = classify(update.sequence())?;
                 self.last_activity = now;
-                let waiting = self.route(now, place, update, None);
+                let waiting = self.route(now, short, update, None);
                 if !waiting {
                     self.advance_date(date);
                 }
@@ -570,21 +699,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 seq_start,
                 seq,
             } => {
-                check_non_negative("seq", seq)?;
-                if seq != 0 && !(1..=seq).contains(&seq_start) {
-                    return Err(invalid("seq_start", seq_start));
-                }
-                let mut places = mem::take(&mut self.scratch);
-                places.clear();
-                for update in &updates {
-                    match classify(update.sequence()) {
-                        Ok(place) => places.push(place),
-                        Err(error) => {
-                            self.scratch = places;
-                            return Err(error);
-                        }
-                    }
-                }
+                let places = mem::take(&mut self.scratch);
                 self.last_activity = now;
                 self.learn(entities);
                 // Updates inside a container are checked against their own sequences first;
@@ -605,13 +720,30 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 }
             }
         }
-        Ok(())
     }
 
     /// The pts an application's own call returned (`messages.affectedMessages`,
     /// `affectedHistory`, …): it advances the sequence like an update without a delivery, and
     /// may close a gap.
+    ///
+    /// Malformed numbers are refused (an error) and lead to a difference of the sequence
+    /// named, as for a refused push.
     pub fn handle_affected(&mut self, now: Instant, affected: Affected) -> Result<(), Error> {
+        let result = self.take_affected(now, affected);
+        if result.is_err() {
+            self.stats.pushes_refused += 1;
+            match affected {
+                Affected::Common { .. } => self.start_common_fetch(),
+                Affected::Channel { channel_id, .. } if channel_id > 0 => {
+                    self.recover_channel(channel_id, None);
+                }
+                Affected::Channel { .. } => {}
+            }
+        }
+        result
+    }
+
+    fn take_affected(&mut self, now: Instant, affected: Affected) -> Result<(), Error> {
         match affected {
             Affected::Common { pts, pts_count } => {
                 if let Some((start, end)) = pts_range(pts, pts_count)? {
@@ -632,16 +764,20 @@ impl<U: Update, E: Entities> Engine<U, E> {
         Ok(())
     }
 
-    /// The answer to a `getState` request.
+    /// The answer to a `getState` request: on a fresh start, or re-basing after
+    /// `updatePtsChanged` ([`Sequence::PtsChanged`]). The state replaces the local one, even
+    /// where it is lower (the server renumbered), and is committed as a reset.
     pub fn handle_state(&mut self, now: Instant, id: RequestId, state: State) -> Result<(), Error> {
         self.expect_request(id, RequestFor::State)?;
         check_state(&state)?;
         self.requests.remove(&id);
         self.state = state;
         self.has_state = true;
+        self.common.rebase = Rebase::No;
         self.open_change.state = true;
         self.open_change.state_reset = true;
         self.arm_idle();
+        self.discard_beyond_common(state);
         self.finish_common(now);
         Ok(())
     }
@@ -667,6 +803,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.state.date = date;
                 self.state.seq = seq;
                 self.open_change.state = true;
+                self.discard_beyond_common(self.state);
                 self.finish_common(now);
             }
             Difference::Difference {
@@ -697,12 +834,16 @@ impl<U: Update, E: Entities> Engine<U, E> {
                     self.common.fetch.state = FetchState::Idle;
                     self.start_common_fetch();
                 } else {
+                    self.discard_beyond_common(state);
                     self.finish_common(now);
                 }
             }
             Difference::TooLong { pts } => {
                 let moved = pts != self.state.pts;
                 self.state.pts = pts;
+                let asked_at = self.common.fetch.asked_at;
+                let discarded = self.common.pts.discard_beyond(pts, asked_at);
+                self.discarded(discarded);
                 self.open_change.state = true;
                 self.open_change.state_reset = true;
                 self.stats.too_long += 1;
@@ -781,6 +922,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         if let Some(channel) = self.channel_boxes.get_mut(&channel_id) {
             channel.fetch.attempts = 0;
         }
+        let mut latest = None;
         match difference.kind {
             ChannelDifferenceKind::Empty { .. } => {}
             ChannelDifferenceKind::Difference {
@@ -800,9 +942,11 @@ impl<U: Update, E: Entities> Engine<U, E> {
                     }
                 }
             }
-            ChannelDifferenceKind::TooLong { entities, .. } => {
-                self.learn(entities);
+            ChannelDifferenceKind::TooLong {
+                updates, entities, ..
+            } => {
                 self.stats.too_long += 1;
+                latest = Some((updates, entities));
             }
         }
         if pts != local || reset || !self.channels.contains_key(&channel_id) {
@@ -815,7 +959,20 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 pts: Some(pts),
             });
         }
+        if let Some((updates, entities)) = latest {
+            // The channel's latest messages, after the notice that history was skipped: they
+            // are outside the sequence and delivered as they are.
+            self.learn(entities);
+            for update in updates {
+                self.deliver(update);
+            }
+        }
         if is_final {
+            let discarded = match self.channel_boxes.get_mut(&channel_id) {
+                Some(channel) => channel.buffer.discard_beyond(pts, channel.fetch.asked_at),
+                None => Vec::new(),
+            };
+            self.discarded(discarded);
             self.finish_channel(now, channel_id, timeout);
         } else {
             self.send_channel_request(channel_id);
@@ -858,7 +1015,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 // The retry asks from the local state as it will be then, so what is contiguous
                 // now can be applied meanwhile.
                 fetch.refetch = false;
-                if self.has_state {
+                if !self.common_held() {
                     self.drain_common();
                 }
                 self.settle_common(now);
@@ -1068,12 +1225,42 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.channel_too_long(channel_id, pts);
                 false
             }
+            Place::PtsChanged => {
+                self.rebase();
+                false
+            }
         }
     }
 
+    /// Stamps an entry about to be buffered with its arrival.
+    #[inline]
+    fn arrival(&mut self) -> u64 {
+        let arrival = self.arrivals;
+        self.arrivals += 1;
+        arrival
+    }
+
+    /// `updatePtsChanged`: fetch what is pending under the old numbers, then re-base on
+    /// `getState`. Before the first state there is nothing to re-base: the pending `getState`
+    /// answers with the new numbers.
+    fn rebase(&mut self) {
+        if !self.has_state {
+            return;
+        }
+        self.stats.rebases += 1;
+        if self.common.rebase != Rebase::State {
+            self.common.rebase = Rebase::Pending;
+            self.common.rebase_mark = self.arrivals;
+        }
+        self.start_common_fetch();
+    }
+
+    /// Pushes to the common box wait: there is no state yet, a request is in flight, or a
+    /// re-base is under way (what arrives after `updatePtsChanged` is under the new numbers,
+    /// which only `getState` tells).
     #[inline]
     fn common_held(&self) -> bool {
-        !self.has_state || self.common.fetch.in_flight()
+        !self.has_state || self.common.fetch.in_flight() || self.common.rebase != Rebase::No
     }
 
     /// Offers a numbered entry to a common sequence. Returns true when it waits.
@@ -1138,7 +1325,8 @@ impl<U: Update, E: Entities> Engine<U, E> {
             }
             return true;
         }
-        if !self.common.buffer(slot).insert(start, end, entry) {
+        let arrival = self.arrival();
+        if !self.common.buffer(slot).insert(start, end, arrival, entry) {
             self.stats.duplicates_dropped += 1;
             return true;
         }
@@ -1271,6 +1459,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
     ) -> bool {
         let total_full = self.buffered_total >= self.config.max_buffered_total;
         let per_sequence = self.config.max_buffered_per_sequence;
+        let arrival = self.arrival();
         let channel = self
             .channel_boxes
             .entry(channel_id)
@@ -1289,7 +1478,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
             }
             return true;
         }
-        if !channel.buffer.insert(start, end, entry) {
+        if !channel.buffer.insert(start, end, arrival, entry) {
             self.stats.duplicates_dropped += 1;
             return true;
         }
@@ -1387,7 +1576,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
             fetch.refetch = true;
             return;
         }
-        let (kind, target) = if self.has_state {
+        let (kind, target) = if self.has_state && self.common.rebase != Rebase::State {
             self.stats.difference_requests += 1;
             let kind = RequestKind::GetDifference {
                 pts: self.state.pts,
@@ -1404,6 +1593,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         let fetch = &mut self.common.fetch;
         fetch.state = FetchState::InFlight(id);
         fetch.gap_deadline = None;
+        fetch.asked_at = self.arrivals;
         self.reschedule_common();
     }
 
@@ -1415,11 +1605,48 @@ impl<U: Update, E: Entities> Engine<U, E> {
         if mem::take(&mut fetch.gap_open) {
             self.stats.gaps_resolved_by_difference += 1;
         }
-        self.drain_common();
+        // Under a re-base the buffers hold updates under the new numbers too: they wait for
+        // `getState`.
+        if self.common.rebase == Rebase::No {
+            self.drain_common();
+        }
         if mem::take(&mut self.common.fetch.refetch) {
+            self.start_common_fetch();
+        } else if self.common.rebase == Rebase::Pending {
+            // Everything the old numbers reach was fetched, and the final answer covers what
+            // waited under them: none of it will ever apply.
+            self.common.rebase = Rebase::State;
+            let mark = self.common.rebase_mark;
+            for slot in SLOTS {
+                let discarded = self.common.buffer(slot).discard_beyond(-1, mark);
+                self.discarded(discarded);
+            }
             self.start_common_fetch();
         } else {
             self.settle_common(now);
+        }
+    }
+
+    /// Counts buffered entries discarded without delivery.
+    fn discarded(&mut self, entries: Vec<Entry<U>>) {
+        self.buffered_total -= entries.len();
+        self.stats.updates_discarded += entries.iter().map(Entry::update_count).sum::<u64>();
+    }
+
+    /// A final answer named the common box's `state`: what was buffered before it was asked
+    /// and lies beyond it never existed.
+    ///
+    /// Invariant (liveness): without this, one push with a far-future number would reopen
+    /// the gap after every difference, and the engine would ask forever.
+    fn discard_beyond_common(&mut self, named: State) {
+        let asked_at = self.common.fetch.asked_at;
+        for (slot, value) in [
+            (Slot::Pts, named.pts),
+            (Slot::Qts, named.qts),
+            (Slot::Seq, named.seq),
+        ] {
+            let discarded = self.common.buffer(slot).discard_beyond(value, asked_at);
+            self.discarded(discarded);
         }
     }
 
@@ -1465,6 +1692,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         channel.fetch.state = FetchState::InFlight(id);
         channel.fetch.gap_deadline = None;
         channel.fetch.poll_at = None;
+        channel.fetch.asked_at = self.arrivals;
         self.reschedule_channel(channel_id);
     }
 

@@ -20,12 +20,15 @@
 //! # Inputs
 //!
 //! Every input takes `now`, the current time, and returns `Result<(), Error>` where it can be
-//! malformed. An error means the input was refused as a whole and the engine is unchanged.
+//! malformed. An error means the input was refused as a whole: nothing of it was applied or
+//! delivered. A refused reply changes nothing (the driver retries the request). A refused push
+//! ([`Engine::handle_updates`], [`Engine::handle_affected`]) is not forgotten: the engine
+//! fetches the difference of every sequence it names, so its good updates come back that way.
 //!
 //! | input | when |
 //! | --- | --- |
-//! | [`Engine::handle_updates`] | a pushed `Updates` value ([`Updates`]) |
-//! | [`Engine::handle_state`] | the answer to a [`RequestKind::GetState`] |
+//! | [`Engine::handle_updates`] | a pushed `Updates` value ([`Updates`]); `updatePtsChanged` comes as [`Sequence::PtsChanged`] |
+//! | [`Engine::handle_state`] | the answer to a [`RequestKind::GetState`] (first start, or a re-base after `updatePtsChanged`) |
 //! | [`Engine::handle_difference`] | the answer to a [`RequestKind::GetDifference`] |
 //! | [`Engine::handle_channel_difference`] | the answer to a [`RequestKind::GetChannelDifference`] |
 //! | [`Engine::handle_failure`] | a request failed ([`Failure`]: retry, maybe after FLOOD_WAIT; or channel inaccessible) |
@@ -49,7 +52,8 @@
 //! - [`Output::AccessHashes`]: store them; channel requests need them. A hash is reported
 //!   when first learned and again only when it changes, not at every update that mentions it.
 //! - [`Output::ChannelTooLong`], [`Output::DifferenceTooLong`], [`Output::ChannelClosed`]:
-//!   history was skipped or a channel was lost; tell the application.
+//!   history was skipped or a channel was lost; tell the application. The latest messages a
+//!   `channelDifferenceTooLong` carries are delivered right after its notice.
 //!
 //! # Time
 //!
@@ -74,8 +78,18 @@
 //!    engine drops the buffer and fetches the difference instead.
 //! 5. Every gap is resolved within [`Config::gap_timeout`] plus the request round trips; failed
 //!    requests back off and retry; a request is only repeated while the server says there is
-//!    more (slices, non-final channel differences).
-//! 6. No input makes it panic; malformed input yields an [`Error`] and changes nothing.
+//!    more (slices, non-final channel differences). What waited before a request and lies
+//!    beyond the final answer's state cannot exist (absurd or far-future numbers) and is
+//!    discarded ([`Stats::updates_discarded`]), so once the server is quiet the engine is idle
+//!    within a bounded number of requests, whatever it was pushed.
+//! 6. No input makes it panic; malformed input yields an [`Error`] and applies nothing; a
+//!    refused reply changes nothing, and a refused push leads to a difference of every
+//!    sequence it names.
+//!
+//! `updatePtsChanged` ([`Sequence::PtsChanged`]) renumbers the common box: the engine fetches
+//! what is pending under the old numbers, then asks `getState` and re-bases on its answer
+//! (committed as a reset). Pushes under the new numbers that arrive before `getState` is
+//! asked are covered by its answer and not delivered; those that arrive after are.
 //!
 //! # Cost
 //!

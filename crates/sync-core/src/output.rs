@@ -168,4 +168,14 @@ pub struct Stats {
     pub channels_tracked: usize,
     /// Delivered batches not yet acknowledged.
     pub unacknowledged_batches: usize,
+    /// Buffered updates discarded without delivery: numbered beyond the state that a final
+    /// answer named (the server never sent them: absurd or far-future numbers from a buggy
+    /// peer or adapter), or left under the old numbers by `updatePtsChanged`.
+    pub updates_discarded: u64,
+    /// Pushes refused as malformed ([`Engine::handle_updates`](crate::Engine::handle_updates)
+    /// or [`Engine::handle_affected`](crate::Engine::handle_affected) returned an error); each
+    /// led to a difference of every sequence it named.
+    pub pushes_refused: u64,
+    /// `updatePtsChanged` seen: re-bases on `getState` after the pending difference.
+    pub rebases: u64,
 }

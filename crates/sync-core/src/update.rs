@@ -42,6 +42,10 @@ pub enum Sequence {
         /// The channel's pts according to the server, when it says.
         pts: Option<i32>,
     },
+    /// `updatePtsChanged`: the server renumbered the common box. The engine fetches what is
+    /// still pending under the old numbers (`getDifference`), then re-bases on `getState`;
+    /// updates buffered under the old numbers are discarded. Never delivered.
+    PtsChanged,
 }
 
 /// An update of the application's own type, as the engine sees it.
@@ -196,10 +200,16 @@ pub enum ChannelDifferenceKind<U, E = ()> {
         timeout: Option<i32>,
     },
     /// `updates.channelDifferenceTooLong`: the local history is stale; the engine jumps to the
-    /// dialog's pts and tells the application ([`Output::ChannelTooLong`](crate::Output)).
+    /// dialog's pts and tells the application ([`Output::ChannelTooLong`](crate::Output)),
+    /// then delivers `updates` right after that notice.
     TooLong {
         /// The dialog's pts.
         pts: i32,
+        /// The channel's latest messages that the reply carries (wrapped by the adapter as
+        /// updates). They are outside the sequence: the engine delivers them as they are,
+        /// after the notice and in a batch of their own, without reading their numbers, so an
+        /// adapter should present them as unordered (e.g. with pts 0).
+        updates: Vec<U>,
         /// The users and chats of the reply (access hashes are learned from them).
         entities: E,
         /// The server's polling hint, in seconds.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Ents, Harness, STATE, Up, pts};
 use sync_core::{
     Affected, ChannelCommit, ChannelDifference, ChannelDifferenceKind, ChannelHash, Config,
-    Difference, Engine, Error, Failure, Output, RequestId, RequestKind, State, Updates,
+    Difference, Engine, Error, Failure, Output, Request, RequestId, RequestKind, State, Updates,
 };
 
 const GAP: Duration = Duration::from_millis(500);
@@ -99,7 +99,7 @@ fn gap_filled_within_the_wait_needs_no_request() {
 #[test]
 fn gap_not_filled_fetches_the_difference_and_drops_what_it_covers() {
     let mut h = Harness::ready();
-    h.push_all([pts(103), pts(104)]);
+    h.push(pts(103));
     h.fire_next();
     let request = h.take_request();
     assert_eq!(
@@ -111,6 +111,8 @@ fn gap_not_filled_fetches_the_difference_and_drops_what_it_covers() {
             pts_total_limit: Some(5_000)
         }
     );
+    // Newer than the answer: it arrives while the request is in flight.
+    h.push(pts(104));
     let state = State { pts: 103, ..STATE };
     h.engine
         .handle_difference(
@@ -168,7 +170,7 @@ fn difference_slices_are_followed_until_the_end() {
         second.kind,
         RequestKind::GetDifference { pts: 150, .. }
     ));
-    let rest = difference((151..=199).map(pts).collect(), State { pts: 199, ..STATE });
+    let rest = difference((151..=200).map(pts).collect(), State { pts: 200, ..STATE });
     h.engine.handle_difference(h.now, second.id, rest).unwrap();
     h.pump();
     let delivered = h.take_delivered();
@@ -343,7 +345,7 @@ fn channels_apply_in_order_and_fetch_their_own_difference() {
         .handle_channel_difference(
             h.now,
             again.id,
-            channel_difference(7, vec![Up::Chan(7, 13, 1)], 13, true),
+            channel_difference(7, vec![Up::Chan(7, 13, 1), Up::Chan(7, 14, 1)], 14, true),
         )
         .unwrap();
     h.pump();
@@ -399,6 +401,7 @@ fn channel_too_long_fetches_and_never_rewinds() {
         channel_id: 7,
         kind: ChannelDifferenceKind::TooLong {
             pts: 500,
+            updates: Vec::new(),
             entities: Ents::default(),
             timeout: None,
         },
@@ -911,19 +914,203 @@ fn malformed_pushes_are_refused_whole() {
         combined(vec![pts(101)], 1, -1),
         combined(vec![pts(101), Up::Pts(i32::MIN, 1)], 11, 11),
     ];
+    let count = bad.len() as u64;
     for updates in bad {
         let before = h.engine.stats();
         assert!(h.engine.handle_updates(h.now, updates).is_err());
         h.pump();
-        assert_eq!(h.engine.stats(), before);
         assert_eq!(h.engine.state(), Some(STATE));
         assert!(h.delivered.is_empty());
+        assert_eq!(h.engine.stats().updates_delivered, before.updates_delivered);
+        // Refused, not forgotten: the common difference is fetched.
+        let request = h.take_request();
+        assert!(matches!(
+            request.kind,
+            RequestKind::GetDifference { pts: 100, .. }
+        ));
+        let empty = Difference::Empty {
+            date: STATE.date,
+            seq: STATE.seq,
+        };
+        h.engine
+            .handle_difference(h.now, request.id, empty)
+            .unwrap();
+        h.pump();
+        assert!(h.requests.is_empty(), "{:?}", h.requests);
     }
+    assert_eq!(h.engine.stats().pushes_refused, count);
+    // A channel whose own numbers are bad and that was not tracked: nobody knows where it
+    // stands, and the application is told.
+    assert!(h.notes.contains(&Output::ChannelTooLong {
+        channel_id: 1,
+        pts: None
+    }));
     let affected = Affected::Common {
         pts: 3,
         pts_count: 4,
     };
     assert!(h.engine.handle_affected(h.now, affected).is_err());
+    h.pump();
+    assert!(matches!(
+        h.take_request().kind,
+        RequestKind::GetDifference { pts: 100, .. }
+    ));
+}
+
+#[test]
+fn a_refused_container_recovers_every_sequence_it_names() {
+    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let container = combined(
+        vec![
+            pts(101),
+            Up::Chan(7, 11, 1),
+            Up::Chan(8, 31, 1),
+            Up::Pts(-1, 1),
+        ],
+        11,
+        11,
+    );
+    assert!(h.engine.handle_updates(h.now, container).is_err());
+    h.pump();
+    assert!(h.take_delivered().is_empty());
+    let kinds: Vec<RequestKind> = h.requests.drain(..).map(|r| r.kind).collect();
+    assert!(matches!(
+        kinds[0],
+        RequestKind::GetDifference { pts: 100, .. }
+    ));
+    // The tracked channel from its pts, the new one from where its good update starts.
+    assert_eq!(
+        kinds[1..],
+        [
+            RequestKind::GetChannelDifference {
+                channel_id: 7,
+                pts: 10,
+                limit: 100
+            },
+            RequestKind::GetChannelDifference {
+                channel_id: 8,
+                pts: 30,
+                limit: 100
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_far_future_push_is_discarded_by_the_final_answer() {
+    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    h.push(Up::Pts(i32::MAX, 1));
+    h.push(Up::Chan(7, i32::MAX - 5, 1));
+    h.fire_next();
+    let mut requests: Vec<Request> = h.requests.drain(..).collect();
+    requests.sort_by_key(|r| matches!(r.kind, RequestKind::GetChannelDifference { .. }));
+    let [common, channel] = &requests[..] else {
+        panic!("{requests:?}")
+    };
+    // A push that arrives while the requests are in flight may be newer than the answers:
+    // it is kept.
+    h.push(pts(102));
+    let state = State { pts: 101, ..STATE };
+    h.engine
+        .handle_difference(h.now, common.id, difference(vec![pts(101)], state))
+        .unwrap();
+    h.engine
+        .handle_channel_difference(h.now, channel.id, channel_difference(7, vec![], 10, true))
+        .unwrap();
+    h.pump();
+    assert_eq!(h.take_delivered(), [pts(101), pts(102)]);
+    assert_eq!(h.engine.stats().updates_discarded, 2);
+    assert_eq!(h.engine.stats().buffered_now, 0);
+    // Nothing reopens a gap: the engine is idle, and no deadline but the idle rule is left.
+    assert!(h.engine.is_idle());
+    assert!(h.requests.is_empty());
+    let next = h.engine.poll_timeout().unwrap();
+    assert!(next > h.now + Duration::from_secs(60), "{:?}", next - h.now);
+}
+
+#[test]
+fn pts_changed_fetches_what_is_pending_then_rebases_on_get_state() {
+    let mut h = Harness::ready();
+    h.push(pts(101));
+    h.push(pts(103)); // waits behind a gap, under the old numbers
+    h.push(Up::PtsChanged);
+    assert_eq!(h.take_delivered(), [pts(101)]);
+    let pending = h.take_request();
+    assert!(matches!(
+        pending.kind,
+        RequestKind::GetDifference { pts: 101, .. }
+    ));
+    let state = State { pts: 102, ..STATE };
+    h.engine
+        .handle_difference(h.now, pending.id, difference(vec![pts(102)], state))
+        .unwrap();
+    h.pump();
+    assert_eq!(h.take_delivered(), [pts(102)]);
+    let get_state = h.take_request();
+    assert_eq!(get_state.kind, RequestKind::GetState);
+    // Pushes under the new numbers wait until the state is known.
+    h.push(pts(8));
+    assert!(h.take_delivered().is_empty());
+    let renumbered = State { pts: 7, ..STATE };
+    h.engine
+        .handle_state(h.now, get_state.id, renumbered)
+        .unwrap();
+    h.pump();
+    assert_eq!(h.take_delivered(), [pts(8)]);
+    assert_eq!(h.engine.state().map(|s| s.pts), Some(8));
+    let stats = h.engine.stats();
+    assert_eq!((stats.rebases, stats.updates_discarded), (1, 1));
+    // The lower state is committed as a reset.
+    assert!(
+        h.commits
+            .iter()
+            .any(|c| c.state_reset && c.state.is_some_and(|s| s.pts == 8))
+    );
+    assert!(h.engine.is_idle());
+}
+
+#[test]
+fn channel_too_long_delivers_its_latest_messages_after_the_notice() {
+    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    h.engine.request_channel_difference(7).unwrap();
+    h.pump();
+    let request = h.take_request();
+    let too_long = ChannelDifference {
+        channel_id: 7,
+        kind: ChannelDifferenceKind::TooLong {
+            pts: 500,
+            updates: vec![Up::Plain(499), Up::Plain(500)],
+            entities: Ents::default(),
+            timeout: None,
+        },
+    };
+    h.engine
+        .handle_channel_difference(h.now, request.id, too_long)
+        .unwrap();
+    let mut outputs = Vec::new();
+    while let Some(output) = h.engine.poll_output() {
+        outputs.push(output);
+    }
+    let notice = outputs
+        .iter()
+        .position(|o| {
+            matches!(
+                o,
+                Output::ChannelTooLong {
+                    channel_id: 7,
+                    pts: Some(500)
+                }
+            )
+        })
+        .expect("the notice");
+    let delivery = outputs
+        .iter()
+        .position(
+            |o| matches!(o, Output::Deliver(b) if b.updates == [Up::Plain(499), Up::Plain(500)]),
+        )
+        .expect("the latest messages");
+    assert!(notice < delivery, "{outputs:?}");
+    assert_eq!(h.engine.channel_pts(7), Some(500));
 }
 
 #[test]
@@ -994,7 +1181,7 @@ fn malformed_replies_are_refused_and_change_nothing() {
         .handle_difference(
             h.now,
             request.id,
-            difference(vec![pts(101)], State { pts: 101, ..STATE }),
+            difference(vec![pts(101), pts(102)], State { pts: 102, ..STATE }),
         )
         .unwrap();
     h.pump();
@@ -1034,7 +1221,7 @@ fn malformed_replies_are_refused_and_change_nothing() {
         .handle_channel_difference(
             h.now,
             channel.id,
-            channel_difference(7, vec![Up::Chan(7, 11, 1)], 11, true),
+            channel_difference(7, vec![Up::Chan(7, 11, 1), Up::Chan(7, 12, 1)], 12, true),
         )
         .unwrap();
     h.pump();

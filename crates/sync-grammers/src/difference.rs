@@ -102,9 +102,10 @@ fn wrap_message(message: tl::enums::Message) -> TlUpdate {
 ///
 /// `new_messages` become `updateNewChannelMessage` with pts 0 (the reply's pts covers them),
 /// followed by `other_updates`. `channelDifferenceTooLong` resets the channel to its dialog's
-/// pts; the latest `messages` it carries are not delivered (the engine reports
-/// [`Output::ChannelTooLong`](sync_core::Output) and the application reloads the history,
-/// which includes them). Its `final` flag is implied.
+/// pts: the engine reports [`Output::ChannelTooLong`](sync_core::Output), then delivers the
+/// channel's latest `messages` that the reply carries, each as an `updateNewChannelMessage`
+/// with pts 0 (outside the sequence: the handler can tell them by it). Its `final` flag is
+/// implied.
 pub fn channel_difference(
     channel_id: ChannelId,
     difference: tl::enums::updates::ChannelDifference,
@@ -118,15 +119,7 @@ pub fn channel_difference(
         },
         D::Difference(mut d) => {
             let mut updates = Vec::with_capacity(d.new_messages.len() + d.other_updates.len());
-            updates.extend(d.new_messages.into_iter().map(|message| {
-                TlUpdate::from(tl::enums::Update::from(
-                    tl::types::UpdateNewChannelMessage {
-                        message,
-                        pts: 0,
-                        pts_count: 0,
-                    },
-                ))
-            }));
+            updates.extend(d.new_messages.into_iter().map(unsequenced_channel_message));
             updates.extend(d.other_updates.iter_mut().map(TlUpdate::take));
             ChannelDifferenceKind::Difference {
                 updates,
@@ -149,12 +142,29 @@ pub fn channel_difference(
                 .ok_or(ConvertError::DialogWithoutPts(channel_id))?;
             ChannelDifferenceKind::TooLong {
                 pts,
+                updates: d
+                    .messages
+                    .into_iter()
+                    .map(unsequenced_channel_message)
+                    .collect(),
                 entities: TlEntities::new(d.users, d.chats),
                 timeout: d.timeout,
             }
         }
     };
     Ok(ChannelDifference { channel_id, kind })
+}
+
+/// A channel message a difference carries, as an `updateNewChannelMessage` outside the
+/// sequence (pts 0: the reply's pts covers it).
+fn unsequenced_channel_message(message: tl::enums::Message) -> TlUpdate {
+    TlUpdate::from(tl::enums::Update::from(
+        tl::types::UpdateNewChannelMessage {
+            message,
+            pts: 0,
+            pts_count: 0,
+        },
+    ))
 }
 
 /// `messages.affectedMessages` (from `messages.deleteMessages`, `readMessageContents`, …) for

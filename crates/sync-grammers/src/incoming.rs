@@ -80,8 +80,8 @@ impl Refetch {
                     });
                 }
             }
-            // Neither can be withheld: only numbered updates are (see `Converter::withhold`).
-            Sequence::Unordered | Sequence::ChannelTooLong { .. } => {}
+            // None of these can be withheld: only numbered updates are (see `Converter::withhold`).
+            Sequence::Unordered | Sequence::ChannelTooLong { .. } | Sequence::PtsChanged => {}
         }
     }
 

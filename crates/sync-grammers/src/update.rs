@@ -99,7 +99,9 @@ impl Update for TlUpdate {
 ///   `updateBotBusinessConnect`, `updateBotNewBusinessMessage`, `updateBotEditBusinessMessage`,
 ///   `updateBotDeleteBusinessMessage`, `updateBotPurchasedPaidMedia`, `updateManagedBot`,
 ///   `updateBotGuestChatQuery`, `updateBotStarsSubscription`.
-/// - `updateChannelTooLong` is [`Sequence::ChannelTooLong`].
+/// - `updateChannelTooLong` is [`Sequence::ChannelTooLong`], and `updatePtsChanged` is
+///   [`Sequence::PtsChanged`] (the engine fetches what is pending, then re-bases on
+///   `getState`).
 /// - Everything else is [`Sequence::Unordered`], and so is any of the above with `pts` or `qts`
 ///   equal to 0 (Telegram sends those outside the sequence, e.g. the messages of a difference
 ///   that the adapter wraps). A channel message update whose message names no channel (an
@@ -129,6 +131,7 @@ pub fn sequence_of(update: &tl::enums::Update) -> Sequence {
             channel_id: u.channel_id,
             pts: u.pts,
         },
+        U::PtsChanged => Sequence::PtsChanged,
 
         U::NewEncryptedMessage(u) => qts(u.qts),
         U::MessagePollVote(u) => qts(u.qts),

@@ -823,8 +823,8 @@ where
             Input::Affected(affected) => {
                 if let Err(error) = self.engine.handle_affected(now, affected) {
                     self.shared.counters.pushes_refused.incr();
+                    // The engine fetches the difference of the sequence it names.
                     tracing::warn!(%error, "malformed affected pts refused: fetching the difference");
-                    self.engine.request_difference(now);
                 }
                 1
             }
@@ -857,8 +857,8 @@ where
     fn push(&mut self, now: std::time::Instant, updates: Updates<UpdateOf<A>, EntitiesOf<A>>) {
         if let Err(error) = self.engine.handle_updates(now, updates) {
             self.shared.counters.pushes_refused.incr();
+            // The engine fetches the difference of every sequence the push names.
             tracing::warn!(%error, "malformed push refused: fetching the difference");
-            self.engine.request_difference(now);
         }
     }
 

@@ -50,6 +50,8 @@ pub enum Place {
     ChannelTooLong(u8, Option<Number>),
     /// A channel id that is not positive.
     BadChannel(i64, i32),
+    /// `updatePtsChanged`.
+    PtsChanged,
 }
 
 /// Channel ids the fuzzer picks from: a handful, so that they collide.
@@ -178,6 +180,7 @@ fn update(place: Place, engine: &Engine<TestUpdate, TestEntities>, id: u64) -> T
             pts,
             pts_count: 1,
         },
+        Place::PtsChanged => Sequence::PtsChanged,
     };
     TestUpdate { id, sequence }
 }
@@ -250,6 +253,10 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
 
     for step in &input.steps {
         let before = (engine.state(), engine.stats());
+        let tracked_before: Vec<ChannelId> = (0..6)
+            .map(channel)
+            .filter(|&c| engine.channel_pts(c).is_some())
+            .collect();
         let pick = |index: u8, requests: &[Request]| -> RequestId {
             if requests.is_empty() {
                 RequestId(u64::from(index) + 1_000)
@@ -377,6 +384,7 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
                     }
                     ChannelSpec::TooLong(pts) => ChannelDifferenceKind::TooLong {
                         pts: pts.resolve(near),
+                        updates: Vec::new(),
                         entities: TestEntities::default(),
                         timeout: None,
                     },
@@ -446,12 +454,34 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
                 Ok(())
             }
         };
-        if let Err(error) = outcome
-            && (engine.state(), engine.stats()) != before
-        {
-            return Err(format!(
-                "{step:?} was refused ({error}) but changed the engine"
-            ));
+        if let Err(error) = outcome {
+            let push = matches!(
+                step,
+                Step::Short(_) | Step::Container { .. } | Step::Affected(..)
+            );
+            // What a refused push names is fetched again; only a channel nobody tracks has
+            // nothing to fetch (the application is told instead).
+            let untracked = matches!(step, Step::Affected(Some(c), ..) if !tracked_before.contains(&channel(*c)));
+            let (state, stats) = (engine.state(), engine.stats());
+            if push {
+                // A refused push applies nothing, and is recovered by a difference.
+                let (state_before, stats_before) = before;
+                if state != state_before
+                    || stats.updates_delivered != stats_before.updates_delivered
+                    || stats.buffered_now != stats_before.buffered_now
+                {
+                    return Err(format!("{step:?} was refused ({error}) but applied"));
+                }
+                if stats.pushes_refused != stats_before.pushes_refused + 1
+                    || (engine.is_idle() && !untracked)
+                {
+                    return Err(format!("{step:?} was refused ({error}) and not recovered"));
+                }
+            } else if (state, stats) != before {
+                return Err(format!(
+                    "{step:?} was refused ({error}) but changed the engine"
+                ));
+            }
         }
         drain(
             &mut engine,

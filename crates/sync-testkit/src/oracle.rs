@@ -117,6 +117,9 @@ impl Oracle {
             (Sequence::ChannelTooLong { .. }, _) => {
                 return Err(format!("updateChannelTooLong {} was delivered", update.id));
             }
+            (Sequence::PtsChanged, _) => {
+                return Err(format!("updatePtsChanged {} was delivered", update.id));
+            }
         }
         Ok(())
     }

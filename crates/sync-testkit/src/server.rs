@@ -510,6 +510,7 @@ impl Server {
             self.skipped.extend(missed.iter().map(|u| u.id));
             ChannelDifferenceKind::TooLong {
                 pts: channel.pts,
+                updates: Vec::new(),
                 entities: TestEntities::default(),
                 timeout,
             }

@@ -24,6 +24,7 @@ pub enum Up {
     Chan(i64, i32, i32),
     Plain(u32),
     ChanTooLong(i64, Option<i32>),
+    PtsChanged,
 }
 
 impl Update for Up {
@@ -38,6 +39,7 @@ impl Update for Up {
             },
             Up::Plain(_) => Sequence::Unordered,
             Up::ChanTooLong(channel_id, pts) => Sequence::ChannelTooLong { channel_id, pts },
+            Up::PtsChanged => Sequence::PtsChanged,
         }
     }
 }

@@ -235,6 +235,14 @@ fn channel_difference_constructors() {
         channel_difference(7, too_long.clone().into()).unwrap().kind,
         ChannelDifferenceKind::TooLong {
             pts: 500,
+            // The latest messages come along, outside the sequence.
+            updates: vec![TlUpdate::from(tl::enums::Update::from(
+                tl::types::UpdateNewChannelMessage {
+                    message: message(500, channel_peer(7)).into(),
+                    pts: 0,
+                    pts_count: 0
+                }
+            ))],
             entities: entities(vec![], too_long.chats.clone()),
             timeout: Some(5)
         }
