@@ -171,9 +171,11 @@ impl<C: PeerCache> Converter<C> {
     /// | `updatesCombined` | [`Updates::Combined`] |
     /// | `updateShortSentMessage` | [`Incoming::Affected`] (see [`Converter::sent_message`] for a full message) |
     ///
-    /// A message update mentioning a peer that is unknown to both the container's entities and
-    /// the [`PeerCache`] is withheld ([`Incoming::NeedsDifference`]). Only numbered updates are
-    /// withheld: an unnumbered one could not be fetched again, so it is delivered as it is.
+    /// A message update naming a peer that is unknown to the container's entities and to the
+    /// [`PeerCache`], and is not the own user ([`Converter::with_self_id`]), is withheld
+    /// ([`Incoming::NeedsDifference`]); the crate docs list the peer fields checked. Only
+    /// numbered updates are withheld: an unnumbered one could not be fetched again, so it is
+    /// delivered as it is.
     pub fn updates(&self, mut updates: tl::enums::Updates) -> Incoming {
         use tl::enums::Updates as T;
         match updates {

@@ -9,9 +9,11 @@ use crate::entities::TlEntities;
 /// Basic groups (`peerChat`) need none and are never asked about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerRef {
-    /// A user (sender, private chat partner, forward origin, inline bot, mention).
+    /// A user (sender, private chat partner, forward or reply origin, inline or business bot,
+    /// mention, shared contact, giveaway winner).
     User(i64),
-    /// A channel or supergroup (a message's chat, a forward origin, a sender posting as one).
+    /// A channel or supergroup (a message's chat, a forward or reply origin, a sender posting
+    /// as one, a giveaway's channel).
     Channel(i64),
 }
 
@@ -19,8 +21,12 @@ pub enum PeerRef {
 ///
 /// Short updates (`updateShortMessage`, `updateShortChatMessage`, `updateShort`) come without
 /// users, and a container's `users` may hold only "min" constructors: a message update that
-/// mentions a peer neither the container nor this cache can resolve is not fed to the engine;
-/// the sequence is fetched as a difference instead, which comes with full entities.
+/// names a peer neither the container nor this cache can resolve is not fed to the engine;
+/// the sequence is fetched as a difference instead, which comes with full entities. The crate
+/// docs list the peer fields checked. The own user ([`Converter::with_self_id`]) is never
+/// asked about: it is always known.
+///
+/// [`Converter::with_self_id`]: crate::Converter::with_self_id
 ///
 /// Closures `Fn(PeerRef) -> bool` implement it, and so does [`AllKnown`].
 pub trait PeerCache {
