@@ -62,9 +62,7 @@ pub(crate) struct Resolver<'a, C> {
 
 impl<C: PeerCache> Resolver<'_, C> {
     fn known(&self, peer: PeerRef) -> bool {
-        if let (PeerRef::User(id), Some(self_id)) = (peer, self.self_id)
-            && id == self_id
-        {
+        if matches!(peer, PeerRef::User(id) if Some(id) == self.self_id) {
             return true;
         }
         let in_entities = self.entities.is_some_and(|e| match peer {
