@@ -139,6 +139,11 @@ impl<C: PeerCache> Converter<C> {
     /// The logged-in user's id: the sender (`from_id`) of outgoing `updateShortMessage`s.
     /// Without it, their expanded message has no `from_id` (the peer alone says who the chat
     /// is with).
+    ///
+    /// The own user also counts as known wherever a peer is checked, without asking the
+    /// [`PeerCache`]: messages in Saved Messages (the chat with oneself), one's own messages,
+    /// forwards of them. Without it, the own user is known only if the cache or the container
+    /// says so.
     pub fn with_self_id(mut self, self_id: i64) -> Self {
         self.self_id = Some(self_id);
         self
@@ -166,24 +171,23 @@ impl<C: PeerCache> Converter<C> {
     /// | `updatesCombined` | [`Updates::Combined`] |
     /// | `updateShortSentMessage` | [`Incoming::Affected`] (see [`Converter::sent_message`] for a full message) |
     ///
-    /// A message update mentioning a peer that is unknown to both the container's entities and
-    /// the [`PeerCache`] is withheld ([`Incoming::NeedsDifference`]). Only numbered updates are
-    /// withheld: an unnumbered one could not be fetched again, so it is delivered as it is.
+    /// A message update naming a peer that is unknown to the container's entities and to the
+    /// [`PeerCache`], and is not the own user ([`Converter::with_self_id`]), is withheld
+    /// ([`Incoming::NeedsDifference`]); the crate docs list the peer fields checked. Only
+    /// numbered updates are withheld: an unnumbered one could not be fetched again, so it is
+    /// delivered as it is.
     pub fn updates(&self, mut updates: tl::enums::Updates) -> Incoming {
         use tl::enums::Updates as T;
         match updates {
             T::TooLong => Incoming::Updates(Updates::TooLong),
+            // Checked as the message they expand to.
             T::UpdateShortMessage(m) => {
-                let known = self.resolver(None).short_message_known(&m);
                 let date = m.date;
-                let update = TlUpdate(short_message(m, self.self_id));
-                self.short(update, date, known)
+                self.short_update(TlUpdate(short_message(m, self.self_id)), date)
             }
             T::UpdateShortChatMessage(m) => {
-                let known = self.resolver(None).short_chat_message_known(&m);
                 let date = m.date;
-                let update = TlUpdate(short_chat_message(m));
-                self.short(update, date, known)
+                self.short_update(TlUpdate(short_chat_message(m)), date)
             }
             // Borrowed, not moved: the TL update is about 5 KB inline, and moving it out by
             // value would copy it to the stack first. It is moved into its box once, from
@@ -253,15 +257,12 @@ impl<C: PeerCache> Converter<C> {
         Resolver {
             cache: &self.cache,
             entities,
+            self_id: self.self_id,
         }
     }
 
     fn short_update(&self, update: TlUpdate, date: i32) -> Incoming {
         let known = self.resolver(None).update_known(&update);
-        self.short(update, date, known)
-    }
-
-    fn short(&self, update: TlUpdate, date: i32, known: bool) -> Incoming {
         let sequence = update.sequence();
         if known || !withholdable(sequence) {
             return Incoming::Updates(Updates::Short { update, date });

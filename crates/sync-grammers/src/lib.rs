@@ -19,11 +19,35 @@
 //! # Peers the application cannot resolve
 //!
 //! Short updates carry no users, and containers may carry only "min" ones. A message update
-//! that mentions a user or channel (chat, sender, forward origin, inline bot, mention, users a
-//! service message's action names) whose full access hash neither the container nor the
-//! application's [`PeerCache`] knows is not delivered half-known: [`Converter::updates`] withholds it and returns
-//! [`Incoming::NeedsDifference`], whose [`Refetch`] asks the engine for the difference of its
-//! sequence (which comes with full entities). [`Incoming::apply`] does both steps.
+//! that names a user or channel whose full access hash neither the container nor the
+//! application's [`PeerCache`] knows is not delivered half-known: [`Converter::updates`]
+//! withholds it and returns [`Incoming::NeedsDifference`], whose [`Refetch`] asks the engine
+//! for the difference of its sequence (which comes with full entities). [`Incoming::apply`]
+//! does both steps.
+//!
+//! The peers checked, in `updateNewMessage`, `updateEditMessage`, `updateNewChannelMessage`,
+//! `updateEditChannelMessage`, `updateBotNewBusinessMessage` and `updateBotEditBusinessMessage`
+//! (for the last two, also in their `reply_to_message`), and in `updateShortMessage` and
+//! `updateShortChatMessage` as the message they expand to:
+//!
+//! - `message` and `messageService`: `peer_id`, `from_id`, `saved_peer_id`, `reply_to`;
+//! - `message` only: `fwd_from`, `via_bot_id`, `via_business_bot_id`, `guestchat_via_from`,
+//!   the `user_id` of each `messageEntityMentionName` in `entities`, and `media`;
+//! - `messageService` only: the `action`'s users: `users` of `messageActionChatCreate`,
+//!   `messageActionChatAddUser` and `messageActionInviteToGroupCall`, `user_id` of
+//!   `messageActionChatDeleteUser`, `inviter_id` of `messageActionChatJoinedByLink`, `from_id`
+//!   and `to_id` of `messageActionGeoProximityReached`;
+//! - `messageFwdHeader` (`fwd_from`, and a reply's `reply_from`): `from_id`,
+//!   `saved_from_peer`, `saved_from_id`;
+//! - `messageReplyHeader`: `reply_to_peer_id`, `reply_from`, `reply_media`, the mentions in
+//!   `quote_entities`; `messageReplyStoryHeader`: `peer`;
+//! - media (`media`, and a reply's `reply_media`): `user_id` of `messageMediaContact` (unless
+//!   0: no account), `peer` of `messageMediaStory`, `channels` of `messageMediaGiveaway`,
+//!   `channel_id` and `winners` of `messageMediaGiveawayResults`.
+//!
+//! Basic groups (`peerChat`) need no access hash and are always known, and so is the own user
+//! once [`Converter::with_self_id`] names it. Other updates, and peers only counters or
+//! previews name (reactions, recent repliers), are not checked.
 //!
 //! # Example
 //!
