@@ -765,15 +765,27 @@ impl<U: Update, E: Entities> Engine<U, E> {
     }
 
     /// The answer to a `getState` request: on a fresh start, or re-basing after
-    /// `updatePtsChanged` ([`Sequence::PtsChanged`]). The state replaces the local one, even
-    /// where it is lower (the server renumbered), and is committed as a reset.
+    /// `updatePtsChanged` ([`Sequence::PtsChanged`]). On a fresh start the state is taken as
+    /// it is. On a re-base a lower pts means the server renumbered: the state replaces the
+    /// local one and is committed as a reset; otherwise the local numbers still hold, and a
+    /// difference fetches whatever the server has beyond them.
     pub fn handle_state(&mut self, now: Instant, id: RequestId, state: State) -> Result<(), Error> {
         self.expect_request(id, RequestFor::State)?;
         check_state(&state)?;
         self.requests.remove(&id);
+        let rebase = mem::replace(&mut self.common.rebase, Rebase::No);
+        if rebase == Rebase::State && state.pts >= self.state.pts {
+            // Not renumbered downwards: the local numbers still hold. What arrived meanwhile
+            // applies to them, and a difference fetches whatever the server has beyond.
+            self.discard_beyond_common(state);
+            if state.pts > self.state.pts || state.qts > self.state.qts {
+                self.common.fetch.refetch = true;
+            }
+            self.finish_common(now);
+            return Ok(());
+        }
         self.state = state;
         self.has_state = true;
-        self.common.rebase = Rebase::No;
         self.open_change.state = true;
         self.open_change.state_reset = true;
         self.arm_idle();

@@ -86,10 +86,12 @@
 //!    refused reply changes nothing, and a refused push leads to a difference of every
 //!    sequence it names.
 //!
-//! `updatePtsChanged` ([`Sequence::PtsChanged`]) renumbers the common box: the engine fetches
-//! what is pending under the old numbers, then asks `getState` and re-bases on its answer
-//! (committed as a reset). Pushes under the new numbers that arrive before `getState` is
-//! asked are covered by its answer and not delivered; those that arrive after are.
+//! `updatePtsChanged` ([`Sequence::PtsChanged`]) may renumber the common box: the engine
+//! fetches what is pending under the old numbers, then asks `getState`. If its pts is lower,
+//! the engine re-bases on it (committed as a reset); pushes under the new numbers that arrived
+//! before `getState` was asked are covered by its answer and not delivered, those after it
+//! are. Otherwise the numbers still hold: nothing is skipped, and a difference fetches what
+//! the server has beyond them.
 //!
 //! # Cost
 //!

@@ -1070,6 +1070,38 @@ fn pts_changed_fetches_what_is_pending_then_rebases_on_get_state() {
 }
 
 #[test]
+fn pts_changed_without_renumbering_loses_nothing() {
+    let mut h = Harness::ready();
+    h.push(Up::PtsChanged);
+    let pending = h.take_request();
+    h.push(pts(101)); // under the same numbers: it must not be lost
+    h.engine
+        .handle_difference(h.now, pending.id, difference(vec![], STATE))
+        .unwrap();
+    h.pump();
+    let get_state = h.take_request();
+    assert_eq!(get_state.kind, RequestKind::GetState);
+    h.push(pts(103));
+    let ahead = State { pts: 103, ..STATE };
+    h.engine.handle_state(h.now, get_state.id, ahead).unwrap();
+    h.pump();
+    assert_eq!(h.take_delivered(), [pts(101)]);
+    // The server is ahead: the difference brings the rest.
+    let rest = h.take_request();
+    assert!(matches!(
+        rest.kind,
+        RequestKind::GetDifference { pts: 101, .. }
+    ));
+    h.engine
+        .handle_difference(h.now, rest.id, difference(vec![pts(102), pts(103)], ahead))
+        .unwrap();
+    h.pump();
+    assert_eq!(h.take_delivered(), [pts(102), pts(103)]);
+    assert!(h.commits.iter().all(|c| !c.state_reset));
+    assert!(h.engine.is_idle());
+}
+
+#[test]
 fn channel_too_long_delivers_its_latest_messages_after_the_notice() {
     let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
     h.engine.request_channel_difference(7).unwrap();
