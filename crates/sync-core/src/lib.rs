@@ -25,20 +25,23 @@
 //! ([`Engine::handle_updates`], [`Engine::handle_affected`]) is not forgotten: the engine
 //! fetches the difference of every sequence it names, so its good updates come back that way.
 //!
-//! | input | when |
-//! | --- | --- |
-//! | [`Engine::handle_updates`] | a pushed `Updates` value ([`Updates`]); `updatePtsChanged` comes as [`Sequence::PtsChanged`] |
-//! | [`Engine::handle_state`] | the answer to a [`RequestKind::GetState`] (first start, or a re-base after `updatePtsChanged`) |
-//! | [`Engine::handle_difference`] | the answer to a [`RequestKind::GetDifference`] |
-//! | [`Engine::handle_channel_difference`] | the answer to a [`RequestKind::GetChannelDifference`] |
-//! | [`Engine::handle_failure`] | a request failed ([`Failure`]: retry, maybe after FLOOD_WAIT; or channel inaccessible) |
-//! | [`Engine::handle_timeout`] | the instant from [`Engine::poll_timeout`] has come |
-//! | [`Engine::ack`] | the application has handled a delivered [`Batch`] |
-//! | [`Engine::handle_affected`] | the `pts` returned by the application's own calls |
-//! | [`Engine::request_difference`] | the session was lost, or an update could not be decoded |
-//! | [`Engine::track_channel`], [`Engine::open_channel`], [`Engine::close_channel`], [`Engine::forget_channel`] | the application's view of its channels |
+//! | input | when | in |
+//! | --- | --- | --- |
+//! | [`Engine::handle_updates`] | a pushed `Updates` value ([`Updates`]); `updatePtsChanged` comes as [`Sequence::PtsChanged`] | `engine/intake.rs` |
+//! | [`Engine::handle_state`] | the answer to a [`RequestKind::GetState`] (first start, or a re-base after `updatePtsChanged`) | `engine/fetch.rs` |
+//! | [`Engine::handle_difference`] | the answer to a [`RequestKind::GetDifference`] | `engine/fetch.rs` |
+//! | [`Engine::handle_channel_difference`] | the answer to a [`RequestKind::GetChannelDifference`] | `engine/fetch.rs` |
+//! | [`Engine::handle_failure`] | a request failed ([`Failure`]: retry, maybe after FLOOD_WAIT; or channel inaccessible) | `engine/fetch.rs` |
+//! | [`Engine::handle_timeout`] | the instant from [`Engine::poll_timeout`] has come | `engine/timers.rs` |
+//! | [`Engine::ack`] | the application has handled a delivered [`Batch`] | `engine/commit.rs` |
+//! | [`Engine::handle_affected`] | the `pts` returned by the application's own calls | `engine/intake.rs` |
+//! | [`Engine::request_difference`] | the session was lost, or an update could not be decoded | `engine/mod.rs` |
+//! | [`Engine::track_channel`], [`Engine::open_channel`], [`Engine::close_channel`], [`Engine::forget_channel`] | the application's view of its channels | `engine/mod.rs` |
 //!
 //! # Outputs and the polling discipline
+//!
+//! Outputs gather in `engine/commit.rs` (deliveries, commits) and `engine/fetch.rs`
+//! (requests); the boxes that decide what applies are in `engine/boxes.rs`.
 //!
 //! After **every** input, call [`Engine::poll_output`] until it returns `None`, doing what each
 //! [`Output`] says, then call [`Engine::poll_timeout`] and arrange to call
