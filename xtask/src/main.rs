@@ -18,6 +18,8 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use sync_testkit::redis_server::{is_ci, locate, which};
+
 type Result<T = ()> = std::result::Result<T, String>;
 
 fn main() -> ExitCode {
@@ -80,10 +82,6 @@ fn run(mut command: Command) -> Result {
     } else {
         Err(format!("{command:?} failed with {status}"))
     }
-}
-
-fn is_ci() -> bool {
-    env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
 }
 
 fn test(args: &[String]) -> Result {
@@ -185,7 +183,8 @@ fn ensure_redis_server() -> Result<Option<PathBuf>> {
     if let Some(path) = find_redis_server() {
         return Ok(Some(path));
     }
-    let may_install = env::var("XTASK_NO_INSTALL").is_err() && is_root() && on_path("apt-get");
+    let may_install =
+        env::var("XTASK_NO_INSTALL").is_err() && is_root() && which("apt-get").is_some();
     if may_install {
         eprintln!("xtask: redis-server is missing; installing it with apt-get");
         let mut update = Command::new("apt-get");
@@ -208,32 +207,18 @@ fn ensure_redis_server() -> Result<Option<PathBuf>> {
     }
 }
 
+/// [`locate`], falling back to where Debian's package puts it (a fresh install may not be on
+/// this process's `PATH`).
 fn find_redis_server() -> Option<PathBuf> {
-    if let Ok(path) = env::var("REDIS_SERVER") {
-        let path = PathBuf::from(path);
-        if path.is_file() {
-            return Some(path);
-        }
-    }
-    let from_path = env::var_os("PATH").and_then(|paths| {
-        env::split_paths(&paths)
-            .map(|dir| dir.join("redis-server"))
-            .find(|candidate| candidate.is_file())
-    });
-    from_path.or_else(|| {
+    locate().or_else(|| {
         let fallback = PathBuf::from("/usr/bin/redis-server");
         fallback.is_file().then_some(fallback)
     })
 }
 
-fn on_path(program: &str) -> bool {
-    env::var_os("PATH")
-        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
+/// True when this process runs as root: it owns its own `/proc/self` (Linux, where apt-get
+/// installs are attempted at all).
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
 }

@@ -29,19 +29,28 @@ pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
 }
 
-/// Finds redis-server: `REDIS_SERVER`, else `redis-server` on `PATH`. When it is missing the
-/// test fails under CI and is skipped (with a note) elsewhere.
+/// The first file named `program` in a directory of `PATH`.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Where redis-server is: `REDIS_SERVER` when set (a value that names no file counts as
+/// missing), else `redis-server` on `PATH`. Says nothing when it is missing.
+pub fn locate() -> Option<PathBuf> {
+    match std::env::var_os("REDIS_SERVER").filter(|p| !p.is_empty()) {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => which("redis-server"),
+    }
+}
+
+/// Finds redis-server ([`locate`]) for a test. When it is missing the test fails under CI
+/// and is skipped (with a note) elsewhere.
 #[allow(clippy::print_stderr)] // The skip note is for the person running the tests.
 pub fn find_binary() -> Option<PathBuf> {
-    // A REDIS_SERVER that names no file counts as missing, like an empty PATH search.
-    let found = match std::env::var_os("REDIS_SERVER").filter(|p| !p.is_empty()) {
-        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
-        None => std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("redis-server"))
-                .find(|p| p.is_file())
-        }),
-    };
+    let found = locate();
     if found.is_none() {
         let message = "redis-server not found (set REDIS_SERVER or put it on PATH)";
         assert!(!is_ci(), "{message}: CI must run the Redis tests");
