@@ -87,7 +87,8 @@ pub enum RunError {
 pub struct Summary {
     /// The final counters.
     pub stats: Stats,
-    /// The common state the engine had applied (and, when `persisted`, storage holds).
+    /// The common state the engine had applied. When `persisted` and nothing was `abandoned`,
+    /// storage holds it; with abandoned updates storage stops before the first of them.
     pub state: Option<State>,
     /// True when every commit reached storage before the shutdown deadline.
     pub persisted: bool,
