@@ -203,7 +203,7 @@ async fn case(seed: u64, tiny: Option<(usize, usize, usize)>, faults: usize) -> 
     slot.set(handle.clone()).map_err(|_| "slot set twice")?;
     let mut push = producer(seed, 250, faults, false);
     push.burst = 1 + (seed % 8) as u32;
-    push.batched = seed % 2 == 0;
+    push.batched = seed.is_multiple_of(2);
     bounded("the producer", sim.produce(&handle, push))
         .await?
         .map_err(|e| e.to_string())?;
