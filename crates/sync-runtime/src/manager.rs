@@ -1356,9 +1356,9 @@ where
                         // Only once the dispatch is shut down: what is left stays
                         // unacknowledged, so a restart delivers it again.
                         tracing::error!(failure = ?error.failure, left = self.backlog_len, "dispatch closed; the rest of the backlog is not dispatched");
-                        front
-                            .events
-                            .push_front(error.unsent.into_iter().next().expect("one"));
+                        if let Some(event) = error.unsent.into_iter().next() {
+                            front.events.push_front(event);
+                        }
                         return;
                     }
                 }
