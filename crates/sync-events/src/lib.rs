@@ -21,7 +21,9 @@
 //!
 //! **Backpressure.** Queues are bounded ([`Builder::capacity`]). By default a sender waits for
 //! room and nothing is ever dropped; [`Overflow::DropNewest`] and [`Overflow::FailFast`] trade
-//! that for never waiting, and count what they drop or refuse ([`ShardStats`]).
+//! that for never waiting, and count what they drop or refuse ([`ShardStats`]). A sender that
+//! must never wait inside a send uses [`EventStream::try_send`] and awaits
+//! [`EventStream::room`] next to its other work.
 //!
 //! **Batching.** [`EventStream::send_batch`] takes each shard's lock once per batch, and a
 //! worker takes its whole queue at each wake-up, so the per-event cost is a hash, a move and an
@@ -144,7 +146,7 @@ pub use panic::{ObserverPanic, PanicPhase};
 pub use receipt::Receipt;
 pub use route::{Event, shard_for_event, shard_for_key};
 pub use stats::{ShardStats, Stats};
-pub use stream::{Builder, EventStream, Overflow};
+pub use stream::{Builder, EventStream, Overflow, Room};
 pub use worker::{ShardWorker, WorkerThreads, Workers};
 
 /// A pair is routed by its first element: `(key, payload)`.

@@ -191,6 +191,30 @@ impl<E> Shard<E> {
         }
     }
 
+    /// A wait for room: `Ready` when the queue has room for one more event or the shard is
+    /// closed, else registers `cx`'s waker among the blocked senders (replacing the one
+    /// registered under `id` earlier), to be woken when the worker makes room.
+    pub(crate) fn poll_room(
+        &self,
+        cx: &mut Context<'_>,
+        capacity: usize,
+        id: &mut Option<u64>,
+    ) -> Poll<()> {
+        let mut st = lock(&self.state);
+        if let Some(old) = id.take() {
+            st.senders.retain(|(other, _)| *other != old);
+        }
+        if st.closed || st.queue.len() < capacity {
+            return Poll::Ready(());
+        }
+        // Invariant 3: registered under the lock the worker takes to make room.
+        let new = st.next_sender;
+        st.next_sender += 1;
+        st.senders.push((new, cx.waker().clone()));
+        *id = Some(new);
+        Poll::Pending
+    }
+
     /// Forgets a blocked sender's registration (it was woken, or it gave up).
     pub(crate) fn unregister_sender(&self, id: u64) {
         let mut st = lock(&self.state);

@@ -313,6 +313,21 @@ impl<E: Event> EventStream<E> {
         }
     }
 
+    /// Resolves once `shard`'s queue has room for one more event, or the stream is shut down
+    /// (a shard that does not exist, as in the no-op stream, has room at once). With
+    /// [`try_send`](Self::try_send) it lets a sender that must never block on the stream wait
+    /// for room next to its other work (in a `select!`), instead of inside a send. Another
+    /// sender may take the room first: the next `try_send` can still find the queue full.
+    ///
+    /// Cancel-safe: dropping the future forgets its registration.
+    pub fn room(&self, shard: usize) -> Room<'_, E> {
+        Room {
+            inner: &self.inner,
+            shard,
+            id: None,
+        }
+    }
+
     /// Sends a batch: events are grouped by shard and each shard's group is appended under
     /// one lock, so a batch costs a few lock round-trips however many events it holds. Events
     /// of one key keep their order. With [`Overflow::Block`] the call waits until every event
@@ -642,6 +657,45 @@ impl<E> Drop for WaitFor<'_, E> {
     fn drop(&mut self) {
         if let Some(shard) = self.inner.shards.get(self.shard) {
             shard.unwatch(&mut self.id);
+        }
+    }
+}
+
+/// The future of [`EventStream::room`]: resolves once a shard has room for one event (or is
+/// closed).
+#[must_use = "futures do nothing unless polled"]
+pub struct Room<'a, E> {
+    inner: &'a Inner<E>,
+    shard: usize,
+    /// The id this future's waker is registered under among the shard's blocked senders.
+    id: Option<u64>,
+}
+
+impl<E> fmt::Debug for Room<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Room")
+            .field("shard", &self.shard)
+            .field("registered", &self.id.is_some())
+            .finish()
+    }
+}
+
+impl<E> Future for Room<'_, E> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match this.inner.shards.get(this.shard) {
+            Some(shard) => shard.poll_room(cx, this.inner.capacity, &mut this.id),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl<E> Drop for Room<'_, E> {
+    fn drop(&mut self) {
+        if let (Some(id), Some(shard)) = (self.id.take(), self.inner.shards.get(self.shard)) {
+            shard.unregister_sender(id);
         }
     }
 }

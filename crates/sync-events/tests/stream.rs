@@ -781,3 +781,44 @@ fn a_panicking_async_observer_is_isolated() {
             .is_some_and(|m| m.contains("async observer failure"))
     );
 }
+
+#[test]
+fn room_resolves_once_the_worker_makes_room_and_forgets_itself_when_dropped() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    let g = gated(2, Overflow::Block);
+    let mut cx = Context::from_waker(Waker::noop());
+    // Room now: ready at once, nothing registered.
+    assert_eq!(pin!(g.stream.room(0)).poll(&mut cx), Poll::Ready(()));
+    g.stream.send_batch([(0, 1), (0, 2)]).expect("fits");
+    // Full: pending and registered, and a dropped wait leaves nothing behind.
+    {
+        let mut room = pin!(g.stream.room(0));
+        assert_eq!(room.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(room.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(g.stream.stats().shards[0].blocked_senders, 1);
+    }
+    assert_eq!(g.stream.stats().shards[0].blocked_senders, 0);
+    // A waiting task is woken when the worker takes the queue.
+    let waiter = {
+        let stream = g.stream.clone();
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            runtime.block_on(stream.room(0));
+            stream.try_send((0, 3)).expect("room")
+        })
+    };
+    g.await_blocked(1);
+    g.go.send(()).expect("gate"); // event 0 done: the worker takes 1 and 2
+    assert_eq!(waiter.join().expect("waiter").accepted(), 1);
+    // A shut-down stream has "room": the next send fails instead of waiting.
+    let stream = g.stream.clone();
+    let log = g.finish();
+    assert_eq!(events(&log), vec![0, 1, 2, 3]);
+    assert_eq!(pin!(stream.room(0)).poll(&mut cx), Poll::Ready(()));
+    assert_eq!(pin!(stream.room(7)).poll(&mut cx), Poll::Ready(()));
+}

@@ -16,7 +16,13 @@ pub struct Config {
     pub intake_capacity: usize,
     /// Dispatch shards: how many peers are handled at the same time. Default 8.
     pub shards: usize,
-    /// Updates queued per shard before dispatch waits for the handler. Default 1,024.
+    /// Updates queued per shard. The manager never waits for a full shard: what does not fit
+    /// waits in the manager's backlog, in order, and is handed over as the handlers make room.
+    /// While the backlog holds more than `shards × shard_capacity` events (a handler is slow
+    /// or blocked), the manager still takes pushes off the intake but drops them (counted in
+    /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped)) and holds its
+    /// requests back, so memory stays bounded; once the backlog is back within that bound it
+    /// fetches the difference, which recovers the dropped pushes. Default 1,024.
     pub shard_capacity: usize,
     /// First retry delay of a failed call (doubled per attempt up to `retry_max`, then
     /// jittered down to half at random). Default 500 ms.
@@ -31,6 +37,12 @@ pub struct Config {
     pub storage_retry_base: Duration,
     /// Longest retry delay of a failed storage write. Default 5 s.
     pub storage_retry_max: Duration,
+    /// At shutdown, how long the handlers get to finish the updates already dispatched (and
+    /// the backlog) before the manager stops them (aborting their tasks, however far they
+    /// got). What they did not finish is not acknowledged, so it is not persisted and the next
+    /// start delivers it again; [`Summary::abandoned`](crate::Summary::abandoned) counts it.
+    /// Default 30 s.
+    pub shutdown_grace: Duration,
     /// At shutdown, how long the final commits may take to reach storage before the manager
     /// gives up on them (they are safe to lose: the next start fetches the difference from the
     /// older stored state). Default 10 s.
@@ -52,6 +64,7 @@ impl Default for Config {
             flood_wait_jitter: Duration::from_secs(1),
             storage_retry_base: Duration::from_millis(50),
             storage_retry_max: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             jitter_seed: None,
         }

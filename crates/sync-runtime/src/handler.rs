@@ -80,9 +80,19 @@ impl Notice {
 /// ([`RuntimeStats::handler_panics`](crate::RuntimeStats)), and neither stops the manager nor
 /// the peer's later updates. Retry inside the handler if an update must not be skipped.
 ///
-/// The handler may call the API and the [`ManagerHandle`](crate::ManagerHandle) (pushes of its
-/// own calls' results, `handle_affected`): the manager never waits for a handler while holding
-/// something a handler needs, so this cannot deadlock.
+/// The handler may call the API and any [`ManagerHandle`](crate::ManagerHandle) method, and
+/// await it (pushes of its own calls' results, `handle_affected`, `track_channel`,
+/// `caught_up`, waiting for intake room): the manager never waits for the dispatch, so it keeps
+/// answering while handlers wait, and what a handler awaits resolves or fails with
+/// [`ControlError::Stopped`](crate::ControlError::Stopped). Inside a handler,
+/// [`caught_up`](crate::ManagerHandle::caught_up) does not wait for updates to be handled
+/// (the caller's own is one of them); see its docs. A task the handler spawns is not inside the
+/// handler: awaiting its `caught_up` from the handler waits for the handler itself.
+///
+/// A handler that blocks holds up its own shard's later updates (and, once the manager's
+/// backlog reaches that shard, the hand-over of everything after them: pushes are then dropped
+/// and recovered by a difference later). At shutdown the handlers get
+/// [`Config::shutdown_grace`](crate::Config::shutdown_grace) to finish, then they are stopped.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -19,7 +19,7 @@
 //!   read decoded to [`ManagerHandle::handle_batch`] (one message through the intake for
 //!   the lot); neither ever waits. When the bounded intake (counted in pushes) is full the
 //!   push, or the whole batch, is dropped and counted, and the manager fetches the
-//!   difference instead, so a handler that itself calls the API can never deadlock it. A
+//!   difference instead, so a handler that itself pushes never waits for the manager. A
 //!   reader that would rather slow down than lose pushes to a difference can watch
 //!   [`ManagerHandle::queued`]. [`ManagerHandle::handle_affected`] takes the pts of your own
 //!   calls, and [`ManagerHandle::session_reset`] signals `new_session_created`.
@@ -32,14 +32,22 @@
 //!   ([`Notice::ChannelClosed`]); a lost authorization stops the manager
 //!   ([`RunError::Unauthorized`]).
 //! - **Dispatch**: delivered updates go to your handler through `sync-events`, sharded by
-//!   [`PeerKey`]: one chat's updates are handled in order, many chats in parallel.
+//!   [`PeerKey`]: one chat's updates are handled in order, many chats in parallel. The manager
+//!   never waits for the dispatch: what does not fit in a full shard waits in a backlog, in
+//!   delivery order, while the manager keeps serving pushes, commands, timers, replies and
+//!   shutdown, so a handler may await any [`ManagerHandle`] method. While the backlog is past
+//!   `shards × shard_capacity` (a handler is slow or stuck) pushes are still taken off the
+//!   intake but dropped and later recovered by a difference, and the engine's requests wait,
+//!   so memory stays bounded.
 //! - **Persistence**: a batch is acknowledged to the engine only once every update in it was
 //!   handled (dispatched batches are acknowledged in order, from the dispatch receipts, with
 //!   one wake-up armed for the oldest), and the engine's commits trail those
 //!   acknowledgements; commits are written in order, retried while storage is unavailable. A crash therefore loses nothing: a restart
 //!   redelivers at most the unacknowledged tail.
-//! - **Shutdown**: [`ManagerHandle::shutdown`] (or a [`CancellationToken`]) stops intake,
-//!   drains dispatch, persists the final state and makes [`Manager::run`] return.
+//! - **Shutdown**: [`ManagerHandle::shutdown`] (or a [`CancellationToken`]) stops intake and
+//!   commands (calls waiting on them fail with [`ControlError::Stopped`]), drains dispatch for
+//!   at most [`Config::shutdown_grace`] (then stops handlers that are still busy, counted in
+//!   [`Summary::abandoned`]), persists what was handled and makes [`Manager::run`] return.
 //! - **Observability**: `tracing` spans and events (gaps detected and resolved, differences
 //!   fetched, commits rejected), [`ManagerHandle::stats`] ([`Stats`]: the engine's counters
 //!   and the runtime's), and with the `metrics` feature the same counters through the

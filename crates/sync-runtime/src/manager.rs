@@ -1,9 +1,9 @@
 //! The per-account manager: drives the engine with the API, storage and the handler.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,9 +11,11 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use sync_core::{
     Affected, Batch, BatchId, ChannelDifference, ChannelId, Difference, Engine, Failure, Output,
-    Request, RequestId, RequestKind, State, Updates,
+    Request, RequestId, RequestKind, Sequence, State, Update, Updates,
 };
-use sync_events::{AsyncObserver, Event, EventStream, NotHandled, ObserverPanic, Receipt};
+use sync_events::{
+    AsyncObserver, Event, EventStream, NotHandled, ObserverPanic, Receipt, SendError, SendFailure,
+};
 use sync_storage::{AccessHashStorage, AccountId, StateStorage};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -85,10 +87,17 @@ pub enum RunError {
 pub struct Summary {
     /// The final counters.
     pub stats: Stats,
-    /// The common state the engine had applied (and, when `persisted`, storage holds).
+    /// The common state the engine had applied. When `persisted` and nothing was `abandoned`,
+    /// storage holds it; with abandoned updates storage stops before the first of them.
     pub state: Option<State>,
     /// True when every commit reached storage before the shutdown deadline.
     pub persisted: bool,
+    /// Updates and notices the manager had taken for dispatch whose handling never finished:
+    /// the handlers were still busy when [`Config::shutdown_grace`] ran out and were stopped
+    /// (or the dispatch was gone). 0 means everything dispatched was handled. What was not
+    /// handled was not acknowledged either, so `state` and storage stop before it and the next
+    /// start delivers it again.
+    pub abandoned: u64,
 }
 
 /// A push or a signal from the application, through the bounded intake.
@@ -101,6 +110,26 @@ enum Input<U, E> {
     SessionReset,
 }
 
+impl<U, E> Input<U, E> {
+    /// How many pushes the message counts for in the intake.
+    fn pushes(&self) -> usize {
+        match self {
+            Self::Batch(batch) => batch.len(),
+            Self::Updates(_) | Self::Affected(_) | Self::SessionReset => 1,
+        }
+    }
+}
+
+/// The events of one delivered batch (or one notice) not yet all accepted by the dispatch.
+struct Outgoing<U, E> {
+    /// The batch to acknowledge once all its events are handled; `None` for a notice.
+    batch: Option<BatchId>,
+    /// The events still to hand over, in order.
+    events: VecDeque<Dispatch<U, E>>,
+    /// What the dispatch accepted of them so far.
+    receipt: Receipt,
+}
+
 /// A command that must not be dropped, through the unbounded control channel.
 enum Control {
     Track(
@@ -111,12 +140,26 @@ enum Control {
     Open(ChannelId, oneshot::Sender<Result<(), sync_core::Error>>),
     Close(ChannelId),
     Forget(ChannelId),
-    CaughtUp(oneshot::Sender<()>),
+    Refetch(ChannelId, oneshot::Sender<Result<(), sync_core::Error>>),
+    /// A `caught_up` call, with the shard of the handler it was made from, if any.
+    CaughtUp(oneshot::Sender<()>, Option<usize>),
 }
+
+tokio::task_local! {
+    /// Set by the dispatch around every handler call: the [`Shared::id`] of the manager and
+    /// the shard the handler runs on. Lets `caught_up` tell a call from inside a handler,
+    /// which must not wait for its own update to be handled.
+    static HANDLING: (u64, usize);
+}
+
+/// Numbers the managers of the process, for [`HANDLING`].
+static MANAGER_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// State shared by the manager and its handles.
 #[derive(Debug)]
 struct Shared {
+    /// Tells this manager's handler calls from another's (see [`HANDLING`]).
+    id: u64,
     counters: Arc<Counters>,
     /// The engine's last published stats and idleness.
     engine: Mutex<(sync_core::Stats, bool)>,
@@ -134,7 +177,13 @@ struct Shared {
 }
 
 /// The application's side of a running [`Manager`]: feed it pushes, ask for its stats, shut it
-/// down. Cheap to clone; every method is safe to call from handlers.
+/// down. Cheap to clone.
+///
+/// Every method is safe to call from a [`Handler`], awaited or not: the manager never waits
+/// for the dispatch (updates that do not fit in the shards wait in a backlog while the
+/// manager goes on serving the intake, commands, timers, replies and shutdown), so what a
+/// handler awaits here resolves, or fails with [`ControlError::Stopped`] once the manager
+/// stops. [`caught_up`](Self::caught_up) has its own meaning inside a handler.
 pub struct ManagerHandle<U, E = ()> {
     intake: mpsc::UnboundedSender<Input<U, E>>,
     control: mpsc::UnboundedSender<Control>,
@@ -267,6 +316,16 @@ impl<U, E> ManagerHandle<U, E> {
             .map_err(|_| ControlError::Stopped)
     }
 
+    /// Fetches a tracked channel's difference now (for example, its update mentioned users or
+    /// chats the application cannot resolve). Fails with [`ControlError::Engine`] for a
+    /// channel that is not tracked.
+    pub async fn request_channel_difference(
+        &self,
+        channel_id: ChannelId,
+    ) -> Result<(), ControlError> {
+        self.ask(|reply| Control::Refetch(channel_id, reply)).await
+    }
+
     /// Stop tracking a channel (the user left it); storage forgets its pts.
     pub fn forget_channel(&self, channel_id: ChannelId) -> Result<(), ControlError> {
         self.control
@@ -291,10 +350,23 @@ impl<U, E> ManagerHandle<U, E> {
     /// Fetches the difference now and resolves once the manager has caught up: every update
     /// the server had when it answered was delivered and handled, and nothing waits behind a
     /// gap. (Persisting trails it; a clean shutdown persists everything.)
+    ///
+    /// Called from inside this manager's [`Handler`] (the handler's own task, not a task it
+    /// spawned), it cannot wait for updates to be handled: the caller's own update is one of
+    /// them, and its shard makes no progress while the caller waits. There it resolves once
+    /// the engine waits for nothing and every update it delivered was handed to the dispatch
+    /// shards (not necessarily handled yet), or as soon as handing them over waits for room
+    /// on the caller's own shard, which only the caller's return can make.
+    ///
+    /// Fails with [`ControlError::Stopped`] if the manager stops first.
     pub async fn caught_up(&self) -> Result<(), ControlError> {
+        let inside = HANDLING
+            .try_with(|&(manager, shard)| (manager == self.shared.id).then_some(shard))
+            .ok()
+            .flatten();
         let (reply, answer) = oneshot::channel();
         self.control
-            .send(Control::CaughtUp(reply))
+            .send(Control::CaughtUp(reply, inside))
             .map_err(|_| ControlError::Stopped)?;
         answer.await.map_err(|_| ControlError::Stopped)
     }
@@ -318,7 +390,8 @@ impl<U, E> ManagerHandle<U, E> {
         self.shared.running.load(Ordering::Acquire)
     }
 
-    /// Asks the manager to shut down cleanly: stop intake, drain dispatch, persist, return.
+    /// Asks the manager to shut down cleanly: stop intake, drain dispatch (for at most
+    /// [`Config::shutdown_grace`]), persist what was handled, return. Never waits.
     pub fn shutdown(&self) {
         self.shared.cancel.cancel();
     }
@@ -375,6 +448,7 @@ where
         let (intake_tx, intake) = mpsc::unbounded_channel();
         let (control_tx, control) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            id: MANAGER_IDS.fetch_add(1, Ordering::Relaxed),
             counters: Arc::new(Counters::new(account)),
             engine: Mutex::new((sync_core::Stats::default(), false)),
             overflowed: Arc::new(AtomicBool::new(false)),
@@ -407,6 +481,7 @@ where
     #[must_use]
     pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
         let shared = Arc::new(Shared {
+            id: self.shared.id,
             counters: Arc::clone(&self.shared.counters),
             engine: Mutex::new((sync_core::Stats::default(), false)),
             overflowed: Arc::clone(&self.shared.overflowed),
@@ -430,9 +505,11 @@ where
     ///
     /// Starts from the stored state (catching up with `getDifference`), or with `getState` on
     /// the first run; then feeds pushes to the engine, executes its requests, dispatches its
-    /// deliveries and persists its commits. On shutdown it stops intake, abandons in-flight
-    /// requests, waits for the handlers to finish what was dispatched, persists the final
-    /// state, and returns.
+    /// deliveries and persists its commits. On shutdown it stops intake (commands and queued
+    /// pushes fail or are dropped; a later start fetches them by difference), abandons
+    /// in-flight requests, and waits for the handlers to finish what was dispatched, for at
+    /// most [`Config::shutdown_grace`]; handlers still busy then are stopped (their tasks
+    /// aborted, counted in [`Summary::abandoned`]). It persists what was handled and returns.
     ///
     /// Dropping the future instead is a crash: nothing more is handled or written, and a
     /// restart from storage redelivers at most what was not yet acknowledged.
@@ -453,6 +530,7 @@ where
                 stats: self.handle.stats(),
                 state: None,
                 persisted: true,
+                abandoned: 0,
             });
         };
         let now = now();
@@ -482,9 +560,11 @@ where
                 panics.handler_panics.incr();
                 tracing::error!(%panic, "update handler panicked");
             })
-            .build_async(|_shard| Dispatcher {
+            .build_async(|shard| Dispatcher {
                 handler: Arc::clone(&self.handler),
                 counters: Arc::clone(&counters),
+                manager: self.shared.id,
+                shard,
             })
             .map_err(RunError::Dispatch)?;
         let mut worker_tasks = JoinSet::new();
@@ -513,6 +593,17 @@ where
             stream,
             writes: Some(writes),
             requests: FuturesUnordered::new(),
+            backlog: VecDeque::new(),
+            backlog_len: 0,
+            backlog_bound: self
+                .config
+                .shards
+                .saturating_mul(self.config.shard_capacity)
+                .max(1),
+            blocked: None,
+            room: None,
+            held: Vec::new(),
+            dropped_channels: HashSet::new(),
             dispatched: VecDeque::new(),
             waiting: None,
             attempts: HashMap::new(),
@@ -536,13 +627,46 @@ where
             }
         };
 
-        // Stop intake and control: later pushes fail with `Stopped`.
+        // Stop intake and control: later pushes and commands fail with `Stopped`, and so do
+        // the commands still queued (their replies are dropped); the queued pushes are dropped
+        // (the next start fetches them by difference), so `queued` goes back to 0.
         self.intake.close();
         self.control.close();
-        driver.drain_dispatch().await;
+        driver.waiters.clear();
+        while let Ok(command) = self.control.try_recv() {
+            drop(command);
+        }
+        let mut unread = 0;
+        while let Ok(input) = self.intake.try_recv() {
+            unread += input.pushes();
+        }
+        driver.release(unread);
+
+        // Handlers get the grace to finish what was dispatched; then the workers are stopped
+        // wherever they are, and only what was handled is acknowledged (and so persisted).
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        let mut finished = tokio::time::timeout_at(deadline, driver.drain_dispatch())
+            .await
+            .is_ok();
         driver.stream.shutdown();
-        driver.stream.drained().await;
+        finished = finished
+            && tokio::time::timeout_at(deadline, driver.stream.drained())
+                .await
+                .is_ok();
+        if !finished {
+            tracing::warn!(grace = ?self.config.shutdown_grace, "handlers still busy after the shutdown grace: stopping them");
+            worker_tasks.abort_all();
+        }
         while worker_tasks.join_next().await.is_some() {}
+        driver.settle_all();
+        let abandoned = driver.backlog_len as u64
+            + driver
+                .stream
+                .stats()
+                .shards
+                .iter()
+                .map(|shard| shard.lost)
+                .sum::<u64>();
         driver.publish();
 
         // The final commits were queued by the drain; close the queue and let the writer
@@ -559,6 +683,7 @@ where
             stats: self.handle.stats(),
             state: driver.engine.state(),
             persisted,
+            abandoned,
         };
         tracing::info!(?summary.state, persisted, "manager stopped");
         match outcome {
@@ -644,6 +769,9 @@ impl<U: Send + 'static, E: Send + Sync + 'static> Event for Dispatch<U, E> {
 struct Dispatcher<H> {
     handler: Arc<H>,
     counters: Arc<Counters>,
+    /// The manager's [`Shared::id`] and this shard, set in [`HANDLING`] around handler calls.
+    manager: u64,
+    shard: usize,
 }
 
 impl<U, E, H> AsyncObserver<Dispatch<U, E>> for Dispatcher<H>
@@ -653,16 +781,18 @@ where
     H: Handler<U, E>,
 {
     async fn handle(&mut self, event: Dispatch<U, E>) {
+        let here = (self.manager, self.shard);
         match event {
             Dispatch::Update {
                 update, entities, ..
             } => {
-                if let Err(error) = self.handler.handle(update, entities).await {
+                let handled = HANDLING.scope(here, self.handler.handle(update, entities));
+                if let Err(error) = handled.await {
                     self.counters.handler_errors.incr();
                     tracing::warn!(%error, "update handler failed; the update counts as handled");
                 }
             }
-            Dispatch::Notice(notice) => self.handler.notice(notice).await,
+            Dispatch::Notice(notice) => HANDLING.scope(here, self.handler.notice(notice)).await,
         }
     }
 }
@@ -696,6 +826,26 @@ struct Driver<A: Api, S> {
     /// The writer's queue; `None` once closed at shutdown.
     writes: Option<mpsc::UnboundedSender<Write>>,
     requests: FuturesUnordered<BoxFuture<Done<UpdateOf<A>, EntitiesOf<A>>>>,
+    /// Delivered batches and notices whose events the dispatch has not all accepted yet,
+    /// oldest first. The driver never waits for the dispatch: it hands events over with
+    /// `try_send`, in the order delivered, stops at the first that does not fit and retries
+    /// when that shard has room (`room`).
+    backlog: VecDeque<Outgoing<UpdateOf<A>, EntitiesOf<A>>>,
+    /// Events in `backlog`.
+    backlog_len: usize,
+    /// Past this many events in the backlog (`shards × shard_capacity`), pushes are dropped
+    /// at intake (and recovered by difference) and requests held back, so memory stays
+    /// bounded while a handler blocks.
+    backlog_bound: usize,
+    /// The shard the backlog's front event waits for, while it does.
+    blocked: Option<usize>,
+    /// Resolves once `blocked` has room.
+    room: Option<BoxFuture<()>>,
+    /// Requests held back while the backlog is past its bound.
+    held: Vec<Request>,
+    /// Channels of the pushes dropped while the backlog was past its bound: their differences
+    /// are fetched with the common one once there is room.
+    dropped_channels: HashSet<ChannelId>,
     /// Dispatched batches not yet acknowledged, oldest first, with their receipts.
     dispatched: VecDeque<(BatchId, Receipt)>,
     /// Resolves once the oldest dispatched batch (the one named) was handled, or cannot be:
@@ -706,7 +856,8 @@ struct Driver<A: Api, S> {
     /// Access hashes learned this run (storage is read on a miss).
     hashes: HashMap<ChannelId, i64>,
     jitter: Jitter,
-    waiters: Vec<oneshot::Sender<()>>,
+    /// `caught_up` callers, with the shard of the handler each called from, if any.
+    waiters: Vec<(oneshot::Sender<()>, Option<usize>)>,
     /// The engine stats last looked at, for logging what changed.
     seen: sync_core::Stats,
     /// Shutting down: requests are no longer sent.
@@ -736,7 +887,7 @@ where
         let sleep = tokio::time::sleep(Duration::ZERO);
         let mut sleep = std::pin::pin!(sleep);
         // The engine's first request (getState or getDifference) is waiting.
-        self.drain().await?;
+        self.drain()?;
         loop {
             let deadline = self.engine.poll_timeout();
             if let Some(at) = deadline {
@@ -752,6 +903,7 @@ where
                     self.waiting = None;
                     self.settle(Some((batch, handled)));
                 }
+                () = wait_room(&mut self.room), if self.room.is_some() => self.unblock(),
                 Some((id, target, result)) = self.requests.next(), if !self.requests.is_empty() => {
                     self.complete(id, target, result)?;
                 }
@@ -785,17 +937,25 @@ where
                     }
                 }
             }
-            if self.shared.overflowed.swap(false, Ordering::AcqRel) {
+            // Invariant (a dropped push is recovered): the flag stays set while the backlog is
+            // past its bound (pushes are still being dropped), and the difference is requested
+            // after the flag is seen, so the server answers from a moment that includes them.
+            if !self.backlogged() && self.shared.overflowed.swap(false, Ordering::AcqRel) {
                 self.shared.counters.intake_recoveries.incr();
                 tracing::debug!("pushes were dropped at intake: fetching the difference");
                 self.engine.request_difference(now());
+                for channel_id in std::mem::take(&mut self.dropped_channels) {
+                    // A channel forgotten meanwhile has nothing to fetch.
+                    let _ = self.engine.request_channel_difference(channel_id);
+                }
             }
-            self.drain().await?;
+            self.drain()?;
             // Batches handled meanwhile are acknowledged without waiting for a wake-up; the
             // commits that follows are queued by the next drain.
             while self.settle(None) {
-                self.drain().await?;
+                self.drain()?;
             }
+            self.release_held();
             self.watch_oldest();
             self.publish();
         }
@@ -808,6 +968,9 @@ where
         now: std::time::Instant,
         input: Input<UpdateOf<A>, EntitiesOf<A>>,
     ) -> usize {
+        if self.backlogged() {
+            return self.drop_input(input);
+        }
         match input {
             Input::Updates(updates) => {
                 self.push(now, updates);
@@ -833,6 +996,54 @@ where
                 self.engine.request_difference(now);
                 1
             }
+        }
+    }
+
+    /// Drops an intake message while the backlog is past its bound: counted, and recovered by
+    /// the difference (and the differences of the channels it carried) once there is room.
+    fn drop_input(&mut self, input: Input<UpdateOf<A>, EntitiesOf<A>>) -> usize {
+        let pushes = input.pushes();
+        match &input {
+            Input::Updates(updates) => self.note_channels(updates),
+            Input::Batch(batch) => batch.iter().for_each(|u| self.note_channels(u)),
+            Input::Affected(Affected::Channel { channel_id, .. }) => {
+                self.dropped_channels.insert(*channel_id);
+            }
+            Input::Affected(_) | Input::SessionReset => {}
+        }
+        drop(input);
+        self.shared.counters.pushes_dropped.add(pushes as u64);
+        self.shared.overflowed.store(true, Ordering::Release);
+        pushes
+    }
+
+    /// Remembers the channels a dropped push carried updates of.
+    fn note_channels(&mut self, updates: &Updates<UpdateOf<A>, EntitiesOf<A>>) {
+        let mut note = |update: &UpdateOf<A>| match update.sequence() {
+            Sequence::Channel { channel_id, .. } | Sequence::ChannelTooLong { channel_id, .. } => {
+                self.dropped_channels.insert(channel_id);
+            }
+            _ => {}
+        };
+        match updates {
+            Updates::Short { update, .. } => note(update),
+            Updates::Combined { updates, .. } => updates.iter().for_each(note),
+            Updates::TooLong => {}
+        }
+    }
+
+    /// Whether the backlog is past its bound: pushes are dropped and requests held back.
+    fn backlogged(&self) -> bool {
+        self.backlog_len > self.backlog_bound
+    }
+
+    /// Sends the requests held back, once the backlog is within its bound.
+    fn release_held(&mut self) {
+        if self.backlogged() || self.held.is_empty() {
+            return;
+        }
+        for request in std::mem::take(&mut self.held) {
+            self.send(request);
         }
     }
 
@@ -872,9 +1083,12 @@ where
             }
             Control::Close(channel_id) => self.engine.close_channel(channel_id),
             Control::Forget(channel_id) => self.engine.forget_channel(channel_id),
-            Control::CaughtUp(reply) => {
+            Control::Refetch(channel_id, reply) => {
+                let _ = reply.send(self.engine.request_channel_difference(channel_id));
+            }
+            Control::CaughtUp(reply, shard) => {
                 self.engine.request_difference(now());
-                self.waiters.push(reply);
+                self.waiters.push((reply, shard));
             }
         }
     }
@@ -1013,11 +1227,11 @@ where
         Ok(())
     }
 
-    /// Polls the engine dry, doing what each output says.
-    async fn drain(&mut self) -> Result<(), String> {
+    /// Polls the engine dry, doing what each output says. Never waits.
+    fn drain(&mut self) -> Result<(), String> {
         while let Some(output) = self.engine.poll_output() {
             match output {
-                Output::Deliver(batch) => self.deliver(batch).await,
+                Output::Deliver(batch) => self.deliver(batch),
                 Output::Request(request) => self.send(request),
                 Output::Commit(commit) => self.write(Write::Commit(commit)),
                 Output::AccessHashes(hashes) => {
@@ -1032,15 +1246,14 @@ where
                 }
                 Output::DifferenceTooLong { pts } => {
                     tracing::warn!(pts, "difference too long: history skipped");
-                    self.notify(Notice::DifferenceTooLong { pts }).await;
+                    self.notify(Notice::DifferenceTooLong { pts });
                 }
                 Output::ChannelTooLong { channel_id, pts } => {
                     tracing::info!(channel_id, ?pts, "channel too long");
-                    self.notify(Notice::ChannelTooLong { channel_id, pts })
-                        .await;
+                    self.notify(Notice::ChannelTooLong { channel_id, pts });
                 }
                 Output::ChannelClosed { channel_id } => {
-                    self.notify(Notice::ChannelClosed { channel_id }).await;
+                    self.notify(Notice::ChannelClosed { channel_id });
                 }
             }
         }
@@ -1055,37 +1268,108 @@ where
         }
     }
 
-    async fn notify(&mut self, notice: Notice) {
-        if let Err(error) = self.stream.send_async(Dispatch::Notice(notice)).await {
-            tracing::warn!(%error, ?notice, "notice not dispatched");
-        }
+    /// Hands a notice to the dispatch, in order with the updates delivered before it.
+    fn notify(&mut self, notice: Notice) {
+        self.enqueue(None, VecDeque::from([Dispatch::Notice(notice)]));
     }
 
     /// Hands a batch to the dispatch and arranges its acknowledgement once handled.
     ///
     /// Invariant (commits trail handled updates): a batch is acknowledged only when its
     /// receipt says every one of its updates was handled, and the engine commits nothing past
-    /// an unacknowledged batch.
-    async fn deliver(&mut self, batch: Batch<UpdateOf<A>, EntitiesOf<A>>) {
+    /// an unacknowledged batch. A batch enters `dispatched` (where it can be acknowledged)
+    /// only once the dispatch accepted all its events, so its receipt covers each of them.
+    fn deliver(&mut self, batch: Batch<UpdateOf<A>, EntitiesOf<A>>) {
         let Batch {
             id,
             updates,
             entities,
         } = batch;
-        let count = updates.len() as u64;
         let entities: Arc<[EntitiesOf<A>]> = entities.into();
-        let events = updates.into_iter().map(|update| Dispatch::Update {
-            key: update.peer(),
-            update,
-            entities: Arc::clone(&entities),
+        let events = updates
+            .into_iter()
+            .map(|update| Dispatch::Update {
+                key: update.peer(),
+                update,
+                entities: Arc::clone(&entities),
+            })
+            .collect();
+        self.enqueue(Some(id), events);
+    }
+
+    /// Appends to the backlog and hands over what fits.
+    fn enqueue(
+        &mut self,
+        batch: Option<BatchId>,
+        events: VecDeque<Dispatch<UpdateOf<A>, EntitiesOf<A>>>,
+    ) {
+        self.backlog_len += events.len();
+        self.backlog.push_back(Outgoing {
+            batch,
+            events,
+            receipt: Receipt::default(),
         });
-        match self.stream.send_batch_async(events).await {
-            Ok(receipt) => {
-                self.shared.counters.updates_dispatched.add(count);
-                self.dispatched.push_back((id, receipt));
+        self.flush();
+    }
+
+    /// The blocked shard has room: hand the backlog over again.
+    fn unblock(&mut self) {
+        self.room = None;
+        self.blocked = None;
+        self.flush();
+    }
+
+    /// Hands the backlog to the dispatch in order, without waiting: stops at the first event
+    /// whose shard is full and arms `room` for that shard. Does nothing while blocked (the
+    /// front goes first: events of one peer stay in order, and batches are acknowledged in
+    /// order).
+    fn flush(&mut self) {
+        if self.blocked.is_some() {
+            return;
+        }
+        while let Some(front) = self.backlog.front_mut() {
+            while let Some(event) = front.events.pop_front() {
+                let shard = self.stream.shard_of(&event);
+                let update = matches!(event, Dispatch::Update { .. });
+                match self.stream.try_send(event) {
+                    Ok(receipt) => {
+                        front.receipt.merge(&receipt);
+                        self.backlog_len -= 1;
+                        if update {
+                            self.shared.counters.updates_dispatched.incr();
+                        }
+                    }
+                    Err(SendError {
+                        failure: SendFailure::Full,
+                        mut unsent,
+                        ..
+                    }) => {
+                        if let Some(event) = unsent.pop() {
+                            front.events.push_front(event);
+                        }
+                        self.blocked = Some(shard);
+                        let stream = self.stream.clone();
+                        self.room = Some(Box::pin(async move { stream.room(shard).await }));
+                        return;
+                    }
+                    Err(error) => {
+                        // Only once the dispatch is shut down: what is left stays
+                        // unacknowledged, so a restart delivers it again.
+                        tracing::error!(failure = ?error.failure, left = self.backlog_len, "dispatch closed; the rest of the backlog is not dispatched");
+                        if let Some(event) = error.unsent.into_iter().next() {
+                            front.events.push_front(event);
+                        }
+                        return;
+                    }
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, %id, "batch not dispatched; it stays unacknowledged")
+            if let Some(Outgoing {
+                batch: Some(id),
+                receipt,
+                ..
+            }) = self.backlog.pop_front()
+            {
+                self.dispatched.push_back((id, receipt));
             }
         }
     }
@@ -1093,6 +1377,12 @@ where
     /// Starts a request; its reply comes back through `requests`.
     fn send(&mut self, request: Request) {
         if self.stopping {
+            return;
+        }
+        if self.backlogged() {
+            // Its reply would only add to the backlog: sent once the backlog is back within
+            // its bound.
+            self.held.push(request);
             return;
         }
         self.shared.counters.requests_sent.incr();
@@ -1170,45 +1460,71 @@ where
         self.requests.push(future);
     }
 
-    /// At shutdown: waits for every dispatched batch to be handled, acknowledging each, and
-    /// queues the commits that follows. No request is sent any more.
+    /// At shutdown: hands the backlog over and waits for every dispatched batch to be handled,
+    /// acknowledging each, and queues the commits that follow. No request is sent any more.
+    /// Bounded by the caller (the shutdown grace).
     async fn drain_dispatch(&mut self) {
         self.stopping = true;
         self.requests.clear();
+        self.held.clear();
         loop {
             // Acknowledging emits commits (and possibly notices); nothing new is delivered
             // without an input, but whatever comes is dispatched and waited for as well.
-            let _ = self.drain().await;
+            let _ = self.drain();
             if self.settle(None) {
                 continue;
             }
             self.watch_oldest();
-            if self.waiting.is_none() {
+            if self.waiting.is_none() && self.room.is_none() {
                 break;
             }
-            let (batch, handled) = wait_handled(&mut self.waiting).await;
-            self.waiting = None;
-            self.settle(Some((batch, handled)));
+            tokio::select! {
+                (batch, handled) = wait_handled(&mut self.waiting), if self.waiting.is_some() => {
+                    self.waiting = None;
+                    self.settle(Some((batch, handled)));
+                }
+                () = wait_room(&mut self.room), if self.room.is_some() => self.unblock(),
+            }
         }
-        for waiter in self.waiters.drain(..) {
-            drop(waiter); // the caller sees `Stopped`
+    }
+
+    /// Acknowledges whatever was handled and queues the commits that follow, without waiting
+    /// (once the workers are gone).
+    fn settle_all(&mut self) {
+        self.stopping = true;
+        loop {
+            let _ = self.drain();
+            if !self.settle(None) {
+                break;
+            }
         }
     }
 
     /// Publishes stats for the handles, resolves `caught_up` waiters and logs gap events.
     fn publish(&mut self) {
         let stats = self.engine.stats();
-        let idle = self.engine.is_idle()
-            && stats.unacknowledged_batches == 0
-            && self.dispatched.is_empty();
+        // Everything the engine delivered was handed to the dispatch, and it waits for nothing.
+        let handed = self.engine.is_idle() && self.backlog.is_empty() && self.held.is_empty();
+        let idle = handed && stats.unacknowledged_batches == 0 && self.dispatched.is_empty();
         *self
             .shared
             .engine
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = (stats, idle);
-        if idle && !self.waiters.is_empty() {
-            for waiter in self.waiters.drain(..) {
-                let _ = waiter.send(());
+        if !self.waiters.is_empty() {
+            let blocked = self.blocked;
+            // Outside handlers: caught up and handled. Inside a handler on shard `s`: handed
+            // over, or waiting for room on `s` itself (see `ManagerHandle::caught_up`).
+            let done = |shard: Option<usize>| match shard {
+                None => idle,
+                Some(shard) => handed || blocked == Some(shard),
+            };
+            let (ready, waiting) = std::mem::take(&mut self.waiters)
+                .into_iter()
+                .partition(|(_, shard)| done(*shard));
+            self.waiters = waiting;
+            for (reply, _) in ready {
+                let _ = reply.send(());
             }
         }
         let seen = self.seen;
@@ -1250,6 +1566,14 @@ async fn wait_handled(
 ) -> (BatchId, Result<(), NotHandled>) {
     match waiting {
         Some((batch, future)) => (*batch, future.await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the armed wait for room of [`Driver::flush`]; pending forever when none is armed.
+async fn wait_room(room: &mut Option<BoxFuture<()>>) {
+    match room {
+        Some(future) => future.await,
         None => std::future::pending().await,
     }
 }

@@ -7,7 +7,8 @@
 //!   manager through a faulty network (drops, duplicates, reordering, too-long summaries:
 //!   the push fields of [`Faults`]).
 //! - [`Recorder`] is a handler that logs every delivered update (to be judged by the
-//!   [`Oracle`](sync_testkit::Oracle)), and can be slow, fail or panic on purpose.
+//!   [`Oracle`](sync_testkit::Oracle)), and can be slow, fail, panic or call the manager back
+//!   on purpose ([`Behaviour`]).
 //!
 //! Everything sleeps on tokio's clock, so a test on a paused clock runs a long simulation in
 //! moments, and a real-clock run (the `simulate` example) shows it as it happens.
@@ -15,6 +16,8 @@
 //! [`Faults`]: sync_testkit::Faults
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -411,18 +414,43 @@ impl Producer {
     }
 }
 
+/// What a [`Recorder`] does with each update after logging it: called with the update's
+/// number (1 for the first logged) and the update; the update counts as handled when the
+/// returned future ends (an error and a panic count too).
+pub type Behaviour = Arc<
+    dyn Fn(u64, &TestUpdate) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A handler that logs every update it is given, in the order given, for the oracle.
 ///
 /// Options make it a difficult application: it can take time per update, fail every n-th
-/// update, or panic on every n-th (after logging it: the update reached the application).
-#[derive(Debug, Clone, Default)]
+/// update, or panic on every n-th (after logging it: the update reached the application), or
+/// do whatever a [`Behaviour`] says (call the manager back, wait, block).
+#[derive(Clone, Default)]
 pub struct Recorder {
     log: Arc<Mutex<Vec<TestUpdate>>>,
     notices: Arc<Mutex<Vec<Notice>>>,
     seen: Arc<AtomicU64>,
+    finished: Arc<AtomicU64>,
     delay: Duration,
     fail_every: Option<u64>,
     panic_every: Option<u64>,
+    behaviour: Option<Behaviour>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("seen", &self.count())
+            .field("finished", &self.finished())
+            .field("delay", &self.delay)
+            .field("fail_every", &self.fail_every)
+            .field("panic_every", &self.panic_every)
+            .field("behaviour", &self.behaviour.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Recorder {
@@ -452,6 +480,23 @@ impl Recorder {
         self
     }
 
+    /// After logging each update (and the delay), runs `behaviour` and returns what it
+    /// returns; the failing and panicking options apply after it.
+    #[must_use]
+    pub fn with_behaviour(
+        mut self,
+        behaviour: impl Fn(
+            u64,
+            &TestUpdate,
+        ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.behaviour = Some(Arc::new(behaviour));
+        self
+    }
+
     /// Takes the updates logged so far.
     pub fn take(&self) -> Vec<TestUpdate> {
         std::mem::take(&mut *self.log.lock().unwrap_or_else(PoisonError::into_inner))
@@ -460,6 +505,12 @@ impl Recorder {
     /// How many updates were logged in total.
     pub fn count(&self) -> u64 {
         self.seen.load(Ordering::Relaxed)
+    }
+
+    /// How many handler calls returned normally (with `Ok` or an error; not those that
+    /// panicked or were stopped).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
     }
 
     /// The notices received so far.
@@ -485,6 +536,10 @@ impl Handler<TestUpdate, TestEntities> for Recorder {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        let mut outcome = Ok(());
+        if let Some(behaviour) = &self.behaviour {
+            outcome = behaviour(n, &update).await;
+        }
         if self
             .panic_every
             .is_some_and(|every| every > 0 && n.is_multiple_of(every))
@@ -495,9 +550,10 @@ impl Handler<TestUpdate, TestEntities> for Recorder {
             .fail_every
             .is_some_and(|every| every > 0 && n.is_multiple_of(every))
         {
-            return Err(format!("simulated handler failure on update {}", update.id).into());
+            outcome = Err(format!("simulated handler failure on update {}", update.id).into());
         }
-        Ok(())
+        self.finished.fetch_add(1, Ordering::Relaxed);
+        outcome
     }
 
     async fn notice(&self, notice: Notice) {

@@ -9,11 +9,13 @@ use sync_storage::AccountId;
 pub struct RuntimeStats {
     /// Pushes accepted by [`ManagerHandle::handle`](crate::ManagerHandle::handle).
     pub pushes_accepted: u64,
-    /// Pushes dropped because the intake was full (recovered by a difference).
+    /// Pushes dropped because the intake was full, or taken off the intake and dropped because
+    /// the dispatch was backed up (recovered by a difference either way).
     pub pushes_dropped: u64,
     /// Pushes the engine refused as malformed (a difference is fetched instead).
     pub pushes_refused: u64,
-    /// Differences requested because pushes had been dropped at intake.
+    /// Differences requested because pushes had been dropped at intake (or while the dispatch
+    /// was backed up).
     pub intake_recoveries: u64,
     /// Calls made to the [`Api`](crate::Api).
     pub requests_sent: u64,
@@ -36,7 +38,7 @@ pub struct RuntimeStats {
     pub commits_failed: u64,
     /// Access hashes written to storage.
     pub access_hashes_written: u64,
-    /// Updates handed to the handler.
+    /// Updates handed to the dispatch (accepted by its shards, to be handled in turn).
     pub updates_dispatched: u64,
     /// Batches whose updates were all handled and acknowledged to the engine.
     pub batches_acknowledged: u64,
@@ -53,7 +55,8 @@ pub struct Stats {
     pub engine: sync_core::Stats,
     /// The runtime's counters.
     pub runtime: RuntimeStats,
-    /// True when the engine waits for nothing and every delivered batch was acknowledged.
+    /// True when the engine waits for nothing and every delivered batch was handed to the
+    /// dispatch, handled and acknowledged.
     pub idle: bool,
 }
 
