@@ -130,54 +130,80 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// good update starts; one whose own numbers are bad is reported with
     /// [`Output::ChannelTooLong`] and `pts: None`.
     pub fn handle_updates(&mut self, now: Instant, updates: Updates<U, E>) -> Result<(), Error> {
-        match self.check_updates(&updates) {
-            Ok(place) => {
-                self.apply_updates(now, updates, place);
-                Ok(())
-            }
-            Err(error) => {
-                self.recover(now, &updates);
-                Err(error)
-            }
-        }
-    }
-
-    /// Checks a push's numbers: returns a short update's place, and leaves a container's
-    /// places in `scratch`.
-    #[inline(always)]
-    pub(super) fn check_updates(&mut self, updates: &Updates<U, E>) -> Result<Place, Error> {
         match updates {
-            Updates::TooLong => Ok(Place::Unordered),
-            Updates::Short { update, .. } => classify(update.sequence()),
+            Updates::TooLong => {
+                self.last_activity = now;
+                self.stats.too_long += 1;
+                self.start_common_fetch();
+            }
+            Updates::Short { update, date } => {
+                let place = match classify(update.sequence()) {
+                    Ok(place) => place,
+                    Err(error) => {
+                        return Err(self.refuse(now, std::slice::from_ref(&update), error));
+                    }
+                };
+                self.last_activity = now;
+                let waiting = self.route(now, place, update, None);
+                if !waiting {
+                    self.advance_date(date);
+                }
+            }
             Updates::Combined {
                 updates,
+                entities,
+                date,
                 seq_start,
                 seq,
-                ..
             } => {
-                check_non_negative("seq", *seq)?;
-                if *seq != 0 && !(1..=*seq).contains(seq_start) {
-                    return Err(invalid("seq_start", *seq_start));
+                if let Err(error) = self.classify_container(&updates, seq_start, seq) {
+                    return Err(self.refuse(now, &updates, error));
                 }
-                let places = &mut self.scratch;
-                places.clear();
-                for update in updates {
-                    places.push(classify(update.sequence())?);
+                let places = mem::take(&mut self.scratch);
+                self.last_activity = now;
+                self.learn(entities);
+                // Updates inside a container are checked against their own sequences first;
+                // the container's seq then orders only its unordered updates.
+                let mut unordered = (seq != 0).then(Vec::new);
+                let mut waiting = false;
+                for (update, &place) in updates.into_iter().zip(&places) {
+                    waiting |= self.route(now, place, update, unordered.as_mut());
                 }
-                Ok(Place::Unordered)
+                self.scratch = places;
+                match unordered {
+                    None if !waiting => self.advance_date(date),
+                    None => {}
+                    Some(updates) => {
+                        let entry = Entry::Container { updates, date };
+                        self.offer_common(now, Slot::Seq, seq_start - 1, seq, entry);
+                    }
+                }
             }
         }
+        Ok(())
     }
 
-    /// A refused push: fetch the difference of every sequence it names.
-    pub(super) fn recover(&mut self, now: Instant, updates: &Updates<U, E>) {
+    /// Checks a container's numbers, leaving its updates' places in `scratch`.
+    fn classify_container(&mut self, updates: &[U], seq_start: i32, seq: i32) -> Result<(), Error> {
+        check_non_negative("seq", seq)?;
+        if seq != 0 && !(1..=seq).contains(&seq_start) {
+            return Err(invalid("seq_start", seq_start));
+        }
+        let places = &mut self.scratch;
+        places.clear();
+        for update in updates {
+            places.push(classify(update.sequence())?);
+        }
+        Ok(())
+    }
+
+    /// A refused push: fetch the difference of every sequence its updates name; returns the
+    /// error to report.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&mut self, now: Instant, named: &[U], error: Error) -> Error {
         self.stats.pushes_refused += 1;
         self.last_activity = now;
-        let named: &[U] = match updates {
-            Updates::TooLong => &[],
-            Updates::Short { update, .. } => std::slice::from_ref(update),
-            Updates::Combined { updates, .. } => updates,
-        };
         let mut channels: Vec<(ChannelId, Option<i32>)> = named
             .iter()
             .filter_map(|update| match update.sequence() {
@@ -198,6 +224,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         for (channel_id, start) in channels {
             self.recover_channel(channel_id, start);
         }
+        error
     }
 
     /// A refused update named this channel: fetch its difference from where it stands, or,
@@ -220,53 +247,6 @@ impl<U: Update, E: Entities> Engine<U, E> {
             }
         }
         self.start_channel_fetch(channel_id);
-    }
-
-    /// Applies a push checked by [`check_updates`](Self::check_updates), with the place it
-    /// returned.
-    #[inline(always)]
-    pub(super) fn apply_updates(&mut self, now: Instant, updates: Updates<U, E>, short: Place) {
-        match updates {
-            Updates::TooLong => {
-                self.last_activity = now;
-                self.stats.too_long += 1;
-                self.start_common_fetch();
-            }
-            Updates::Short { update, date } => {
-                self.last_activity = now;
-                let waiting = self.route(now, short, update, None);
-                if !waiting {
-                    self.advance_date(date);
-                }
-            }
-            Updates::Combined {
-                updates,
-                entities,
-                date,
-                seq_start,
-                seq,
-            } => {
-                let places = mem::take(&mut self.scratch);
-                self.last_activity = now;
-                self.learn(entities);
-                // Updates inside a container are checked against their own sequences first;
-                // the container's seq then orders only its unordered updates.
-                let mut unordered = (seq != 0).then(Vec::new);
-                let mut waiting = false;
-                for (update, &place) in updates.into_iter().zip(&places) {
-                    waiting |= self.route(now, place, update, unordered.as_mut());
-                }
-                self.scratch = places;
-                match unordered {
-                    None if !waiting => self.advance_date(date),
-                    None => {}
-                    Some(updates) => {
-                        let entry = Entry::Container { updates, date };
-                        self.offer_common(now, Slot::Seq, seq_start - 1, seq, entry);
-                    }
-                }
-            }
-        }
     }
 
     /// The pts an application's own call returned (`messages.affectedMessages`,
