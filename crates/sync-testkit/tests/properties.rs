@@ -44,6 +44,7 @@ fn faults() -> impl Strategy<Value = Faults> {
                 silence_length,
                 request_failure,
                 corrupt_reply,
+                ..Faults::none()
             },
         )
 }
@@ -55,6 +56,7 @@ fn limits() -> impl Strategy<Value = Limits> {
             difference_too_long_after: too_long,
             channel_too_long_after: channel_too_long,
             channel_timeout: Some(30),
+            ..Limits::default()
         },
     )
 }
@@ -170,6 +172,7 @@ fn too_long_answers_are_survived() {
         difference_too_long_after: 30,
         channel_too_long_after: 15,
         channel_timeout: None,
+        ..Limits::default()
     };
     let faults = Faults {
         silence: 0.02,
