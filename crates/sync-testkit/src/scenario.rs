@@ -6,8 +6,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use sync_core::{
-    BatchId, ChannelDifference, ChannelHash, ChannelId, Config, Difference, Engine, Failure, Output, Request,
-    RequestId, RequestKind, Sequence, State, Stats, Updates,
+    BatchId, ChannelDifference, ChannelHash, ChannelId, Config, Difference, Engine, Failure,
+    Output, Request, RequestId, RequestKind, Sequence, State, Stats, Updates,
 };
 
 use crate::oracle::Oracle;
@@ -687,16 +687,15 @@ impl<'a> Run<'a> {
         let id = self.absurd_id();
         let channel = {
             let channels: Vec<(ChannelId, i64)> = self.server.access_hashes().collect();
-            (!channels.is_empty())
-                .then(|| channels[self.rng.below(channels.len() as u64) as usize])
+            (!channels.is_empty()).then(|| channels[self.rng.below(channels.len() as u64) as usize])
         };
         let near_max = i32::MAX - self.rng.below(16) as i32;
         let short = |sequence| Updates::Short {
             update: TestUpdate { id, sequence },
             date,
         };
-        let container = |sequence, hash: Option<(ChannelId, i64)>, seq_start, seq| {
-            Updates::Combined {
+        let container =
+            |sequence, hash: Option<(ChannelId, i64)>, seq_start, seq| Updates::Combined {
                 updates: vec![TestUpdate { id, sequence }],
                 entities: TestEntities {
                     channels: hash
@@ -711,8 +710,7 @@ impl<'a> Run<'a> {
                 date,
                 seq_start,
                 seq,
-            }
-        };
+            };
         match (self.rng.below(8), channel) {
             (0, _) => (
                 short(Sequence::Common {
