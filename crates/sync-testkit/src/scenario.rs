@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::mem;
 use std::time::{Duration, Instant};
 
 use sync_core::{
@@ -196,6 +197,7 @@ pub struct Scenario {
     push_interval: Duration,
     latency: Duration,
     max_steps: u64,
+    latest_in_own_batch: bool,
 }
 
 impl Scenario {
@@ -213,6 +215,7 @@ impl Scenario {
             push_interval: Duration::from_millis(20),
             latency: Duration::from_millis(40),
             max_steps: 0,
+            latest_in_own_batch: false,
         }
     }
 
@@ -275,6 +278,14 @@ impl Scenario {
     /// workload size.
     pub fn max_steps(mut self, steps: u64) -> Self {
         self.max_steps = steps;
+        self
+    }
+
+    /// Whether the latest messages of a `channelDifferenceTooLong` must come in a batch of
+    /// their own. Always checked: they come first after the notice, with no other delivery
+    /// in between.
+    pub fn latest_in_own_batch(mut self, own: bool) -> Self {
+        self.latest_in_own_batch = own;
         self
     }
 
@@ -1015,9 +1026,43 @@ impl<'a> Run<'a> {
 
     /// Polls the engine dry, doing what it says.
     fn drain(&mut self) -> Result<(), Violation> {
+        let mut after_notice = false;
         while let Some(output) = self.engine.poll_output() {
+            // Requests, commits and hashes may come between a notice and its batch.
+            let follows_notice = match output {
+                Output::ChannelTooLong { .. } => mem::replace(&mut after_notice, true),
+                Output::Deliver(_) => mem::replace(&mut after_notice, false),
+                _ => after_notice,
+            };
             match output {
                 Output::Deliver(batch) => {
+                    // The latest messages of a channelDifferenceTooLong come after its
+                    // notice (no other delivery in between), in a batch of their own.
+                    let latest = |u: &TestUpdate| {
+                        u.sequence == Sequence::Unordered && self.server.is_latest_message(u.id)
+                    };
+                    let leading = batch.updates.iter().take_while(|u| latest(u)).count();
+                    let misplaced = batch.updates[leading..].iter().any(latest)
+                        || (leading > 0 && !follows_notice)
+                        || (leading > 0
+                            && self.scenario.latest_in_own_batch
+                            && leading < batch.updates.len());
+                    if misplaced {
+                        let ids: Vec<String> = batch
+                            .updates
+                            .iter()
+                            .map(|u| format!("{} {:?}", u.id, u.sequence))
+                            .collect();
+                        return Err(self.violation(format!(
+                            "latest messages of a too-long channel were not delivered first after its notice{}: [{}]",
+                            if self.scenario.latest_in_own_batch {
+                                ", in a batch of their own"
+                            } else {
+                                ""
+                            },
+                            ids.join(", ")
+                        )));
+                    }
                     for update in &batch.updates {
                         if let Err(message) = self.oracle.deliver(&self.server, update) {
                             return Err(self.violation(message));
