@@ -580,6 +580,9 @@ pub struct ScenarioSpec {
     pub limits: (u8, u16, u16),
     /// Buffer caps (per sequence, total) and channel request concurrency.
     pub caps: (u8, u8, u8),
+    /// More fault chances in percent: absurd push, malformed update in a container,
+    /// `updatePtsChanged`.
+    pub more_faults: [u8; 3],
 }
 
 impl ScenarioSpec {
@@ -598,12 +601,16 @@ impl ScenarioSpec {
             silence_length: u64::from(self.faults[5] % 64),
             request_failure: percent(6) * 0.5,
             corrupt_reply: percent(7) * 0.5,
+            absurd_push: f64::from(self.more_faults[0] % 101) / 100.0 * 0.2,
+            malformed_update: f64::from(self.more_faults[1] % 101) / 100.0 * 0.3,
+            pts_changed: f64::from(self.more_faults[2] % 101) / 100.0 * 0.05,
         };
         let limits = Limits {
             difference_limit: usize::from(self.limits.0 % 200) + 1,
             difference_too_long_after: usize::from(self.limits.1 % 2_000) + 1,
             channel_too_long_after: usize::from(self.limits.2 % 500) + 1,
             channel_timeout: Some(30),
+            ..Limits::default()
         };
         let config = Config {
             max_buffered_per_sequence: usize::from(self.caps.0 % 64) + 1,

@@ -9,11 +9,15 @@
 //!   too-long answers included ([`Limits`]).
 //! - [`Scenario`] runs the sans-IO [`sync_core::Engine`] against it on a virtual clock (it
 //!   jumps to the next deadline, never sleeps), through a network that drops, duplicates,
-//!   reorders and summarises pushes, fails and corrupts replies ([`Faults`]), and crashes the
-//!   client to restart it from what it committed.
+//!   reorders and summarises pushes, adds pushes the server never made (far-future or
+//!   malformed numbers, a malformed update inside a good container, `updatePtsChanged`),
+//!   fails and corrupts replies ([`Faults`]), and crashes the client to restart it from what
+//!   it committed. Once every push has arrived the network goes quiet: the engine must then be
+//!   idle within a bounded number of requests ([`Report::tail_requests`]).
 //! - [`Oracle`] judges the run: every durable update exactly once (repeats only inside the
 //!   window a crash left unacknowledged), each sequence in order, nothing after an unresolved
-//!   gap, and the client ending where the server is. A failure is a [`Violation`] with the seed
+//!   gap, nothing the server never made, the latest messages of a `channelDifferenceTooLong`
+//!   at most once, and the client ending where the server is. A failure is a [`Violation`] with the seed
 //!   that replays it and the last steps before it.
 //! - [`redis_server`] starts a private `redis-server` for tests that need a real one.
 //! - [`fuzz`] holds the fuzz bodies that the cargo-fuzz targets (`fuzz/`), the property tests

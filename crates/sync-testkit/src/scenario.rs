@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::mem;
 use std::time::{Duration, Instant};
 
 use sync_core::{
-    BatchId, ChannelDifference, ChannelId, Config, Difference, Engine, Failure, Output, Request,
-    RequestId, RequestKind, Sequence, State, Stats, Updates,
+    BatchId, ChannelDifference, ChannelHash, ChannelId, Config, Difference, Engine, Failure,
+    Output, Request, RequestId, RequestKind, Sequence, State, Stats, Updates,
 };
 
 use crate::oracle::Oracle;
@@ -39,6 +40,19 @@ pub struct Faults {
     /// A reply first arrives corrupted (wrong channel, negative numbers, regressed state): the
     /// engine must refuse it and accept the correct reply that follows.
     pub corrupt_reply: f64,
+    /// After a push, an extra push that the server never made arrives: far-future numbers
+    /// (a common pts, a channel pts or a qts near `i32::MAX`), which the engine must accept
+    /// and never deliver, or malformed ones (negative numbers, `pts_count > pts`, a channel
+    /// id that is not positive, a `seq_start` beyond `seq`), which it must refuse whole. Their
+    /// updates have ids the server never logged: delivering one is a violation.
+    pub absurd_push: f64,
+    /// A container push gets one update with a malformed number among its good ones: the
+    /// engine must refuse the push whole, and the good updates must come back by difference
+    /// (the server is not told that the push was lost).
+    pub malformed_update: f64,
+    /// After a push, an extra `updatePtsChanged` arrives. The server keeps its numbering: the
+    /// client's refetch and `getState` must lose nothing and repeat nothing.
+    pub pts_changed: f64,
 }
 
 impl Faults {
@@ -55,6 +69,9 @@ impl Faults {
             silence_length: 0,
             request_failure: 0.0,
             corrupt_reply: 0.0,
+            absurd_push: 0.0,
+            malformed_update: 0.0,
+            pts_changed: 0.0,
         }
     }
 
@@ -71,6 +88,9 @@ impl Faults {
             silence_length: 30,
             request_failure: 0.05,
             corrupt_reply: 0.02,
+            absurd_push: 0.005,
+            malformed_update: 0.01,
+            pts_changed: 0.002,
         }
     }
 
@@ -87,6 +107,9 @@ impl Faults {
             silence_length: 80,
             request_failure: 0.25,
             corrupt_reply: 0.1,
+            absurd_push: 0.02,
+            malformed_update: 0.03,
+            pts_changed: 0.01,
         }
     }
 }
@@ -130,6 +153,21 @@ pub struct Report {
     pub crashes: u32,
     /// Corrupted replies refused.
     pub corrupt_refused: u64,
+    /// Absurd pushes sent (see [`Faults::absurd_push`]), malformed ones included.
+    pub absurd_pushes: u64,
+    /// Pushes sent with a malformed number (absurd or with a malformed update inside), which
+    /// the engine refused.
+    pub malformed_refused: u64,
+    /// `updatePtsChanged` pushes sent.
+    pub pts_changed: u64,
+    /// Latest messages of `channelDifferenceTooLong` answers delivered.
+    pub latest_messages: u64,
+    /// Requests the engine made once the network went quiet (every push arrived, no crash
+    /// left, faults off) until it was idle.
+    pub tail_requests: u64,
+    /// The most requests the quiet tail was allowed: a few, plus one per channel, plus the
+    /// slices of what the client had still to fetch, plus a retry per request then in flight.
+    pub tail_bound: u64,
     /// The engine's counters, summed over its restarts.
     pub stats: Stats,
     /// Virtual time the run took.
@@ -159,6 +197,7 @@ pub struct Scenario {
     push_interval: Duration,
     latency: Duration,
     max_steps: u64,
+    latest_in_own_batch: bool,
 }
 
 impl Scenario {
@@ -176,6 +215,7 @@ impl Scenario {
             push_interval: Duration::from_millis(20),
             latency: Duration::from_millis(40),
             max_steps: 0,
+            latest_in_own_batch: false,
         }
     }
 
@@ -241,6 +281,14 @@ impl Scenario {
         self
     }
 
+    /// Whether the latest messages of a `channelDifferenceTooLong` must come in a batch of
+    /// their own. Always checked: they come first after the notice, with no other delivery
+    /// in between.
+    pub fn latest_in_own_batch(mut self, own: bool) -> Self {
+        self.latest_in_own_batch = own;
+        self
+    }
+
     /// Runs the scenario and judges it.
     pub fn run(&self) -> Result<Report, Violation> {
         Run::new(self).go()
@@ -254,6 +302,8 @@ enum Event {
     Arrive {
         epoch: u32,
         updates: Updates<TestUpdate, TestEntities>,
+        /// The push carries a malformed number: the engine must refuse it.
+        malformed: bool,
     },
     Reply {
         epoch: u32,
@@ -302,7 +352,28 @@ struct Run<'a> {
     report: Report,
     finished_stats: Stats,
     trace_length: usize,
+    /// The next id for an update the server never made.
+    next_absurd: u64,
+    /// The quiet tail, once it has begun.
+    tail: Option<Tail>,
 }
+
+/// The end of a run: every push has arrived, no crash is left, and the network no longer
+/// fails or corrupts requests. The engine must be idle within `bound` requests.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    requests: u64,
+    bound: u64,
+    idle: bool,
+}
+
+/// Ids of updates the server never made (absurd pushes): far above any event id.
+const ABSURD_IDS: u64 = 1 << 60;
+
+/// Requests a quiet tail may take besides one per channel and the slices of the backlog:
+/// a difference, `getState` and the difference after it (`updatePtsChanged`), the idle
+/// rule's difference, and a little slack.
+const TAIL_REQUESTS: u64 = 6;
 
 /// Steps kept for a violation's report; `SYNC_TESTKIT_TRACE` sets another length.
 const TRACE_LENGTH: usize = 40;
@@ -340,6 +411,8 @@ impl<'a> Run<'a> {
                 .ok()
                 .and_then(|value| value.parse().ok())
                 .unwrap_or(TRACE_LENGTH),
+            next_absurd: ABSURD_IDS,
+            tail: None,
         }
     }
 
@@ -414,6 +487,9 @@ impl<'a> Run<'a> {
             if production_end.is_none() && self.server.events() >= scenario.events {
                 production_end = Some(self.now);
             }
+            if production_end.is_some() && self.tail.is_none() {
+                self.begin_tail();
+            }
             // Done once the settle window has passed and nothing is under way any more.
             let settled = production_end.is_some_and(|end| self.now > end + settle);
             let in_transit = self
@@ -442,8 +518,83 @@ impl<'a> Run<'a> {
                 self.handle(event)?;
             }
             self.drain()?;
+            self.check_tail()?;
+        }
+        if let Some(tail) = self.tail
+            && !tail.idle
+        {
+            return Err(self.violation(format!(
+                "the run ended before the engine was idle ({} requests in the quiet tail)",
+                tail.requests
+            )));
         }
         self.finish()
+    }
+
+    /// Begins the quiet tail once nothing but replies and acknowledgements is left on the
+    /// timeline, and works out how many requests the engine may still need.
+    fn begin_tail(&mut self) {
+        let pending = self
+            .timeline
+            .values()
+            .any(|e| matches!(e, Event::Arrive { .. } | Event::Crash | Event::Produce));
+        if pending {
+            return;
+        }
+        let in_flight = self
+            .timeline
+            .values()
+            .filter(|e| matches!(e, Event::Reply { .. }))
+            .count() as u64;
+        let config = &self.scenario.config;
+        let limit = config
+            .pts_total_limit
+            .and_then(|limit| usize::try_from(limit).ok())
+            .filter(|&limit| limit > 0)
+            .unwrap_or(self.scenario.limits.difference_limit)
+            .max(1) as u64;
+        let channel_limit = u64::try_from(config.channel_difference_limit.max(1)).unwrap_or(1);
+        let (pts, qts) = self
+            .engine
+            .state()
+            .map_or((0, 0), |state| (state.pts, state.qts));
+        let common = self.server.missed_common(pts, qts) as u64;
+        let mut bound = TAIL_REQUESTS + in_flight + common.div_ceil(limit);
+        let channels: Vec<(ChannelId, i32)> = self.server.channel_states().collect();
+        for (channel_id, _) in channels {
+            let from = self.engine.channel_pts(channel_id).unwrap_or(0);
+            let missed = self.server.missed_channel(channel_id, from) as u64;
+            bound += 1 + missed.div_ceil(channel_limit);
+        }
+        self.log(|| format!("quiet tail: at most {bound} requests"));
+        self.tail = Some(Tail {
+            requests: 0,
+            bound,
+            idle: self.engine.is_idle(),
+        });
+        self.report.tail_bound = bound;
+    }
+
+    /// Once the tail has begun: the engine is idle within its bound of requests.
+    fn check_tail(&mut self) -> Result<(), Violation> {
+        let Some(tail) = self.tail.as_mut() else {
+            return Ok(());
+        };
+        if tail.idle {
+            return Ok(());
+        }
+        if self.engine.is_idle() {
+            tail.idle = true;
+            self.report.tail_requests = tail.requests;
+            return Ok(());
+        }
+        if tail.requests > tail.bound {
+            let (requests, bound) = (tail.requests, tail.bound);
+            return Err(self.violation(format!(
+                "not idle after {requests} requests once the server went quiet (at most {bound} expected)"
+            )));
+        }
+        Ok(())
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Violation> {
@@ -457,10 +608,32 @@ impl<'a> Run<'a> {
                     self.schedule(self.scenario.push_interval, Event::Produce);
                 }
             }
-            Event::Arrive { epoch, updates } if epoch == self.epoch => {
+            Event::Arrive {
+                epoch,
+                updates,
+                malformed,
+            } if epoch == self.epoch => {
                 self.log(|| format!("push {}", describe_push(&updates)));
-                if let Err(error) = self.engine.handle_updates(now, updates) {
-                    return Err(self.violation(format!("a well-formed push was refused: {error}")));
+                let before = (self.engine.state(), self.engine.stats().pushes_refused);
+                match self.engine.handle_updates(now, updates) {
+                    Ok(()) if malformed => {
+                        return Err(self.violation("a malformed push was accepted"));
+                    }
+                    Ok(()) => {}
+                    Err(error) if !malformed => {
+                        return Err(
+                            self.violation(format!("a well-formed push was refused: {error}"))
+                        );
+                    }
+                    Err(_) => {
+                        self.report.malformed_refused += 1;
+                        let after = (self.engine.state(), self.engine.stats().pushes_refused);
+                        if after != (before.0, before.1 + 1) {
+                            return Err(self.violation(
+                                "a refused push changed the state or was not counted as refused",
+                            ));
+                        }
+                    }
                 }
             }
             Event::Reply { epoch, id, reply } if epoch == self.epoch => self.reply(id, reply)?,
@@ -476,8 +649,132 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Sends a push through the faulty network.
+    /// Sends a push through the faulty network, with the extra pushes the faults add.
     fn send_push(&mut self, updates: Updates<TestUpdate, TestEntities>) {
+        let faults = &self.scenario.faults;
+        if chance(&mut self.rng, faults.absurd_push) {
+            let (push, malformed) = self.absurd_push();
+            self.report.absurd_pushes += 1;
+            self.send_extra(push, malformed);
+        }
+        if chance(&mut self.rng, self.scenario.faults.pts_changed) {
+            self.report.pts_changed += 1;
+            let update = TestUpdate {
+                id: 0,
+                sequence: Sequence::PtsChanged,
+            };
+            let date = self.server.state().date;
+            self.send_extra(Updates::Short { update, date }, false);
+        }
+        self.send_real_push(updates);
+    }
+
+    /// An extra push: it may be held back, but is neither lost nor duplicated.
+    fn send_extra(&mut self, updates: Updates<TestUpdate, TestEntities>, malformed: bool) {
+        let faults = &self.scenario.faults;
+        let mut delay = self.scenario.latency;
+        if self.rng.chance(faults.reorder) {
+            delay +=
+                Duration::from_millis(self.rng.below(faults.reorder_window.as_millis() as u64 + 1));
+        }
+        self.schedule(
+            delay,
+            Event::Arrive {
+                epoch: self.epoch,
+                updates,
+                malformed,
+            },
+        );
+    }
+
+    fn absurd_id(&mut self) -> u64 {
+        self.next_absurd += 1;
+        self.next_absurd
+    }
+
+    /// A push the server never made, and whether its numbers are malformed.
+    fn absurd_push(&mut self) -> (Updates<TestUpdate, TestEntities>, bool) {
+        let date = self.server.state().date;
+        let id = self.absurd_id();
+        let channel = {
+            let channels: Vec<(ChannelId, i64)> = self.server.access_hashes().collect();
+            (!channels.is_empty()).then(|| channels[self.rng.below(channels.len() as u64) as usize])
+        };
+        let near_max = i32::MAX - self.rng.below(16) as i32;
+        let short = |sequence| Updates::Short {
+            update: TestUpdate { id, sequence },
+            date,
+        };
+        let container =
+            |sequence, hash: Option<(ChannelId, i64)>, seq_start, seq| Updates::Combined {
+                updates: vec![TestUpdate { id, sequence }],
+                entities: TestEntities {
+                    channels: hash
+                        .map(|(channel_id, access_hash)| ChannelHash {
+                            channel_id,
+                            access_hash,
+                            min: false,
+                        })
+                        .into_iter()
+                        .collect(),
+                },
+                date,
+                seq_start,
+                seq,
+            };
+        match (self.rng.below(8), channel) {
+            (0, _) => (
+                short(Sequence::Common {
+                    pts: near_max,
+                    pts_count: 1,
+                }),
+                false,
+            ),
+            (1, _) => (short(Sequence::Qts { qts: near_max }), false),
+            (2, Some(hash)) => {
+                let sequence = Sequence::Channel {
+                    channel_id: hash.0,
+                    pts: near_max - 5,
+                    pts_count: 1,
+                };
+                (container(sequence, Some(hash), 0, 0), false)
+            }
+            (3, _) => {
+                let pts = -1 - self.rng.below(5) as i32;
+                (short(Sequence::Common { pts, pts_count: 1 }), true)
+            }
+            (4, _) => {
+                let pts = 1 + self.rng.below(3) as i32;
+                let pts_count = pts + 1 + self.rng.below(3) as i32;
+                (short(Sequence::Common { pts, pts_count }), true)
+            }
+            (5, Some(hash)) => {
+                let sequence = Sequence::Channel {
+                    channel_id: hash.0,
+                    pts: -3,
+                    pts_count: 1,
+                };
+                (container(sequence, Some(hash), 0, 0), true)
+            }
+            (6, _) => {
+                let sequence = Sequence::Channel {
+                    channel_id: -(self.rng.below(3) as i64),
+                    pts: 5,
+                    pts_count: 1,
+                };
+                (container(sequence, None, 0, 0), true)
+            }
+            (7, _) => {
+                let seq = self.server.state().seq + 1;
+                let seq_start = seq + 1 + self.rng.below(3) as i32;
+                (container(Sequence::Unordered, None, seq_start, seq), true)
+            }
+            _ => (short(Sequence::Qts { qts: -1 }), true),
+        }
+    }
+
+    /// A real push through the faulty network.
+    fn send_real_push(&mut self, updates: Updates<TestUpdate, TestEntities>) {
         let faults = &self.scenario.faults;
         let lost = if self.silence_left > 0 {
             self.silence_left -= 1;
@@ -515,6 +812,48 @@ impl<'a> Run<'a> {
         } else {
             updates
         };
+        let (updates, malformed) = match updates {
+            Updates::Combined {
+                mut updates,
+                entities,
+                date,
+                seq_start,
+                seq,
+            } if chance(&mut self.rng, self.scenario.faults.malformed_update) => {
+                let sequence = match (self.rng.below(3), channel_of_updates(&updates)) {
+                    (0, _) | (_, None) => Sequence::Common {
+                        pts: -1,
+                        pts_count: 1,
+                    },
+                    (1, Some(channel_id)) => Sequence::Channel {
+                        channel_id,
+                        pts: -2,
+                        pts_count: 1,
+                    },
+                    (_, Some(channel_id)) => Sequence::Channel {
+                        channel_id,
+                        pts: 1,
+                        pts_count: 3,
+                    },
+                };
+                let bad = TestUpdate {
+                    id: self.absurd_id(),
+                    sequence,
+                };
+                let at = self.rng.below(updates.len() as u64 + 1) as usize;
+                updates.insert(at, bad);
+                let push = Updates::Combined {
+                    updates,
+                    entities,
+                    date,
+                    seq_start,
+                    seq,
+                };
+                (push, true)
+            }
+            updates => (updates, false),
+        };
+        let faults = &self.scenario.faults;
         let mut delay = self.scenario.latency;
         if self.rng.chance(faults.reorder) {
             delay +=
@@ -527,6 +866,7 @@ impl<'a> Run<'a> {
                 Event::Arrive {
                     epoch: self.epoch,
                     updates: updates.clone(),
+                    malformed,
                 },
             );
         }
@@ -535,6 +875,7 @@ impl<'a> Run<'a> {
             Event::Arrive {
                 epoch: self.epoch,
                 updates,
+                malformed,
             },
         );
     }
@@ -545,7 +886,14 @@ impl<'a> Run<'a> {
         let round_trip = self.scenario.latency * 2;
         let epoch = self.epoch;
         self.log(|| format!("request {} {:?}", request.id, request.kind));
-        if self.rng.chance(faults.request_failure) {
+        // In the quiet tail the network no longer fails.
+        let quiet = self.tail.is_some();
+        if let Some(tail) = self.tail.as_mut()
+            && !tail.idle
+        {
+            tail.requests += 1;
+        }
+        if !quiet && self.rng.chance(faults.request_failure) {
             let after = self
                 .rng
                 .chance(0.5)
@@ -561,7 +909,7 @@ impl<'a> Run<'a> {
             );
             return Ok(());
         }
-        let corrupt = self.rng.chance(faults.corrupt_reply);
+        let corrupt = !quiet && self.rng.chance(faults.corrupt_reply);
         let reply = match request.kind {
             RequestKind::GetState => Reply::State(self.server.state()),
             RequestKind::GetDifference {
@@ -678,9 +1026,43 @@ impl<'a> Run<'a> {
 
     /// Polls the engine dry, doing what it says.
     fn drain(&mut self) -> Result<(), Violation> {
+        let mut after_notice = false;
         while let Some(output) = self.engine.poll_output() {
+            // Requests, commits and hashes may come between a notice and its batch.
+            let follows_notice = match output {
+                Output::ChannelTooLong { .. } => mem::replace(&mut after_notice, true),
+                Output::Deliver(_) => mem::replace(&mut after_notice, false),
+                _ => after_notice,
+            };
             match output {
                 Output::Deliver(batch) => {
+                    // The latest messages of a channelDifferenceTooLong come after its
+                    // notice (no other delivery in between), in a batch of their own.
+                    let latest = |u: &TestUpdate| {
+                        u.sequence == Sequence::Unordered && self.server.is_latest_message(u.id)
+                    };
+                    let leading = batch.updates.iter().take_while(|u| latest(u)).count();
+                    let misplaced = batch.updates[leading..].iter().any(latest)
+                        || (leading > 0 && !follows_notice)
+                        || (leading > 0
+                            && self.scenario.latest_in_own_batch
+                            && leading < batch.updates.len());
+                    if misplaced {
+                        let ids: Vec<String> = batch
+                            .updates
+                            .iter()
+                            .map(|u| format!("{} {:?}", u.id, u.sequence))
+                            .collect();
+                        return Err(self.violation(format!(
+                            "latest messages of a too-long channel were not delivered first after its notice{}: [{}]",
+                            if self.scenario.latest_in_own_batch {
+                                ", in a batch of their own"
+                            } else {
+                                ""
+                            },
+                            ids.join(", ")
+                        )));
+                    }
                     for update in &batch.updates {
                         if let Err(message) = self.oracle.deliver(&self.server, update) {
                             return Err(self.violation(message));
@@ -796,6 +1178,7 @@ impl<'a> Run<'a> {
         add_stats(&mut self.finished_stats, &self.engine.stats());
         self.report.events = self.server.events();
         self.report.repeats = self.oracle.repeats();
+        self.report.latest_messages = self.oracle.latest_messages();
         self.report.stats = self.finished_stats;
         self.report.virtual_time = self.now;
         Ok(self.report)
@@ -815,15 +1198,28 @@ fn add_stats(total: &mut Stats, more: &Stats) {
     total.channel_difference_requests += more.channel_difference_requests;
     total.requests_failed += more.requests_failed;
     total.too_long += more.too_long;
+    total.updates_discarded += more.updates_discarded;
+    total.pushes_refused += more.pushes_refused;
+    total.rebases += more.rebases;
     total.buffered_now = more.buffered_now;
     total.channels_tracked = more.channels_tracked;
     total.unacknowledged_batches = more.unacknowledged_batches;
+}
+
+/// True with probability `p`; draws nothing when `p` is 0, so that a fault left off does not
+/// change the draws of the others.
+fn chance(rng: &mut Rng, p: f64) -> bool {
+    p > 0.0 && rng.chance(p)
 }
 
 fn channel_of(updates: &Updates<TestUpdate, TestEntities>) -> Option<ChannelId> {
     let Updates::Combined { updates, .. } = updates else {
         return None;
     };
+    channel_of_updates(updates)
+}
+
+fn channel_of_updates(updates: &[TestUpdate]) -> Option<ChannelId> {
     updates.iter().find_map(|u| match u.sequence {
         Sequence::Channel { channel_id, .. } => Some(channel_id),
         _ => None,

@@ -1,7 +1,7 @@
 //! The simulated Telegram side of one account: the true state, the log of everything that
 //! happened, and answers to getState / getDifference / getChannelDifference.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sync_core::{
     ChannelDifference, ChannelDifferenceKind, ChannelHash, ChannelId, Difference, Sequence, State,
@@ -71,6 +71,9 @@ pub struct Limits {
     pub channel_too_long_after: usize,
     /// The `timeout` hint of channel differences, in seconds.
     pub channel_timeout: Option<i32>,
+    /// How many of the channel's latest messages a `channelDifferenceTooLong` carries (the
+    /// newest of the events it skips, as unordered updates with the events' ids).
+    pub channel_too_long_messages: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +83,7 @@ impl Default for Limits {
             difference_too_long_after: 100_000,
             channel_too_long_after: 100_000,
             channel_timeout: Some(30),
+            channel_too_long_messages: 3,
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct Server {
     next_id: u64,
     /// Every event's delivery class, indexed by id - 1.
     classes: Vec<Delivery>,
+    /// Every event's place in the numbering, indexed by id - 1.
+    places: Vec<Sequence>,
     /// Common-pts and qts events in the order they happened.
     common: Vec<TestUpdate>,
     /// `(pts, index in common)` of common-pts events, ascending.
@@ -129,6 +135,8 @@ pub struct Server {
     channel_index: HashMap<ChannelId, usize>,
     /// Events a too-long answer told the client to skip.
     skipped: Vec<u64>,
+    /// Skipped events that a `channelDifferenceTooLong` carried as latest messages.
+    latest: HashSet<u64>,
 }
 
 /// Why the server refused a channel request.
@@ -171,12 +179,14 @@ impl Server {
             },
             next_id: 1,
             classes: Vec::new(),
+            places: Vec::new(),
             common: Vec::new(),
             pts_index: Vec::new(),
             qts_index: Vec::new(),
             channels,
             channel_index,
             skipped: Vec::new(),
+            latest: HashSet::new(),
         }
     }
 
@@ -199,6 +209,19 @@ impl Server {
     pub fn delivery(&self, id: u64) -> Option<Delivery> {
         let index = usize::try_from(id.checked_sub(1)?).ok()?;
         self.classes.get(index).copied()
+    }
+
+    /// Event `id` as the server made it (with its true place), if it made it.
+    pub fn event(&self, id: u64) -> Option<TestUpdate> {
+        let index = usize::try_from(id.checked_sub(1)?).ok()?;
+        let sequence = *self.places.get(index)?;
+        Some(TestUpdate { id, sequence })
+    }
+
+    /// True when a `channelDifferenceTooLong` carried event `id` among the channel's latest
+    /// messages (delivered outside its sequence, at most once).
+    pub fn is_latest_message(&self, id: u64) -> bool {
+        self.latest.contains(&id)
     }
 
     /// How many events the server made.
@@ -246,11 +269,32 @@ impl Server {
         let id = self.next_id;
         self.next_id += 1;
         self.classes.push(class);
+        self.places.push(Sequence::Unordered);
         id
+    }
+
+    /// Records where event `update.id` sits in the numbering.
+    fn place(&mut self, update: TestUpdate) -> TestUpdate {
+        if let Some(index) = usize::try_from(update.id - 1)
+            .ok()
+            .filter(|&i| i < self.places.len())
+        {
+            self.places[index] = update.sequence;
+        }
+        update
     }
 
     /// Makes one event happen and returns it (not yet pushed).
     fn happen(&mut self, in_seq_container: bool, entities: &mut TestEntities) -> TestUpdate {
+        let update = self.happen_unplaced(in_seq_container, entities);
+        self.place(update)
+    }
+
+    fn happen_unplaced(
+        &mut self,
+        in_seq_container: bool,
+        entities: &mut TestEntities,
+    ) -> TestUpdate {
         let w = &self.workload;
         let channel_weight = if self.channels.is_empty() {
             0
@@ -508,10 +552,27 @@ impl Server {
             }
         } else if missed.len() > self.limits.channel_too_long_after {
             self.skipped.extend(missed.iter().map(|u| u.id));
+            // The newest skipped messages come along, outside the sequence.
+            let latest = self.limits.channel_too_long_messages.min(missed.len());
+            let updates: Vec<TestUpdate> = missed[missed.len() - latest..]
+                .iter()
+                .map(|u| TestUpdate {
+                    id: u.id,
+                    sequence: Sequence::Unordered,
+                })
+                .collect();
+            self.latest.extend(updates.iter().map(|u| u.id));
+            let entities = TestEntities {
+                channels: vec![ChannelHash {
+                    channel_id,
+                    access_hash: channel.access_hash,
+                    min: false,
+                }],
+            };
             ChannelDifferenceKind::TooLong {
                 pts: channel.pts,
-                updates: Vec::new(),
-                entities: TestEntities::default(),
+                updates,
+                entities,
                 timeout,
             }
         } else {
@@ -530,6 +591,26 @@ impl Server {
             }
         };
         Ok(ChannelDifference { channel_id, kind })
+    }
+
+    /// How many common-pts and qts events lie beyond `pts` and `qts`.
+    pub fn missed_common(&self, pts: i32, qts: i32) -> usize {
+        let first_pts = self.pts_index.partition_point(|&(p, _)| p <= pts);
+        let first_qts = self.qts_index.partition_point(|&(q, _)| q <= qts);
+        (self.pts_index.len() - first_pts) + (self.qts_index.len() - first_qts)
+    }
+
+    /// How many events of a channel lie beyond `pts` (0 for a channel the server does not
+    /// have).
+    pub fn missed_channel(&self, channel_id: ChannelId, pts: i32) -> usize {
+        self.channel_index.get(&channel_id).map_or(0, |&index| {
+            let log = &self.channels[index].log;
+            let first = log.partition_point(|u| match u.sequence {
+                Sequence::Channel { pts: end, .. } => end <= pts,
+                _ => true,
+            });
+            log.len() - first
+        })
     }
 
     /// The true pts of a channel.

@@ -109,3 +109,76 @@ fn a_client_that_ends_behind_the_server_is_caught() {
     };
     assert!(oracle.finish(&server, Some(behind), |_| None).is_err());
 }
+
+/// A server whose channel 1 answered `channelDifferenceTooLong` from pts 1, and the latest
+/// messages that answer carried.
+fn too_long_server() -> (Server, Vec<TestUpdate>) {
+    let workload = Workload {
+        channels: 1,
+        ephemeral: 0,
+        seq_updates: 0,
+        zero_count: 0,
+        ..Workload::default()
+    };
+    let limits = Limits {
+        channel_too_long_after: 2,
+        ..Limits::default()
+    };
+    let mut server = Server::new(5, workload, limits);
+    while server.channel_pts(1) < Some(10) {
+        server.produce();
+    }
+    let hash = server.access_hashes().next().unwrap().1;
+    let difference = server.get_channel_difference(1, hash, 1, 100).unwrap();
+    let sync_core::ChannelDifferenceKind::TooLong { updates, .. } = difference.kind else {
+        panic!("{difference:?}");
+    };
+    (server, updates)
+}
+
+#[test]
+fn latest_messages_of_a_too_long_answer_are_accepted_once() {
+    let (server, latest) = too_long_server();
+    assert_eq!(latest.len(), 3);
+    assert!(latest.iter().all(|u| u.sequence == Sequence::Unordered));
+    let mut oracle = oracle(&server);
+    // The common box in order; the channel only by its latest messages (the rest skipped).
+    let common: Vec<TestUpdate> = server
+        .durable_events()
+        .filter(|u| !matches!(u.sequence, Sequence::Channel { .. }))
+        .collect();
+    for update in &common {
+        oracle.deliver(&server, update).unwrap();
+    }
+    for update in &latest {
+        oracle.deliver(&server, update).unwrap();
+    }
+    assert_eq!(oracle.latest_messages(), 3);
+    finish(&mut oracle, &server).unwrap();
+
+    // Twice is a repeat.
+    let mut oracle = self::oracle(&server);
+    for update in common.iter().chain(&latest).chain(&latest[..1]) {
+        oracle.deliver(&server, update).unwrap();
+    }
+    assert!(
+        finish(&mut oracle, &server)
+            .unwrap_err()
+            .contains("delivered 2 times")
+    );
+}
+
+#[test]
+fn a_numbered_update_outside_its_sequence_is_caught() {
+    let (server, latest) = too_long_server();
+    let mut oracle = oracle(&server);
+    let not_latest = server
+        .durable_events()
+        .find(|u| !latest.iter().any(|l| l.id == u.id))
+        .unwrap();
+    let unordered = TestUpdate {
+        id: not_latest.id,
+        sequence: Sequence::Unordered,
+    };
+    assert!(oracle.deliver(&server, &unordered).is_err());
+}

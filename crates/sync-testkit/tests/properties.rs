@@ -27,12 +27,14 @@ fn faults() -> impl Strategy<Value = Faults> {
         (0.0..0.3f64, 0.0..0.3f64, 0.0..0.4f64, 0u64..3_000),
         (0.0..0.03f64, 0.0..0.08f64, 0.0..0.02f64, 1u64..100),
         (0.0..0.3f64, 0.0..0.15f64),
+        (0.0..0.05f64, 0.0..0.1f64, 0.0..0.03f64),
     )
         .prop_map(
             |(
                 (drop, duplicate, reorder, window),
                 (too_long, channel_too_long, silence, silence_length),
                 (request_failure, corrupt_reply),
+                (absurd_push, malformed_update, pts_changed),
             )| Faults {
                 drop,
                 duplicate,
@@ -44,6 +46,9 @@ fn faults() -> impl Strategy<Value = Faults> {
                 silence_length,
                 request_failure,
                 corrupt_reply,
+                absurd_push,
+                malformed_update,
+                pts_changed,
             },
         )
 }
@@ -55,6 +60,7 @@ fn limits() -> impl Strategy<Value = Limits> {
             difference_too_long_after: too_long,
             channel_too_long_after: channel_too_long,
             channel_timeout: Some(30),
+            ..Limits::default()
         },
     )
 }
@@ -170,6 +176,7 @@ fn too_long_answers_are_survived() {
         difference_too_long_after: 30,
         channel_too_long_after: 15,
         channel_timeout: None,
+        ..Limits::default()
     };
     let faults = Faults {
         silence: 0.02,
