@@ -197,7 +197,6 @@ pub struct Scenario {
     push_interval: Duration,
     latency: Duration,
     max_steps: u64,
-    latest_in_own_batch: bool,
 }
 
 impl Scenario {
@@ -215,7 +214,6 @@ impl Scenario {
             push_interval: Duration::from_millis(20),
             latency: Duration::from_millis(40),
             max_steps: 0,
-            latest_in_own_batch: false,
         }
     }
 
@@ -278,14 +276,6 @@ impl Scenario {
     /// workload size.
     pub fn max_steps(mut self, steps: u64) -> Self {
         self.max_steps = steps;
-        self
-    }
-
-    /// Whether the latest messages of a `channelDifferenceTooLong` must come in a batch of
-    /// their own. Always checked: they come first after the notice, with no other delivery
-    /// in between.
-    pub fn latest_in_own_batch(mut self, own: bool) -> Self {
-        self.latest_in_own_batch = own;
         self
     }
 
@@ -1044,9 +1034,7 @@ impl<'a> Run<'a> {
                     let leading = batch.updates.iter().take_while(|u| latest(u)).count();
                     let misplaced = batch.updates[leading..].iter().any(latest)
                         || (leading > 0 && !follows_notice)
-                        || (leading > 0
-                            && self.scenario.latest_in_own_batch
-                            && leading < batch.updates.len());
+                        || (leading > 0 && leading < batch.updates.len());
                     if misplaced {
                         let ids: Vec<String> = batch
                             .updates
@@ -1054,12 +1042,7 @@ impl<'a> Run<'a> {
                             .map(|u| format!("{} {:?}", u.id, u.sequence))
                             .collect();
                         return Err(self.violation(format!(
-                            "latest messages of a too-long channel were not delivered first after its notice{}: [{}]",
-                            if self.scenario.latest_in_own_batch {
-                                ", in a batch of their own"
-                            } else {
-                                ""
-                            },
+                            "latest messages of a too-long channel were not delivered first after its notice, in a batch of their own: [{}]",
                             ids.join(", ")
                         )));
                     }

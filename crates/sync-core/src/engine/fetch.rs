@@ -310,8 +310,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
             // The channel's latest messages, after the notice that history was skipped: they
             // are outside the sequence and delivered as they are.
             self.learn(entities);
+            let latest = !updates.is_empty();
             for update in updates {
                 self.deliver(update);
+            }
+            if latest {
+                // A batch of their own: what the jump releases from the buffer comes after.
+                self.seal();
             }
         }
         if is_final {
