@@ -12,7 +12,8 @@ use sync_core::{
     Difference, Engine, Failure, Output, Request, RequestId, RequestKind, Sequence, State, Updates,
 };
 
-use crate::scenario::{Faults, Scenario};
+use crate::faults::Faults;
+use crate::scenario::Scenario;
 use crate::server::{Limits, Workload};
 use crate::update::{TestEntities, TestUpdate};
 

@@ -38,7 +38,9 @@
 //! assert_eq!(report.crashes, 2);
 //! ```
 
+mod faults;
 pub mod fuzz;
+pub mod network;
 mod oracle;
 pub mod redis_server;
 mod rng;
@@ -46,8 +48,10 @@ mod scenario;
 mod server;
 mod update;
 
+pub use faults::Faults;
+pub use network::{Arrival, Network, Traffic};
 pub use oracle::Oracle;
 pub use rng::Rng;
-pub use scenario::{Faults, Report, Scenario, Violation};
+pub use scenario::{Report, Scenario, Violation};
 pub use server::{ChannelRefusal, Delivery, Limits, Server, Workload};
 pub use update::{TestEntities, TestUpdate};

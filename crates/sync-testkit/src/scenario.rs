@@ -7,112 +7,16 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use sync_core::{
-    BatchId, ChannelDifference, ChannelHash, ChannelId, Config, Difference, Engine, Failure,
-    Output, Request, RequestId, RequestKind, Sequence, State, Stats, Updates,
+    BatchId, ChannelDifference, ChannelId, Config, Difference, Engine, Failure, Output, Request,
+    RequestId, RequestKind, Sequence, State, Stats, Updates,
 };
 
+use crate::faults::Faults;
+use crate::network::{Network, Traffic};
 use crate::oracle::Oracle;
 use crate::rng::Rng;
 use crate::server::{Limits, Server, Workload};
 use crate::update::{TestEntities, TestUpdate};
-
-/// What the network and the server do wrong, as chances per push or per request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Faults {
-    /// A push is lost.
-    pub drop: f64,
-    /// A push arrives twice (the copy up to two seconds later).
-    pub duplicate: f64,
-    /// A push is held back by up to `reorder_window`, letting later pushes overtake it.
-    pub reorder: f64,
-    /// How long a reordered push may be held back.
-    pub reorder_window: Duration,
-    /// A push is replaced by `updatesTooLong`.
-    pub too_long: f64,
-    /// A push with a channel update is replaced by `updateChannelTooLong`.
-    pub channel_too_long: f64,
-    /// A run of `silence_length` pushes is lost.
-    pub silence: f64,
-    /// How many pushes a silence loses.
-    pub silence_length: u64,
-    /// A request fails (transient error, or FLOOD_WAIT for half of them).
-    pub request_failure: f64,
-    /// A reply first arrives corrupted (wrong channel, negative numbers, regressed state): the
-    /// engine must refuse it and accept the correct reply that follows.
-    pub corrupt_reply: f64,
-    /// After a push, an extra push that the server never made arrives: far-future numbers
-    /// (a common pts, a channel pts or a qts near `i32::MAX`), which the engine must accept
-    /// and never deliver, or malformed ones (negative numbers, `pts_count > pts`, a channel
-    /// id that is not positive, a `seq_start` beyond `seq`), which it must refuse whole. Their
-    /// updates have ids the server never logged: delivering one is a violation.
-    pub absurd_push: f64,
-    /// A container push gets one update with a malformed number among its good ones: the
-    /// engine must refuse the push whole, and the good updates must come back by difference
-    /// (the server is not told that the push was lost).
-    pub malformed_update: f64,
-    /// After a push, an extra `updatePtsChanged` arrives. The server keeps its numbering: the
-    /// client's refetch and `getState` must lose nothing and repeat nothing.
-    pub pts_changed: f64,
-}
-
-impl Faults {
-    /// A perfect network.
-    pub fn none() -> Self {
-        Self {
-            drop: 0.0,
-            duplicate: 0.0,
-            reorder: 0.0,
-            reorder_window: Duration::ZERO,
-            too_long: 0.0,
-            channel_too_long: 0.0,
-            silence: 0.0,
-            silence_length: 0,
-            request_failure: 0.0,
-            corrupt_reply: 0.0,
-            absurd_push: 0.0,
-            malformed_update: 0.0,
-            pts_changed: 0.0,
-        }
-    }
-
-    /// A bad but ordinary day: a few percent of every fault.
-    pub fn moderate() -> Self {
-        Self {
-            drop: 0.03,
-            duplicate: 0.03,
-            reorder: 0.05,
-            reorder_window: Duration::from_millis(800),
-            too_long: 0.005,
-            channel_too_long: 0.01,
-            silence: 0.002,
-            silence_length: 30,
-            request_failure: 0.05,
-            corrupt_reply: 0.02,
-            absurd_push: 0.005,
-            malformed_update: 0.01,
-            pts_changed: 0.002,
-        }
-    }
-
-    /// Everything goes wrong often.
-    pub fn harsh() -> Self {
-        Self {
-            drop: 0.2,
-            duplicate: 0.2,
-            reorder: 0.3,
-            reorder_window: Duration::from_secs(2),
-            too_long: 0.03,
-            channel_too_long: 0.05,
-            silence: 0.01,
-            silence_length: 80,
-            request_failure: 0.25,
-            corrupt_reply: 0.1,
-            absurd_push: 0.02,
-            malformed_update: 0.03,
-            pts_changed: 0.01,
-        }
-    }
-}
 
 /// A failed run: what went wrong, the seed that replays it, and the last steps before it.
 #[derive(Debug, Clone)]
@@ -153,13 +57,12 @@ pub struct Report {
     pub crashes: u32,
     /// Corrupted replies refused.
     pub corrupt_refused: u64,
-    /// Absurd pushes sent (see [`Faults::absurd_push`]), malformed ones included.
-    pub absurd_pushes: u64,
+    /// What the network did to the pushes (losses, copies, too-long summaries, malformed
+    /// updates, absurd and `updatePtsChanged` pushes).
+    pub traffic: Traffic,
     /// Pushes sent with a malformed number (absurd or with a malformed update inside), which
     /// the engine refused.
     pub malformed_refused: u64,
-    /// `updatePtsChanged` pushes sent.
-    pub pts_changed: u64,
     /// Latest messages of `channelDifferenceTooLong` answers delivered.
     pub latest_messages: u64,
     /// Requests the engine made once the network went quiet (every push arrived, no crash
@@ -337,13 +240,11 @@ struct Run<'a> {
     timeline: BTreeMap<(Duration, u64), Event>,
     next_event: u64,
     epoch: u32,
-    silence_left: u64,
+    network: Network,
     trace: VecDeque<String>,
     report: Report,
     finished_stats: Stats,
     trace_length: usize,
-    /// The next id for an update the server never made.
-    next_absurd: u64,
     /// The quiet tail, once it has begun.
     tail: Option<Tail>,
 }
@@ -356,9 +257,6 @@ struct Tail {
     bound: u64,
     idle: bool,
 }
-
-/// Ids of updates the server never made (absurd pushes): far above any event id.
-const ABSURD_IDS: u64 = 1 << 60;
 
 /// Requests a quiet tail may take besides one per channel and the slices of the backlog:
 /// a difference, `getState` and the difference after it (`updatePtsChanged`), the idle
@@ -393,7 +291,7 @@ impl<'a> Run<'a> {
             timeline: BTreeMap::new(),
             next_event: 0,
             epoch: 0,
-            silence_left: 0,
+            network: Network::new(scenario.faults.clone(), scenario.latency),
             trace: VecDeque::new(),
             report: Report::default(),
             finished_stats: Stats::default(),
@@ -401,7 +299,6 @@ impl<'a> Run<'a> {
                 .ok()
                 .and_then(|value| value.parse().ok())
                 .unwrap_or(TRACE_LENGTH),
-            next_absurd: ABSURD_IDS,
             tail: None,
         }
     }
@@ -639,235 +536,19 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Sends a push through the faulty network, with the extra pushes the faults add.
+    /// Sends a push through the faulty network ([`Network`]), with the extra pushes its
+    /// faults add.
     fn send_push(&mut self, updates: Updates<TestUpdate, TestEntities>) {
-        let faults = &self.scenario.faults;
-        if chance(&mut self.rng, faults.absurd_push) {
-            let (push, malformed) = self.absurd_push();
-            self.report.absurd_pushes += 1;
-            self.send_extra(push, malformed);
-        }
-        if chance(&mut self.rng, self.scenario.faults.pts_changed) {
-            self.report.pts_changed += 1;
-            let update = TestUpdate {
-                id: 0,
-                sequence: Sequence::PtsChanged,
-            };
-            let date = self.server.state().date;
-            self.send_extra(Updates::Short { update, date }, false);
-        }
-        self.send_real_push(updates);
-    }
-
-    /// An extra push: it may be held back, but is neither lost nor duplicated.
-    fn send_extra(&mut self, updates: Updates<TestUpdate, TestEntities>, malformed: bool) {
-        let faults = &self.scenario.faults;
-        let mut delay = self.scenario.latency;
-        if self.rng.chance(faults.reorder) {
-            delay +=
-                Duration::from_millis(self.rng.below(faults.reorder_window.as_millis() as u64 + 1));
-        }
-        self.schedule(
-            delay,
-            Event::Arrive {
-                epoch: self.epoch,
-                updates,
-                malformed,
-            },
-        );
-    }
-
-    fn absurd_id(&mut self) -> u64 {
-        self.next_absurd += 1;
-        self.next_absurd
-    }
-
-    /// A push the server never made, and whether its numbers are malformed.
-    fn absurd_push(&mut self) -> (Updates<TestUpdate, TestEntities>, bool) {
-        let date = self.server.state().date;
-        let id = self.absurd_id();
-        let channel = {
-            let channels: Vec<(ChannelId, i64)> = self.server.access_hashes().collect();
-            (!channels.is_empty()).then(|| channels[self.rng.below(channels.len() as u64) as usize])
-        };
-        let near_max = i32::MAX - self.rng.below(16) as i32;
-        let short = |sequence| Updates::Short {
-            update: TestUpdate { id, sequence },
-            date,
-        };
-        let container =
-            |sequence, hash: Option<(ChannelId, i64)>, seq_start, seq| Updates::Combined {
-                updates: vec![TestUpdate { id, sequence }],
-                entities: TestEntities {
-                    channels: hash
-                        .map(|(channel_id, access_hash)| ChannelHash {
-                            channel_id,
-                            access_hash,
-                            min: false,
-                        })
-                        .into_iter()
-                        .collect(),
-                },
-                date,
-                seq_start,
-                seq,
-            };
-        match (self.rng.below(8), channel) {
-            (0, _) => (
-                short(Sequence::Common {
-                    pts: near_max,
-                    pts_count: 1,
-                }),
-                false,
-            ),
-            (1, _) => (short(Sequence::Qts { qts: near_max }), false),
-            (2, Some(hash)) => {
-                let sequence = Sequence::Channel {
-                    channel_id: hash.0,
-                    pts: near_max - 5,
-                    pts_count: 1,
-                };
-                (container(sequence, Some(hash), 0, 0), false)
-            }
-            (3, _) => {
-                let pts = -1 - self.rng.below(5) as i32;
-                (short(Sequence::Common { pts, pts_count: 1 }), true)
-            }
-            (4, _) => {
-                let pts = 1 + self.rng.below(3) as i32;
-                let pts_count = pts + 1 + self.rng.below(3) as i32;
-                (short(Sequence::Common { pts, pts_count }), true)
-            }
-            (5, Some(hash)) => {
-                let sequence = Sequence::Channel {
-                    channel_id: hash.0,
-                    pts: -3,
-                    pts_count: 1,
-                };
-                (container(sequence, Some(hash), 0, 0), true)
-            }
-            (6, _) => {
-                let sequence = Sequence::Channel {
-                    channel_id: -(self.rng.below(3) as i64),
-                    pts: 5,
-                    pts_count: 1,
-                };
-                (container(sequence, None, 0, 0), true)
-            }
-            (7, _) => {
-                let seq = self.server.state().seq + 1;
-                let seq_start = seq + 1 + self.rng.below(3) as i32;
-                (container(Sequence::Unordered, None, seq_start, seq), true)
-            }
-            _ => (short(Sequence::Qts { qts: -1 }), true),
-        }
-    }
-
-    /// A real push through the faulty network.
-    fn send_real_push(&mut self, updates: Updates<TestUpdate, TestEntities>) {
-        let faults = &self.scenario.faults;
-        let lost = if self.silence_left > 0 {
-            self.silence_left -= 1;
-            true
-        } else if self.rng.chance(faults.silence) {
-            self.silence_left = faults.silence_length;
-            true
-        } else {
-            self.rng.chance(faults.drop)
-        };
-        if lost {
-            self.server.push_lost(&updates);
-            return;
-        }
-        let updates = if self.rng.chance(faults.too_long) {
-            self.server.push_lost(&updates);
-            Updates::TooLong
-        } else if let Some(channel_id) =
-            channel_of(&updates).filter(|_| self.rng.chance(faults.channel_too_long))
-        {
-            self.server.push_lost(&updates);
-            let pts = if self.rng.chance(0.5) {
-                self.server.channel_pts(channel_id)
-            } else {
-                None
-            };
-            let update = TestUpdate {
-                id: 0,
-                sequence: Sequence::ChannelTooLong { channel_id, pts },
-            };
-            Updates::Short {
-                update,
-                date: self.server.state().date,
-            }
-        } else {
-            updates
-        };
-        let (updates, malformed) = match updates {
-            Updates::Combined {
-                mut updates,
-                entities,
-                date,
-                seq_start,
-                seq,
-            } if chance(&mut self.rng, self.scenario.faults.malformed_update) => {
-                let sequence = match (self.rng.below(3), channel_of_updates(&updates)) {
-                    (0, _) | (_, None) => Sequence::Common {
-                        pts: -1,
-                        pts_count: 1,
-                    },
-                    (1, Some(channel_id)) => Sequence::Channel {
-                        channel_id,
-                        pts: -2,
-                        pts_count: 1,
-                    },
-                    (_, Some(channel_id)) => Sequence::Channel {
-                        channel_id,
-                        pts: 1,
-                        pts_count: 3,
-                    },
-                };
-                let bad = TestUpdate {
-                    id: self.absurd_id(),
-                    sequence,
-                };
-                let at = self.rng.below(updates.len() as u64 + 1) as usize;
-                updates.insert(at, bad);
-                let push = Updates::Combined {
-                    updates,
-                    entities,
-                    date,
-                    seq_start,
-                    seq,
-                };
-                (push, true)
-            }
-            updates => (updates, false),
-        };
-        let faults = &self.scenario.faults;
-        let mut delay = self.scenario.latency;
-        if self.rng.chance(faults.reorder) {
-            delay +=
-                Duration::from_millis(self.rng.below(faults.reorder_window.as_millis() as u64 + 1));
-        }
-        if self.rng.chance(faults.duplicate) {
-            let later = delay + Duration::from_millis(self.rng.below(2_000));
+        for arrival in self.network.send(&mut self.rng, &mut self.server, updates) {
             self.schedule(
-                later,
+                arrival.after,
                 Event::Arrive {
                     epoch: self.epoch,
-                    updates: updates.clone(),
-                    malformed,
+                    updates: arrival.updates,
+                    malformed: arrival.malformed,
                 },
             );
         }
-        self.schedule(
-            delay,
-            Event::Arrive {
-                epoch: self.epoch,
-                updates,
-                malformed,
-            },
-        );
     }
 
     /// Answers a request the engine made, after a round trip.
@@ -1162,6 +843,7 @@ impl<'a> Run<'a> {
         self.report.events = self.server.events();
         self.report.repeats = self.oracle.repeats();
         self.report.latest_messages = self.oracle.latest_messages();
+        self.report.traffic = self.network.traffic();
         self.report.stats = self.finished_stats;
         self.report.virtual_time = self.now;
         Ok(self.report)
@@ -1191,24 +873,6 @@ fn add_stats(total: &mut Stats, more: &Stats) {
 
 /// True with probability `p`; draws nothing when `p` is 0, so that a fault left off does not
 /// change the draws of the others.
-fn chance(rng: &mut Rng, p: f64) -> bool {
-    p > 0.0 && rng.chance(p)
-}
-
-fn channel_of(updates: &Updates<TestUpdate, TestEntities>) -> Option<ChannelId> {
-    let Updates::Combined { updates, .. } = updates else {
-        return None;
-    };
-    channel_of_updates(updates)
-}
-
-fn channel_of_updates(updates: &[TestUpdate]) -> Option<ChannelId> {
-    updates.iter().find_map(|u| match u.sequence {
-        Sequence::Channel { channel_id, .. } => Some(channel_id),
-        _ => None,
-    })
-}
-
 /// A difference the engine must refuse: a regressed state or a negative number.
 fn corrupt_difference(rng: &mut Rng, client_pts: i32) -> Difference<TestUpdate, TestEntities> {
     let bad_update = TestUpdate {

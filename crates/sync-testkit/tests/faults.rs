@@ -33,7 +33,7 @@ fn absurd_pushes_are_never_delivered() {
             .events(300)
             .channels(4)
             .faults(faults.clone()));
-        assert!(report.absurd_pushes > 20, "{report:?}");
+        assert!(report.traffic.absurd > 20, "{report:?}");
         assert!(report.malformed_refused > 0, "{report:?}");
         assert_eq!(report.stats.pushes_refused, report.malformed_refused);
         assert!(report.stats.updates_discarded > 0, "{report:?}");
@@ -48,7 +48,7 @@ fn far_future_numbers_do_not_keep_the_engine_busy() {
         ..Faults::none()
     };
     let report = run(Scenario::new(3).events(200).channels(2).faults(faults));
-    assert!(report.absurd_pushes > 0, "{report:?}");
+    assert!(report.traffic.absurd > 0, "{report:?}");
 }
 
 /// A good container with one malformed update among its updates: refused whole, and its good
@@ -84,7 +84,7 @@ fn pts_changed_loses_and_repeats_nothing() {
             .events(300)
             .channels(4)
             .faults(faults.clone()));
-        assert!(report.pts_changed > 0, "{report:?}");
+        assert!(report.traffic.pts_changed > 0, "{report:?}");
         assert!(report.stats.rebases > 0, "{report:?}");
         assert!(report.stats.get_state_requests > 0, "{report:?}");
     }
