@@ -19,6 +19,9 @@
 //!   gap, nothing the server never made, the latest messages of a `channelDifferenceTooLong`
 //!   at most once, and the client ending where the server is. A failure is a [`Violation`] with the seed
 //!   that replays it and the last steps before it.
+//! - [`Network`] is that faulty network on its own, for drivers of their own (the runtime's
+//!   simulated producer uses it): what becomes of each push ([`Arrival`]s), and what it did
+//!   ([`Traffic`]).
 //! - [`redis_server`] starts a private `redis-server` for tests that need a real one.
 //! - [`fuzz`] holds the fuzz bodies that the cargo-fuzz targets (`fuzz/`), the property tests
 //!   and the corpus tests share: raw bytes in, the first broken rule out.
@@ -37,6 +40,11 @@
 //!     .unwrap_or_else(|violation| panic!("{violation}"));
 //! assert_eq!(report.crashes, 2);
 //! ```
+
+// Where things are: `server.rs` (the server model), `faults.rs` and `network.rs` (what goes
+// wrong between it and the client), `scenario/` (the engine's run on a virtual clock:
+// `mod.rs` the builder and report, `run.rs` the timeline, `requests.rs` the replies),
+// `oracle.rs` (the judge), `fuzz.rs` (fuzz bodies), `redis_server.rs`, `rng.rs`, `update.rs`.
 
 mod faults;
 pub mod fuzz;

@@ -1,196 +1,27 @@
-//! Runs the sans-IO engine against the simulated server on a virtual clock, through a faulty
-//! network, and asks the oracle whether the client got everything right.
+//! One run of a [`Scenario`]: the virtual timeline, pushes through the network, deliveries
+//! judged by the oracle, acknowledgements, crashes and restarts from what was committed, and
+//! the quiet tail in which the engine must become idle.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::mem;
 use std::time::{Duration, Instant};
 
 use sync_core::{
-    BatchId, ChannelDifference, ChannelId, Config, Difference, Engine, Failure, Output, Request,
-    RequestId, RequestKind, Sequence, State, Stats, Updates,
+    BatchId, ChannelId, Config, Engine, Output, RequestId, Sequence, State, Stats, Updates,
 };
 
-use crate::faults::Faults;
-use crate::network::{Network, Traffic};
+use crate::network::Network;
 use crate::oracle::Oracle;
 use crate::rng::Rng;
-use crate::server::{Limits, Server, Workload};
+use crate::server::Server;
 use crate::update::{TestEntities, TestUpdate};
 
-/// A failed run: what went wrong, the seed that replays it, and the last steps before it.
-#[derive(Debug, Clone)]
-pub struct Violation {
-    /// Replays the run with the same builder settings.
-    pub seed: u64,
-    /// What the oracle or the driver saw.
-    pub message: String,
-    /// The last steps of the run, oldest first.
-    pub trace: Vec<String>,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "seed {}: {}", self.seed, self.message)?;
-        writeln!(f, "last steps:")?;
-        for step in &self.trace {
-            writeln!(f, "  {step}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Violation {}
-
-/// What a successful run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
-    /// Events the server made.
-    pub events: u64,
-    /// Pushes the server made (before faults).
-    pub pushes: u64,
-    /// Updates the client delivered (repeats included).
-    pub delivered: u64,
-    /// Deliveries that repeated an event after a crash.
-    pub repeats: u64,
-    /// Crashes survived.
-    pub crashes: u32,
-    /// Corrupted replies refused.
-    pub corrupt_refused: u64,
-    /// What the network did to the pushes (losses, copies, too-long summaries, malformed
-    /// updates, absurd and `updatePtsChanged` pushes).
-    pub traffic: Traffic,
-    /// Pushes sent with a malformed number (absurd or with a malformed update inside), which
-    /// the engine refused.
-    pub malformed_refused: u64,
-    /// Latest messages of `channelDifferenceTooLong` answers delivered.
-    pub latest_messages: u64,
-    /// Requests the engine made once the network went quiet (every push arrived, no crash
-    /// left, faults off) until it was idle.
-    pub tail_requests: u64,
-    /// The most requests the quiet tail was allowed: a few, plus one per channel, plus the
-    /// slices of what the client had still to fetch, plus a retry per request then in flight.
-    pub tail_bound: u64,
-    /// The engine's counters, summed over its restarts.
-    pub stats: Stats,
-    /// Virtual time the run took.
-    pub virtual_time: Duration,
-    /// Driver steps.
-    pub steps: u64,
-}
-
-/// A reproducible run: a workload, faults, limits and engine settings, from one seed.
-///
-/// ```
-/// use sync_testkit::{Faults, Scenario};
-///
-/// let report = Scenario::new(7).events(300).channels(5).faults(Faults::moderate()).run().unwrap();
-/// assert!(report.delivered > 0);
-/// ```
-#[derive(Debug, Clone)]
-pub struct Scenario {
-    seed: u64,
-    events: u64,
-    workload: Workload,
-    limits: Limits,
-    faults: Faults,
-    config: Config,
-    crashes: u32,
-    ack_delay: Duration,
-    push_interval: Duration,
-    latency: Duration,
-    max_steps: u64,
-}
-
-impl Scenario {
-    /// A run of 500 events over 8 channels on a perfect network.
-    pub fn new(seed: u64) -> Self {
-        Self {
-            seed,
-            events: 500,
-            workload: Workload::default(),
-            limits: Limits::default(),
-            faults: Faults::none(),
-            config: Config::default(),
-            crashes: 0,
-            ack_delay: Duration::ZERO,
-            push_interval: Duration::from_millis(20),
-            latency: Duration::from_millis(40),
-            max_steps: 0,
-        }
-    }
-
-    /// How many events the server makes.
-    pub fn events(mut self, events: u64) -> Self {
-        self.events = events;
-        self
-    }
-
-    /// How many channels the account has.
-    pub fn channels(mut self, channels: usize) -> Self {
-        self.workload.channels = channels;
-        self
-    }
-
-    /// The event mix.
-    pub fn workload(mut self, workload: Workload) -> Self {
-        self.workload = workload;
-        self
-    }
-
-    /// The server's answer limits.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// The faults.
-    pub fn faults(mut self, faults: Faults) -> Self {
-        self.faults = faults;
-        self
-    }
-
-    /// The engine's configuration.
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// How many times the client crashes (without a clean shutdown) and restarts from what it
-    /// committed.
-    pub fn crashes(mut self, crashes: u32) -> Self {
-        self.crashes = crashes;
-        self
-    }
-
-    /// How long the application takes to handle (acknowledge) a batch.
-    pub fn ack_delay(mut self, delay: Duration) -> Self {
-        self.ack_delay = delay;
-        self
-    }
-
-    /// Virtual time between two pushes of the server.
-    pub fn push_interval(mut self, interval: Duration) -> Self {
-        self.push_interval = interval;
-        self
-    }
-
-    /// A step budget; a run that needs more is reported as a livelock. 0 picks one from the
-    /// workload size.
-    pub fn max_steps(mut self, steps: u64) -> Self {
-        self.max_steps = steps;
-        self
-    }
-
-    /// Runs the scenario and judges it.
-    pub fn run(&self) -> Result<Report, Violation> {
-        Run::new(self).go()
-    }
-}
+use super::requests::Reply;
+use super::{Report, Scenario, Violation};
 
 /// Something scheduled on the virtual timeline.
 #[derive(Debug)]
-enum Event {
+pub(super) enum Event {
     Produce,
     Arrive {
         epoch: u32,
@@ -210,64 +41,54 @@ enum Event {
     Crash,
 }
 
-#[derive(Debug)]
-enum Reply {
-    State(State),
-    Difference(Difference<TestUpdate, TestEntities>),
-    Channel(ChannelDifference<TestUpdate, TestEntities>),
-    Failure(Failure),
-    CorruptDifference(Difference<TestUpdate, TestEntities>),
-    CorruptChannel(ChannelDifference<TestUpdate, TestEntities>),
-}
-
 /// What storage holds: the committed state.
 #[derive(Debug, Clone)]
-struct Stored {
-    state: State,
-    channels: HashMap<ChannelId, i32>,
+pub(super) struct Stored {
+    pub(super) state: State,
+    pub(super) channels: HashMap<ChannelId, i32>,
 }
 
-struct Run<'a> {
-    scenario: &'a Scenario,
-    rng: Rng,
-    server: Server,
-    engine: Engine<TestUpdate, TestEntities>,
-    oracle: Oracle,
-    stored: Stored,
-    hashes: HashMap<ChannelId, i64>,
-    start: Instant,
-    now: Duration,
-    timeline: BTreeMap<(Duration, u64), Event>,
-    next_event: u64,
-    epoch: u32,
-    network: Network,
-    trace: VecDeque<String>,
-    report: Report,
-    finished_stats: Stats,
-    trace_length: usize,
+pub(super) struct Run<'a> {
+    pub(super) scenario: &'a Scenario,
+    pub(super) rng: Rng,
+    pub(super) server: Server,
+    pub(super) engine: Engine<TestUpdate, TestEntities>,
+    pub(super) oracle: Oracle,
+    pub(super) stored: Stored,
+    pub(super) hashes: HashMap<ChannelId, i64>,
+    pub(super) start: Instant,
+    pub(super) now: Duration,
+    pub(super) timeline: BTreeMap<(Duration, u64), Event>,
+    pub(super) next_event: u64,
+    pub(super) epoch: u32,
+    pub(super) network: Network,
+    pub(super) trace: VecDeque<String>,
+    pub(super) report: Report,
+    pub(super) finished_stats: Stats,
+    pub(super) trace_length: usize,
     /// The quiet tail, once it has begun.
-    tail: Option<Tail>,
+    pub(super) tail: Option<Tail>,
 }
 
 /// The end of a run: every push has arrived, no crash is left, and the network no longer
 /// fails or corrupts requests. The engine must be idle within `bound` requests.
 #[derive(Debug, Clone, Copy)]
-struct Tail {
-    requests: u64,
-    bound: u64,
-    idle: bool,
+pub(super) struct Tail {
+    pub(super) requests: u64,
+    pub(super) bound: u64,
+    pub(super) idle: bool,
 }
 
 /// Requests a quiet tail may take besides one per channel and the slices of the backlog:
 /// a difference, `getState` and the difference after it (`updatePtsChanged`), the idle
 /// rule's difference, and a little slack.
-const TAIL_REQUESTS: u64 = 6;
+pub(super) const TAIL_REQUESTS: u64 = 6;
 
 /// Steps kept for a violation's report; `SYNC_TESTKIT_TRACE` sets another length.
-const TRACE_LENGTH: usize = 40;
+pub(super) const TRACE_LENGTH: usize = 40;
 
 impl<'a> Run<'a> {
-    fn new(scenario: &'a Scenario) -> Self {
+    pub(super) fn new(scenario: &'a Scenario) -> Self {
         let server = Server::new(
             scenario.seed,
             scenario.workload.clone(),
@@ -303,7 +124,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn start_engine(
+    pub(super) fn start_engine(
         config: &Config,
         now: Instant,
         state: State,
@@ -320,7 +141,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn violation(&self, message: impl Into<String>) -> Violation {
+    pub(super) fn violation(&self, message: impl Into<String>) -> Violation {
         Violation {
             seed: self.scenario.seed,
             message: message.into(),
@@ -328,7 +149,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn log(&mut self, step: impl FnOnce() -> String) {
+    pub(super) fn log(&mut self, step: impl FnOnce() -> String) {
         if self.trace.len() >= self.trace_length {
             self.trace.pop_front();
         }
@@ -336,17 +157,17 @@ impl<'a> Run<'a> {
         self.trace.push_back(format!("{at:>9} ms  {}", step()));
     }
 
-    fn schedule(&mut self, after: Duration, event: Event) {
+    pub(super) fn schedule(&mut self, after: Duration, event: Event) {
         let key = (self.now + after, self.next_event);
         self.next_event += 1;
         self.timeline.insert(key, event);
     }
 
-    fn instant(&self) -> Instant {
+    pub(super) fn instant(&self) -> Instant {
         self.start + self.now
     }
 
-    fn go(mut self) -> Result<Report, Violation> {
+    pub(super) fn go(mut self) -> Result<Report, Violation> {
         let scenario = self.scenario;
         let production =
             scenario.push_interval * u32::try_from(scenario.events).unwrap_or(u32::MAX);
@@ -420,7 +241,7 @@ impl<'a> Run<'a> {
 
     /// Begins the quiet tail once nothing but replies and acknowledgements is left on the
     /// timeline, and works out how many requests the engine may still need.
-    fn begin_tail(&mut self) {
+    pub(super) fn begin_tail(&mut self) {
         let pending = self
             .timeline
             .values()
@@ -463,7 +284,7 @@ impl<'a> Run<'a> {
     }
 
     /// Once the tail has begun: the engine is idle within its bound of requests.
-    fn check_tail(&mut self) -> Result<(), Violation> {
+    pub(super) fn check_tail(&mut self) -> Result<(), Violation> {
         let Some(tail) = self.tail.as_mut() else {
             return Ok(());
         };
@@ -484,7 +305,7 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn handle(&mut self, event: Event) -> Result<(), Violation> {
+    pub(super) fn handle(&mut self, event: Event) -> Result<(), Violation> {
         let now = self.instant();
         match event {
             Event::Produce => {
@@ -538,7 +359,7 @@ impl<'a> Run<'a> {
 
     /// Sends a push through the faulty network ([`Network`]), with the extra pushes its
     /// faults add.
-    fn send_push(&mut self, updates: Updates<TestUpdate, TestEntities>) {
+    pub(super) fn send_push(&mut self, updates: Updates<TestUpdate, TestEntities>) {
         for arrival in self.network.send(&mut self.rng, &mut self.server, updates) {
             self.schedule(
                 arrival.after,
@@ -551,152 +372,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Answers a request the engine made, after a round trip.
-    fn request(&mut self, request: Request) -> Result<(), Violation> {
-        let faults = &self.scenario.faults;
-        let round_trip = self.scenario.latency * 2;
-        let epoch = self.epoch;
-        self.log(|| format!("request {} {:?}", request.id, request.kind));
-        // In the quiet tail the network no longer fails.
-        let quiet = self.tail.is_some();
-        if let Some(tail) = self.tail.as_mut()
-            && !tail.idle
-        {
-            tail.requests += 1;
-        }
-        if !quiet && self.rng.chance(faults.request_failure) {
-            let after = self
-                .rng
-                .chance(0.5)
-                .then(|| Duration::from_secs(self.rng.between(1, 5)));
-            let reply = Reply::Failure(Failure::Retry { after });
-            self.schedule(
-                round_trip,
-                Event::Reply {
-                    epoch,
-                    id: request.id,
-                    reply,
-                },
-            );
-            return Ok(());
-        }
-        let corrupt = !quiet && self.rng.chance(faults.corrupt_reply);
-        let reply = match request.kind {
-            RequestKind::GetState => Reply::State(self.server.state()),
-            RequestKind::GetDifference {
-                pts,
-                qts,
-                pts_total_limit,
-                ..
-            } => {
-                if corrupt {
-                    let bad = corrupt_difference(&mut self.rng, pts);
-                    self.schedule(
-                        round_trip,
-                        Event::Reply {
-                            epoch,
-                            id: request.id,
-                            reply: Reply::CorruptDifference(bad),
-                        },
-                    );
-                }
-                Reply::Difference(self.server.get_difference(pts, qts, pts_total_limit))
-            }
-            RequestKind::GetChannelDifference {
-                channel_id,
-                pts,
-                limit,
-            } => {
-                let Some(&hash) = self.hashes.get(&channel_id) else {
-                    return Err(self.violation(format!(
-                        "channel {channel_id} requested without a known access hash"
-                    )));
-                };
-                match self
-                    .server
-                    .get_channel_difference(channel_id, hash, pts, limit)
-                {
-                    Ok(difference) => {
-                        if corrupt {
-                            let bad = corrupt_channel_difference(&mut self.rng, channel_id, pts);
-                            self.schedule(
-                                round_trip,
-                                Event::Reply {
-                                    epoch,
-                                    id: request.id,
-                                    reply: Reply::CorruptChannel(bad),
-                                },
-                            );
-                        }
-                        Reply::Channel(difference)
-                    }
-                    Err(refusal) => {
-                        return Err(self.violation(format!(
-                            "channel {channel_id} request refused: {refusal:?}"
-                        )));
-                    }
-                }
-            }
-        };
-        self.schedule(
-            round_trip + Duration::from_millis(1),
-            Event::Reply {
-                epoch,
-                id: request.id,
-                reply,
-            },
-        );
-        Ok(())
-    }
-
-    fn reply(&mut self, id: RequestId, reply: Reply) -> Result<(), Violation> {
-        let now = self.instant();
-        let before = (self.engine.state(), self.engine.stats());
-        let outcome = match reply {
-            Reply::State(state) => self.engine.handle_state(now, id, state),
-            Reply::Difference(difference) => {
-                self.log(|| format!("difference for {id}: {}", describe_difference(&difference)));
-                self.engine.handle_difference(now, id, difference)
-            }
-            Reply::Channel(difference) => {
-                self.log(|| {
-                    format!(
-                        "channel difference for {id}: {:?}",
-                        difference.kind_summary()
-                    )
-                });
-                self.engine.handle_channel_difference(now, id, difference)
-            }
-            Reply::Failure(failure) => {
-                self.log(|| format!("failure for {id}: {failure:?}"));
-                self.engine.handle_failure(now, id, failure)
-            }
-            Reply::CorruptDifference(difference) => {
-                self.report.corrupt_refused += 1;
-                return match self.engine.handle_difference(now, id, difference) {
-                    Err(_) if (self.engine.state(), self.engine.stats()) == before => Ok(()),
-                    Err(_) => Err(self.violation("a refused difference changed the engine")),
-                    Ok(()) => Err(self.violation("a corrupted difference was accepted")),
-                };
-            }
-            Reply::CorruptChannel(difference) => {
-                self.report.corrupt_refused += 1;
-                return match self.engine.handle_channel_difference(now, id, difference) {
-                    Err(_) if (self.engine.state(), self.engine.stats()) == before => Ok(()),
-                    Err(_) => {
-                        Err(self.violation("a refused channel difference changed the engine"))
-                    }
-                    Ok(()) => Err(self.violation("a corrupted channel difference was accepted")),
-                };
-            }
-        };
-        outcome.map_err(|error| {
-            self.violation(format!("a correct reply to {id} was refused: {error}"))
-        })
-    }
-
     /// Polls the engine dry, doing what it says.
-    fn drain(&mut self) -> Result<(), Violation> {
+    pub(super) fn drain(&mut self) -> Result<(), Violation> {
         let mut after_notice = false;
         while let Some(output) = self.engine.poll_output() {
             // Requests, commits and hashes may come between a notice and its batch.
@@ -807,7 +484,7 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn crash(&mut self) {
+    pub(super) fn crash(&mut self) {
         self.log(|| "crash: restart from storage".into());
         self.report.crashes += 1;
         self.epoch += 1;
@@ -822,7 +499,7 @@ impl<'a> Run<'a> {
         );
     }
 
-    fn finish(mut self) -> Result<Report, Violation> {
+    pub(super) fn finish(mut self) -> Result<Report, Violation> {
         let engine = &self.engine;
         let verdict = self
             .oracle
@@ -850,7 +527,7 @@ impl<'a> Run<'a> {
     }
 }
 
-fn add_stats(total: &mut Stats, more: &Stats) {
+pub(super) fn add_stats(total: &mut Stats, more: &Stats) {
     total.updates_delivered += more.updates_delivered;
     total.batches_delivered += more.batches_delivered;
     total.duplicates_dropped += more.duplicates_dropped;
@@ -871,71 +548,7 @@ fn add_stats(total: &mut Stats, more: &Stats) {
     total.unacknowledged_batches = more.unacknowledged_batches;
 }
 
-/// True with probability `p`; draws nothing when `p` is 0, so that a fault left off does not
-/// change the draws of the others.
-/// A difference the engine must refuse: a regressed state or a negative number.
-fn corrupt_difference(rng: &mut Rng, client_pts: i32) -> Difference<TestUpdate, TestEntities> {
-    let bad_update = TestUpdate {
-        id: 0,
-        sequence: Sequence::Common {
-            pts: -3,
-            pts_count: 1,
-        },
-    };
-    if client_pts > 0 && rng.chance(0.5) {
-        let state = State {
-            pts: client_pts - 1,
-            qts: 0,
-            date: 0,
-            seq: 0,
-        };
-        return Difference::Difference {
-            updates: Vec::new(),
-            entities: TestEntities::default(),
-            state,
-            slice: false,
-        };
-    }
-    Difference::Difference {
-        updates: vec![bad_update],
-        entities: TestEntities::default(),
-        state: State {
-            pts: i32::MAX,
-            qts: i32::MAX,
-            date: 0,
-            seq: i32::MAX,
-        },
-        slice: false,
-    }
-}
-
-/// A channel difference the engine must refuse: the wrong channel or a regressed pts.
-fn corrupt_channel_difference(
-    rng: &mut Rng,
-    channel_id: ChannelId,
-    pts: i32,
-) -> ChannelDifference<TestUpdate, TestEntities> {
-    use sync_core::ChannelDifferenceKind;
-    if pts > 0 && rng.chance(0.5) {
-        let kind = ChannelDifferenceKind::Empty {
-            pts: pts - 1,
-            is_final: true,
-            timeout: None,
-        };
-        return ChannelDifference { channel_id, kind };
-    }
-    let kind = ChannelDifferenceKind::Empty {
-        pts,
-        is_final: true,
-        timeout: None,
-    };
-    ChannelDifference {
-        channel_id: channel_id + 1_000_000,
-        kind,
-    }
-}
-
-fn describe_push(updates: &Updates<TestUpdate, TestEntities>) -> String {
+pub(super) fn describe_push(updates: &Updates<TestUpdate, TestEntities>) -> String {
     match updates {
         Updates::TooLong => "updatesTooLong".into(),
         Updates::Short { update, .. } => format!("short {:?}", update.sequence),
@@ -950,51 +563,6 @@ fn describe_push(updates: &Updates<TestUpdate, TestEntities>) -> String {
                 .map(|u| format!("{:?}", u.sequence))
                 .collect();
             format!("container seq {seq_start}..={seq} [{}]", inner.join(", "))
-        }
-    }
-}
-
-fn describe_difference(difference: &Difference<TestUpdate, TestEntities>) -> String {
-    match difference {
-        Difference::Empty { seq, .. } => format!("empty, seq {seq}"),
-        Difference::Difference {
-            updates,
-            state,
-            slice,
-            ..
-        } => {
-            format!(
-                "{} updates to {state:?}{}",
-                updates.len(),
-                if *slice { " (slice)" } else { "" }
-            )
-        }
-        Difference::TooLong { pts } => format!("too long, pts {pts}"),
-    }
-}
-
-trait KindSummary {
-    fn kind_summary(&self) -> String;
-}
-
-impl KindSummary for ChannelDifference<TestUpdate, TestEntities> {
-    fn kind_summary(&self) -> String {
-        use sync_core::ChannelDifferenceKind as K;
-        match &self.kind {
-            K::Empty { pts, .. } => format!("channel {} empty at {pts}", self.channel_id),
-            K::Difference {
-                updates,
-                pts,
-                is_final,
-                ..
-            } => {
-                format!(
-                    "channel {} {} updates to {pts}, final {is_final}",
-                    self.channel_id,
-                    updates.len()
-                )
-            }
-            K::TooLong { pts, .. } => format!("channel {} too long, pts {pts}", self.channel_id),
         }
     }
 }
