@@ -26,6 +26,18 @@
 //! - [`fuzz`] holds the fuzz bodies that the cargo-fuzz targets (`fuzz/`), the property tests
 //!   and the corpus tests share: raw bytes in, the first broken rule out.
 //!
+//! # Where things are
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `server.rs` | [`Server`], [`Workload`], [`Limits`]: the server model |
+//! | `faults.rs`, `network.rs` | [`Faults`], [`Network`]: what goes wrong between server and client |
+//! | `scenario/` | [`Scenario`]: `mod.rs` the builder and [`Report`], `run.rs` the virtual timeline, `requests.rs` the replies |
+//! | `oracle.rs` | [`Oracle`]: the judge |
+//! | `fuzz.rs`, `redis_server.rs`, `rng.rs`, `update.rs` | fuzz bodies, a private redis-server, the seeded [`Rng`], [`TestUpdate`] |
+//!
+//! # Example
+//!
 //! ```
 //! use std::time::Duration;
 //! use sync_testkit::{Faults, Scenario};
@@ -40,11 +52,6 @@
 //!     .unwrap_or_else(|violation| panic!("{violation}"));
 //! assert_eq!(report.crashes, 2);
 //! ```
-
-// Where things are: `server.rs` (the server model), `faults.rs` and `network.rs` (what goes
-// wrong between it and the client), `scenario/` (the engine's run on a virtual clock:
-// `mod.rs` the builder and report, `run.rs` the timeline, `requests.rs` the replies),
-// `oracle.rs` (the judge), `fuzz.rs` (fuzz bodies), `redis_server.rs`, `rng.rs`, `update.rs`.
 
 mod faults;
 pub mod fuzz;
