@@ -96,6 +96,16 @@
 //! are. Otherwise the numbers still hold: nothing is skipped, and a difference fetches what
 //! the server has beyond them.
 //!
+//! # Where things are
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `update.rs` | what the engine reads of your types ([`Update`], [`Entities`], [`Sequence`]) and the shapes replies and pushes come in ([`Updates`], [`Difference`], [`ChannelDifference`], [`Affected`]) |
+//! | `output.rs` | what it asks of its driver ([`Output`], [`Request`], [`Batch`], [`Failure`], [`Stats`]) |
+//! | `state.rs`, `config.rs`, `error.rs` | [`State`] and [`Commit`], [`Config`], [`Error`] |
+//! | `buffer.rs` | the sorted buffer of one sequence and its one rule (apply, duplicate, gap) |
+//! | `engine/` | [`Engine`]: `mod.rs` the type, its queries and the application's channel commands; `intake.rs`, `boxes.rs`, `fetch.rs`, `timers.rs`, `commit.rs` its sections (see the inputs table) |
+//!
 //! # Cost
 //!
 //! A tracked channel costs one map entry, about 36 bytes (1,000,000 channels: 35.7 MB); a
