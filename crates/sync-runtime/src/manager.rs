@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api::{Api, ApiError, ChannelDifferenceRequest, DifferenceRequest};
-use crate::backoff::Jitter;
+use crate::backoff::{Jitter, Policy};
 use crate::config::Config;
 use crate::handler::{Handler, Notice, Peer, PeerKey};
 use crate::stats::{Counters, Stats};
@@ -577,9 +577,8 @@ where
             account: self.account,
             storage: Arc::clone(&self.storage),
             counters: Arc::clone(&counters),
-            retry_base: self.config.storage_retry_base,
-            retry_max: self.config.storage_retry_max,
-            jitter: Jitter::new(Some(jitter.next_u64())),
+            retry: Policy::storage(&self.config),
+            jitter: jitter.fork(),
         }
         .run(queue);
 
@@ -708,11 +707,7 @@ where
                     Err(error) => return Err(RunError::Storage(error)),
                 },
             };
-            let delay = jitter.backoff(
-                self.config.storage_retry_base,
-                self.config.storage_retry_max,
-                attempt,
-            );
+            let delay = jitter.backoff(Policy::storage(&self.config), attempt);
             attempt += 1;
             tracing::warn!(%error, ?delay, "cannot load the stored state; retrying");
             tokio::select! {
@@ -1213,9 +1208,7 @@ where
             error => {
                 self.shared.counters.requests_retried.incr();
                 let attempt = self.attempts.entry(target).or_insert(0);
-                let after =
-                    self.jitter
-                        .backoff(self.config.retry_base, self.config.retry_max, *attempt);
+                let after = self.jitter.backoff(Policy::api(&self.config), *attempt);
                 *attempt = attempt.saturating_add(1);
                 tracing::info!(%id, %error, ?after, "request failed: retrying");
                 Failure::Retry { after: Some(after) }
