@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sync_core::{ChannelDifference, ChannelId, Difference, Entities, State, Update};
 
-use crate::handler::Peer;
+use crate::peer::Peer;
 
 /// A boxed error from the application's client library, kept as the error's source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -150,6 +150,7 @@ mod backoff;
 mod config;
 mod handler;
 mod manager;
+mod peer;
 mod stats;
 mod writer;
 
@@ -158,7 +159,8 @@ pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
 pub use config::Config;
-pub use handler::{Handler, Notice, Peer, PeerKey};
+pub use handler::{Handler, Notice};
 pub use manager::{ControlError, IntakeError, Manager, ManagerHandle, RunError, Summary};
+pub use peer::{Peer, PeerKey};
 pub use stats::{RuntimeStats, Stats};
 pub use tokio_util::sync::CancellationToken;

@@ -26,7 +26,8 @@ use tracing::Instrument;
 use crate::api::{Api, ApiError, ChannelDifferenceRequest, DifferenceRequest};
 use crate::backoff::{Jitter, Policy};
 use crate::config::Config;
-use crate::handler::{Handler, Notice, Peer, PeerKey};
+use crate::handler::{Handler, Notice};
+use crate::peer::{Peer, PeerKey};
 use crate::stats::{Counters, Stats};
 use crate::writer::{Write, Writer};
 
