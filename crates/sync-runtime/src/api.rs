@@ -105,6 +105,11 @@ pub trait Api: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ChannelDifference<Self::Update, Self::Entities>, ApiError>> + Send;
 }
 
+/// The update type of an [`Api`].
+pub(crate) type UpdateOf<A> = <A as Api>::Update;
+/// The entities type of an [`Api`].
+pub(crate) type EntitiesOf<A> = <A as Api>::Entities;
+
 /// Why a call failed, classified by what the manager should do about it.
 ///
 /// Build it from an RPC error with [`ApiError::rpc`], which knows Telegram's error names, or

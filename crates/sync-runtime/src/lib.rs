@@ -148,6 +148,9 @@
 mod api;
 mod backoff;
 mod config;
+mod dispatch;
+mod driver;
+mod handle;
 mod handler;
 mod manager;
 mod peer;
@@ -159,8 +162,9 @@ pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
 pub use config::Config;
+pub use handle::{ControlError, IntakeError, ManagerHandle};
 pub use handler::{Handler, Notice};
-pub use manager::{ControlError, IntakeError, Manager, ManagerHandle, RunError, Summary};
+pub use manager::{Manager, RunError, Summary};
 pub use peer::{Peer, PeerKey};
 pub use stats::{RuntimeStats, Stats};
 pub use tokio_util::sync::CancellationToken;

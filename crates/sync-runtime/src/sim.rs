@@ -27,8 +27,8 @@ use sync_testkit::{ChannelRefusal, Faults, Rng, Server, TestEntities, TestUpdate
 use tokio::time::Instant;
 
 use crate::api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
+use crate::handle::{IntakeError, ManagerHandle};
 use crate::handler::{Handler, Notice};
-use crate::manager::{IntakeError, ManagerHandle};
 use crate::peer::{Peer, PeerKey};
 
 /// The simulated updates carry no chat: every update of the common box (pts, qts, `seq`
