@@ -19,9 +19,9 @@ use crate::stats::Counters;
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 tokio::task_local! {
-    /// Set by the dispatch around every handler call: the [`Shared::id`](crate::handle::Shared::id) of the manager and
-    /// the shard the handler runs on. Lets `caught_up` tell a call from inside a handler,
-    /// which must not wait for its own update to be handled.
+    /// Set by the dispatch around every handler call: the [`Shared::id`](crate::handle::Shared::id)
+    /// of the manager and the shard the handler runs on. Lets `caught_up` tell a call from inside a
+    /// handler, which must not wait for its own update to be handled.
     pub(crate) static HANDLING: (u64, usize);
 }
 
@@ -53,7 +53,8 @@ impl<U: Send + 'static, E: Send + Sync + 'static> Event for Dispatch<U, E> {
 pub(crate) struct Dispatcher<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) counters: Arc<Counters>,
-    /// The manager's [`Shared::id`](crate::handle::Shared::id) and this shard, set in [`HANDLING`] around handler calls.
+    /// The manager's [`Shared::id`](crate::handle::Shared::id) and this shard, set in [`HANDLING`]
+    /// around handler calls.
     pub(crate) manager: u64,
     pub(crate) shard: usize,
 }

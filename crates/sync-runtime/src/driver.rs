@@ -159,9 +159,9 @@ where
     }
 
     /// Most queued pushes taken per turn of the main loop before the engine is polled (a
-    /// batch from [`ManagerHandle::handle_batch`] is taken whole and counts its pushes): large
-    /// enough to amortise a poll, a dispatch and a commit, small enough to keep timers and
-    /// replies responsive.
+    /// batch from [`ManagerHandle::handle_batch`](crate::ManagerHandle::handle_batch) is taken
+    /// whole and counts its pushes): large enough to amortise a poll, a dispatch and a commit,
+    /// small enough to keep timers and replies responsive.
     const INTAKE_BATCH: usize = 8_192;
 
     /// The main loop. Returns `Err` with a message when the authorization is lost.

@@ -82,8 +82,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// The engine's last published stats and idleness.
     pub(crate) engine: Mutex<(sync_core::Stats, bool)>,
-    /// Set by a handle that dropped a push; the manager fetches the difference and clears it.
-    /// Kept by [`Manager::with_cancellation`](crate::Manager::with_cancellation), so that earlier handles' drops are recovered.
+    /// Set by a handle that dropped a push; the manager fetches the difference and clears it. Kept
+    /// by [`Manager::with_cancellation`](crate::Manager::with_cancellation), so that earlier
+    /// handles' drops are recovered.
     pub(crate) overflowed: Arc<AtomicBool>,
     /// Pushes in the intake: added by a handle before it sends, taken off by the manager
     /// when it receives. Bounded by `capacity` (see [`ManagerHandle::handle_batch`]). Kept by
@@ -95,14 +96,14 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancellationToken,
 }
 
-/// The application's side of a running [`Manager`](crate::Manager): feed it pushes, ask for its stats, shut it
-/// down. Cheap to clone.
+/// The application's side of a running [`Manager`](crate::Manager): feed it pushes, ask for its
+/// stats, shut it down. Cheap to clone.
 ///
-/// Every method is safe to call from a [`Handler`](crate::Handler), awaited or not: the manager never waits
-/// for the dispatch (updates that do not fit in the shards wait in a backlog while the
-/// manager goes on serving the intake, commands, timers, replies and shutdown), so what a
-/// handler awaits here resolves, or fails with [`ControlError::Stopped`] once the manager
-/// stops. [`caught_up`](Self::caught_up) has its own meaning inside a handler.
+/// Every method is safe to call from a [`Handler`](crate::Handler), awaited or not: the manager
+/// never waits for the dispatch (updates that do not fit in the shards wait in a backlog while the
+/// manager goes on serving the intake, commands, timers, replies and shutdown), so what a handler
+/// awaits here resolves, or fails with [`ControlError::Stopped`] once the manager stops.
+/// [`caught_up`](Self::caught_up) has its own meaning inside a handler.
 pub struct ManagerHandle<U, E = ()> {
     pub(crate) intake: mpsc::UnboundedSender<Input<U, E>>,
     pub(crate) control: mpsc::UnboundedSender<Control>,
@@ -140,12 +141,12 @@ impl<U, E> ManagerHandle<U, E> {
     /// [`handle`](Self::handle) on each in order, but it costs one message through the intake
     /// (and at most one wake-up of the manager) for the whole batch.
     ///
-    /// Never waits. The intake counts pushes, not batches: a batch is taken when it fits in
-    /// the room left by [`Config::intake_capacity`](crate::Config::intake_capacity), or when the intake is empty (so a batch
-    /// larger than the capacity is not refused for good; the intake then holds at most that
-    /// batch). Otherwise the whole batch is dropped, counted in
-    /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped), and recovered by
-    /// a difference ([`IntakeError::Full`]). An empty batch is accepted and does nothing.
+    /// Never waits. The intake counts pushes, not batches: a batch is taken when it fits in the
+    /// room left by [`Config::intake_capacity`](crate::Config::intake_capacity), or when the intake
+    /// is empty (so a batch larger than the capacity is not refused for good; the intake then holds
+    /// at most that batch). Otherwise the whole batch is dropped, counted in
+    /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped), and recovered by a
+    /// difference ([`IntakeError::Full`]). An empty batch is accepted and does nothing.
     pub fn handle_batch(&self, batch: Vec<Updates<U, E>>) -> Result<(), IntakeError> {
         match batch.len() {
             0 => {
@@ -159,9 +160,9 @@ impl<U, E> ManagerHandle<U, E> {
         }
     }
 
-    /// How many pushes wait in the intake right now (a batch counts its pushes). A reader
-    /// that would rather slow down than have pushes dropped (and fetched again by difference)
-    /// can hold back while this is close to [`Config::intake_capacity`](crate::Config::intake_capacity).
+    /// How many pushes wait in the intake right now (a batch counts its pushes). A reader that
+    /// would rather slow down than have pushes dropped (and fetched again by difference) can hold
+    /// back while this is close to [`Config::intake_capacity`](crate::Config::intake_capacity).
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
     }
@@ -216,7 +217,7 @@ impl<U, E> ManagerHandle<U, E> {
     }
 
     /// Starts tracking a channel from `pts` (from the dialogs, or after
-    /// [`Notice::ChannelTooLong`] with no pts).
+    /// [`Notice::ChannelTooLong`](crate::Notice::ChannelTooLong) with no pts).
     pub async fn track_channel(&self, channel_id: ChannelId, pts: i32) -> Result<(), ControlError> {
         self.ask(|reply| Control::Track(channel_id, pts, reply))
             .await
@@ -270,12 +271,12 @@ impl<U, E> ManagerHandle<U, E> {
     /// the server had when it answered was delivered and handled, and nothing waits behind a
     /// gap. (Persisting trails it; a clean shutdown persists everything.)
     ///
-    /// Called from inside this manager's [`Handler`](crate::Handler) (the handler's own task, not a task it
-    /// spawned), it cannot wait for updates to be handled: the caller's own update is one of
-    /// them, and its shard makes no progress while the caller waits. There it resolves once
-    /// the engine waits for nothing and every update it delivered was handed to the dispatch
-    /// shards (not necessarily handled yet), or as soon as handing them over waits for room
-    /// on the caller's own shard, which only the caller's return can make.
+    /// Called from inside this manager's [`Handler`](crate::Handler) (the handler's own task, not a
+    /// task it spawned), it cannot wait for updates to be handled: the caller's own update is one
+    /// of them, and its shard makes no progress while the caller waits. There it resolves once the
+    /// engine waits for nothing and every update it delivered was handed to the dispatch shards
+    /// (not necessarily handled yet), or as soon as handing them over waits for room on the
+    /// caller's own shard, which only the caller's return can make.
     ///
     /// Fails with [`ControlError::Stopped`] if the manager stops first.
     pub async fn caught_up(&self) -> Result<(), ControlError> {
@@ -310,7 +311,8 @@ impl<U, E> ManagerHandle<U, E> {
     }
 
     /// Asks the manager to shut down cleanly: stop intake, drain dispatch (for at most
-    /// [`Config::shutdown_grace`](crate::Config::shutdown_grace)), persist what was handled, return. Never waits.
+    /// [`Config::shutdown_grace`](crate::Config::shutdown_grace)), persist what was handled,
+    /// return. Never waits.
     pub fn shutdown(&self) {
         self.shared.cancel.cancel();
     }
