@@ -31,8 +31,13 @@ pub struct Config {
     pub open_channel_poll: Duration,
     /// First retry delay after a failed request (doubled per attempt, up to `retry_max`),
     /// unless the failure names its own delay (FLOOD_WAIT).
+    ///
+    /// The one setting for retrying failed requests: `sync-runtime`'s manager computes its
+    /// own delays from it and `retry_max` too (the same doubling, each delay then jittered
+    /// down to between half and all of it), and names them in every failure it reports.
     pub retry_base: Duration,
-    /// Longest retry delay the engine picks by itself.
+    /// Longest retry delay the engine picks by itself (and the longest `sync-runtime`'s
+    /// manager picks before jitter), FLOOD_WAIT excepted.
     pub retry_max: Duration,
     /// At start from stored state, also fetch the difference of every stored channel (bounded by
     /// `max_concurrent_channel_requests`). Off by default: Telegram's guidance is to wait for

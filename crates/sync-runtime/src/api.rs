@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sync_core::{ChannelDifference, ChannelId, Difference, Entities, State, Update};
 
-use crate::handler::Peer;
+use crate::peer::Peer;
 
 /// A boxed error from the application's client library, kept as the error's source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -104,6 +104,11 @@ pub trait Api: Send + Sync + 'static {
         request: ChannelDifferenceRequest,
     ) -> impl Future<Output = Result<ChannelDifference<Self::Update, Self::Entities>, ApiError>> + Send;
 }
+
+/// The update type of an [`Api`].
+pub(crate) type UpdateOf<A> = <A as Api>::Update;
+/// The entities type of an [`Api`].
+pub(crate) type EntitiesOf<A> = <A as Api>::Entities;
 
 /// Why a call failed, classified by what the manager should do about it.
 ///

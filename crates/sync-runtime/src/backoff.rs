@@ -1,46 +1,74 @@
 //! Retry delays: exponential backoff with jitter, and FLOOD_WAIT with a little spread.
+//!
+//! One implementation for every retry of the manager: failed calls ([`Policy::api`]), and
+//! storage reads and writes ([`Policy::storage`]).
 
-use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
-/// A small deterministic generator (SplitMix64) for jitter: no cryptographic needs here.
+use crate::config::Config;
+
+/// Where exponential backoff starts and where it stops growing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// The nominal delay of the first retry.
+    pub(crate) base: Duration,
+    /// The longest nominal delay.
+    pub(crate) max: Duration,
+}
+
+impl Policy {
+    /// Failed calls: the engine's own retry settings, so that there is one set of them
+    /// ([`sync_core::Config::retry_base`], [`sync_core::Config::retry_max`]).
+    pub(crate) fn api(config: &Config) -> Self {
+        Self {
+            base: config.engine.retry_base,
+            max: config.engine.retry_max,
+        }
+    }
+
+    /// Storage that is unavailable ([`Config::storage_retry_base`],
+    /// [`Config::storage_retry_max`]).
+    pub(crate) fn storage(config: &Config) -> Self {
+        Self {
+            base: config.storage_retry_base,
+            max: config.storage_retry_max,
+        }
+    }
+}
+
+/// The random spread of retry delays: no cryptographic needs here.
 #[derive(Debug, Clone)]
 pub(crate) struct Jitter {
-    state: u64,
+    rng: fastrand::Rng,
 }
 
 impl Jitter {
-    /// Seeded, or from the process's random hasher keys when `seed` is `None`.
+    /// Seeded (the same seed gives the same delays), or seeded at random when `seed` is `None`.
     pub(crate) fn new(seed: Option<u64>) -> Self {
-        let state = seed.unwrap_or_else(|| RandomState::new().hash_one(0x5eed_u64));
-        Self { state }
+        let rng = seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        Self { rng }
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform fraction in `[0, 1)`.
-    fn fraction(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    /// A generator of its own, seeded from this one (so a seeded run stays repeatable).
+    pub(crate) fn fork(&mut self) -> Self {
+        Self {
+            rng: self.rng.fork(),
+        }
     }
 
     /// Retry number `attempt` (0-based): `base * 2^attempt` capped at `max`, then scaled by a
     /// random factor in `[0.5, 1)` ("equal jitter"): never less than half the nominal delay, so
     /// retries still back off, but spread so that many clients do not retry in step.
-    pub(crate) fn backoff(&mut self, base: Duration, max: Duration, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&mut self, policy: Policy, attempt: u32) -> Duration {
+        let Policy { base, max } = policy;
         let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
         let nominal = base.checked_mul(factor).map_or(max, |d| d.min(max));
-        nominal.mul_f64(0.5 + self.fraction() / 2.0)
+        nominal.mul_f64(0.5 + self.rng.f64() / 2.0)
     }
 
     /// A FLOOD_WAIT: at least what the server asked, plus up to `spread`.
     pub(crate) fn flood_wait(&mut self, after: Duration, spread: Duration) -> Duration {
-        after + spread.mul_f64(self.fraction())
+        after + spread.mul_f64(self.rng.f64())
     }
 }
 
@@ -51,13 +79,16 @@ mod tests {
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let mut jitter = Jitter::new(Some(1));
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
+        let policy = Policy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
         for attempt in 0..40 {
-            let nominal = base
+            let nominal = policy
+                .base
                 .checked_mul(1 << attempt.min(20))
-                .map_or(max, |d| d.min(max));
-            let delay = jitter.backoff(base, max, attempt);
+                .map_or(policy.max, |d| d.min(policy.max));
+            let delay = jitter.backoff(policy, attempt);
             assert!(
                 delay >= nominal / 2 && delay <= nominal,
                 "{attempt}: {delay:?}"
@@ -73,5 +104,26 @@ mod tests {
             let delay = jitter.flood_wait(after, Duration::from_secs(1));
             assert!(delay >= after && delay <= after + Duration::from_secs(1));
         }
+    }
+
+    #[test]
+    fn a_seed_repeats_its_delays() {
+        let policy = Policy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        let delays = |seed| {
+            let mut jitter = Jitter::new(Some(seed));
+            let mut fork = jitter.fork();
+            (0..8)
+                .map(|attempt| {
+                    (
+                        jitter.backoff(policy, attempt),
+                        fork.backoff(policy, attempt),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(delays(7), delays(7));
     }
 }

@@ -6,7 +6,12 @@ use std::time::Duration;
 /// `Config { engine: sync_core::Config::bot(), ..Config::default() }` a bot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// The engine's settings (gap timeout, limits, buffer caps, concurrent channel requests).
+    /// The engine's settings (gap timeout, limits, buffer caps, concurrent channel requests),
+    /// and the retry policy of failed calls: the manager waits
+    /// [`retry_base`](sync_core::Config::retry_base) after a first failure, doubled per
+    /// further attempt up to [`retry_max`](sync_core::Config::retry_max), each delay jittered
+    /// down to between half and all of it at random (FLOOD_WAIT waits what the server asks,
+    /// plus `flood_wait_jitter`).
     pub engine: sync_core::Config,
     /// How many pushes [`ManagerHandle::handle`](crate::ManagerHandle::handle) and
     /// [`ManagerHandle::handle_batch`](crate::ManagerHandle::handle_batch) queue before they
@@ -24,16 +29,11 @@ pub struct Config {
     /// requests back, so memory stays bounded; once the backlog is back within that bound it
     /// fetches the difference, which recovers the dropped pushes. Default 1,024.
     pub shard_capacity: usize,
-    /// First retry delay of a failed call (doubled per attempt up to `retry_max`, then
-    /// jittered down to half at random). Default 500 ms.
-    pub retry_base: Duration,
-    /// Longest retry delay of a failed call, FLOOD_WAIT excepted. Default 60 s.
-    pub retry_max: Duration,
     /// Extra random delay added to a FLOOD_WAIT, up to this much, so that many accounts do not
     /// retry at the same instant. Default 1 s.
     pub flood_wait_jitter: Duration,
     /// First retry delay of a failed storage write (doubled per attempt up to
-    /// `storage_retry_max`). Default 50 ms.
+    /// `storage_retry_max`, then jittered like the retries of failed calls). Default 50 ms.
     pub storage_retry_base: Duration,
     /// Longest retry delay of a failed storage write. Default 5 s.
     pub storage_retry_max: Duration,
@@ -59,8 +59,6 @@ impl Default for Config {
             intake_capacity: 4_096,
             shards: 8,
             shard_capacity: 1_024,
-            retry_base: Duration::from_millis(500),
-            retry_max: Duration::from_secs(60),
             flood_wait_jitter: Duration::from_secs(1),
             storage_retry_base: Duration::from_millis(50),
             storage_retry_max: Duration::from_secs(5),

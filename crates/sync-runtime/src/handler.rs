@@ -1,5 +1,5 @@
-//! What the application supplies to receive updates: a [`Handler`], and a [`Peer`] key on its
-//! update type that decides which updates must be handled in order.
+//! What the application supplies to receive updates: a [`Handler`], and the [`Notice`]s it
+//! gets besides them.
 
 use std::future::{Future, ready};
 use std::sync::Arc;
@@ -7,29 +7,7 @@ use std::sync::Arc;
 use sync_core::ChannelId;
 
 use crate::api::BoxError;
-
-/// The peer an update belongs to: updates of one peer are handled one after another, in
-/// order; updates of different peers may be handled at the same time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PeerKey {
-    /// A private chat with a user (or a bot's user).
-    User(i64),
-    /// A basic group.
-    Chat(i64),
-    /// A channel or supergroup.
-    Channel(ChannelId),
-}
-
-/// Tells the manager which peer an update belongs to.
-///
-/// `None` puts the update on one fixed shard, in order with every other `None` update: use it
-/// for updates that are not about one peer (user status, config changes). Updates of one
-/// sequence that must stay in order relative to each other across peers (for example a
-/// handler that relies on the global `pts` order) should share one key.
-pub trait Peer {
-    /// The peer this update is about.
-    fn peer(&self) -> Option<PeerKey>;
-}
+use crate::peer::PeerKey;
 
 /// Something the application should know besides updates: history it will not receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

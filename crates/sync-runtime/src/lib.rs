@@ -63,6 +63,22 @@
 //! | `file`, `redis` | the storage backends of `sync-storage` |
 //! | `testkit` | [`sim`]: an [`Api`] over `sync-testkit`'s simulated server with faults, a push producer and a recording handler |
 //!
+//! # Source files
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `manager.rs` | [`Manager`]: construction, [`Manager::run`] (loading the stored state, building the engine, the dispatch and the writer), the shutdown sequence; [`Summary`], [`RunError`] |
+//! | `handle.rs` | [`ManagerHandle`] and the intake and control messages it sends; [`IntakeError`], [`ControlError`] |
+//! | `driver.rs` | the loop: intake turns, commands, requests and their replies, timers, commits queued, stats published |
+//! | `dispatch.rs` | the events handed to `sync-events`, the observer that calls the [`Handler`] (and the task-local that marks its calls), the backlog and the acknowledgement of handled batches |
+//! | `writer.rs` | the storage writer: commits and access hashes, in order, retried |
+//! | `backoff.rs` | retry delays: exponential backoff with jitter, FLOOD_WAIT spread |
+//! | `api.rs` | [`Api`], [`ApiError`], the request types, [`BoxError`] |
+//! | `handler.rs` | [`Handler`], [`Notice`] |
+//! | `peer.rs` | [`Peer`], [`PeerKey`] |
+//! | `config.rs`, `stats.rs` | [`Config`]; [`Stats`], [`RuntimeStats`] and the counters behind them |
+//! | `sim.rs` | [`sim`] (feature `testkit`) |
+//!
 //! # Example
 //!
 //! ```
@@ -148,8 +164,12 @@
 mod api;
 mod backoff;
 mod config;
+mod dispatch;
+mod driver;
+mod handle;
 mod handler;
 mod manager;
+mod peer;
 mod stats;
 mod writer;
 
@@ -158,7 +178,9 @@ pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
 pub use config::Config;
-pub use handler::{Handler, Notice, Peer, PeerKey};
-pub use manager::{ControlError, IntakeError, Manager, ManagerHandle, RunError, Summary};
+pub use handle::{ControlError, IntakeError, ManagerHandle};
+pub use handler::{Handler, Notice};
+pub use manager::{Manager, RunError, Summary};
+pub use peer::{Peer, PeerKey};
 pub use stats::{RuntimeStats, Stats};
 pub use tokio_util::sync::CancellationToken;

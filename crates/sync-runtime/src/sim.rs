@@ -27,8 +27,9 @@ use sync_testkit::{ChannelRefusal, Faults, Rng, Server, TestEntities, TestUpdate
 use tokio::time::Instant;
 
 use crate::api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
-use crate::handler::{Handler, Notice, Peer, PeerKey};
-use crate::manager::{IntakeError, ManagerHandle};
+use crate::handle::{IntakeError, ManagerHandle};
+use crate::handler::{Handler, Notice};
+use crate::peer::{Peer, PeerKey};
 
 /// The simulated updates carry no chat: every update of the common box (pts, qts, `seq`
 /// containers) shares one key, so the oracle can check their global order; each channel is a

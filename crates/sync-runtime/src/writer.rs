@@ -2,13 +2,12 @@
 //! engine emitted them, retrying what may succeed later.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sync_core::{ChannelId, Commit};
 use sync_storage::{AccessHashStorage, AccountId, Error, StateStorage};
 use tokio::sync::mpsc;
 
-use crate::backoff::Jitter;
+use crate::backoff::{Jitter, Policy};
 use crate::stats::Counters;
 
 /// One write, queued in the order the engine asked for it.
@@ -22,8 +21,7 @@ pub(crate) struct Writer<S> {
     pub(crate) account: AccountId,
     pub(crate) storage: Arc<S>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) retry_base: Duration,
-    pub(crate) retry_max: Duration,
+    pub(crate) retry: Policy,
     pub(crate) jitter: Jitter,
 }
 
@@ -123,9 +121,7 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
             match write(Arc::clone(&self.storage), self.account).await {
                 Ok(()) => return true,
                 Err(error) if error.is_unavailable() || error.is_ambiguous() => {
-                    let delay = self
-                        .jitter
-                        .backoff(self.retry_base, self.retry_max, attempt);
+                    let delay = self.jitter.backoff(self.retry, attempt);
                     attempt = attempt.saturating_add(1);
                     self.counters.commit_retries.incr();
                     tracing::warn!(%error, ?delay, attempt, "{what} not written; retrying");

@@ -156,8 +156,7 @@ pub fn config(seed: u64, fast: bool) -> Config {
     if fast {
         config.engine.gap_timeout = Duration::from_millis(30);
         config.engine.retry_base = Duration::from_millis(5);
-        config.retry_base = Duration::from_millis(5);
-        config.retry_max = Duration::from_millis(100);
+        config.engine.retry_max = Duration::from_millis(100);
         config.flood_wait_jitter = Duration::from_millis(5);
         config.storage_retry_base = Duration::from_millis(5);
         config.storage_retry_max = Duration::from_millis(100);

@@ -1,0 +1,412 @@
+//! The dispatch side of the manager: what goes through `sync-events` ([`Dispatch`]), the
+//! observer that calls the application's handler ([`Dispatcher`]) and the task-local that marks
+//! those calls ([`HANDLING`]), and the [`Backlog`]: the hand-over of delivered batches to the
+//! shards, in order and without waiting, and their acknowledgement once handled.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use sync_core::{Batch, BatchId, Engine, Entities, Update};
+use sync_events::{AsyncObserver, Event, EventStream, NotHandled, Receipt, SendError, SendFailure};
+
+use crate::handler::{Handler, Notice};
+use crate::peer::{Peer, PeerKey};
+use crate::stats::Counters;
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+tokio::task_local! {
+    /// Set by the dispatch around every handler call: the [`Shared::id`](crate::handle::Shared::id)
+    /// of the manager and the shard the handler runs on. Lets `caught_up` tell a call from inside a
+    /// handler, which must not wait for its own update to be handled.
+    pub(crate) static HANDLING: (u64, usize);
+}
+
+/// Numbers the managers of the process, for [`HANDLING`].
+pub(crate) static MANAGER_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// What goes through the dispatch: an update with its batch's entities, or a notice.
+pub(crate) enum Dispatch<U, E> {
+    Update {
+        key: Option<PeerKey>,
+        update: U,
+        entities: Arc<[E]>,
+    },
+    Notice(Notice),
+}
+
+impl<U: Send + 'static, E: Send + Sync + 'static> Event for Dispatch<U, E> {
+    type Key = PeerKey;
+
+    fn stream_key(&self) -> Option<PeerKey> {
+        match self {
+            Self::Update { key, .. } => *key,
+            Self::Notice(notice) => notice.peer(),
+        }
+    }
+}
+
+/// One shard's observer: calls the shared handler and counts its errors.
+pub(crate) struct Dispatcher<H> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) counters: Arc<Counters>,
+    /// The manager's [`Shared::id`](crate::handle::Shared::id) and this shard, set in [`HANDLING`]
+    /// around handler calls.
+    pub(crate) manager: u64,
+    pub(crate) shard: usize,
+}
+
+impl<U, E, H> AsyncObserver<Dispatch<U, E>> for Dispatcher<H>
+where
+    U: Send + 'static,
+    E: Send + Sync + 'static,
+    H: Handler<U, E>,
+{
+    async fn handle(&mut self, event: Dispatch<U, E>) {
+        let here = (self.manager, self.shard);
+        match event {
+            Dispatch::Update {
+                update, entities, ..
+            } => {
+                let handled = HANDLING.scope(here, self.handler.handle(update, entities));
+                if let Err(error) = handled.await {
+                    self.counters.handler_errors.incr();
+                    tracing::warn!(%error, "update handler failed; the update counts as handled");
+                }
+            }
+            Dispatch::Notice(notice) => HANDLING.scope(here, self.handler.notice(notice)).await,
+        }
+    }
+}
+
+/// The events of one delivered batch (or one notice) not yet all accepted by the dispatch.
+struct Outgoing<U, E> {
+    /// The batch to acknowledge once all its events are handled; `None` for a notice.
+    batch: Option<BatchId>,
+    /// The events still to hand over, in order.
+    events: VecDeque<Dispatch<U, E>>,
+    /// What the dispatch accepted of them so far.
+    receipt: Receipt,
+}
+
+/// Delivered batches and notices on their way to the handlers, and the dispatched batches
+/// waiting to be acknowledged.
+///
+/// The manager never waits for the dispatch: the backlog hands events over with `try_send`,
+/// in the order delivered, stops at the first that does not fit and retries when that shard
+/// has room. A batch is acknowledged to the engine once every update in it was handled, in
+/// dispatch order, with one wake-up armed for the oldest.
+pub(crate) struct Backlog<U, E> {
+    /// The dispatch.
+    stream: EventStream<Dispatch<U, E>>,
+    counters: Arc<Counters>,
+    /// Delivered batches and notices whose events the dispatch has not all accepted yet,
+    /// oldest first. Handed over with `try_send`, in the order delivered, up to the first
+    /// event that does not fit; retried when that shard has room (`room`).
+    queue: VecDeque<Outgoing<U, E>>,
+    /// Events in `queue`.
+    len: usize,
+    /// Past this many events in the backlog (`shards × shard_capacity`), pushes are dropped
+    /// at intake (and recovered by difference) and requests held back, so memory stays
+    /// bounded while a handler blocks.
+    bound: usize,
+    /// The shard the backlog's front event waits for, while it does.
+    blocked: Option<usize>,
+    /// Resolves once `blocked` has room.
+    room: Option<BoxFuture<()>>,
+    /// Dispatched batches not yet acknowledged, oldest first, with their receipts.
+    dispatched: VecDeque<(BatchId, Receipt)>,
+    /// Resolves once the oldest dispatched batch (the one named) was handled, or cannot be:
+    /// the only wake-up the acknowledgements need, however many batches are in flight.
+    waiting: Option<(BatchId, BoxFuture<Result<(), NotHandled>>)>,
+}
+
+/// What woke a [`Backlog`] up: see [`Backlog::wake`].
+pub(crate) enum Wake {
+    /// The oldest dispatched batch was handled, or cannot be.
+    Handled(BatchId, Result<(), NotHandled>),
+    /// The blocked shard has room.
+    Room,
+}
+
+impl<U, E> Backlog<U, E>
+where
+    U: Update + Peer + Send + 'static,
+    E: Entities + Send + Sync + 'static,
+{
+    /// An empty backlog over `stream`, past its bound beyond `bound` events.
+    pub(crate) fn new(
+        stream: EventStream<Dispatch<U, E>>,
+        counters: Arc<Counters>,
+        bound: usize,
+    ) -> Self {
+        Self {
+            stream,
+            counters,
+            queue: VecDeque::new(),
+            len: 0,
+            bound,
+            blocked: None,
+            room: None,
+            dispatched: VecDeque::new(),
+            waiting: None,
+        }
+    }
+
+    /// The dispatch.
+    pub(crate) fn stream(&self) -> &EventStream<Dispatch<U, E>> {
+        &self.stream
+    }
+
+    /// Whether the backlog is past its bound: pushes are dropped and requests held back.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.len > self.bound
+    }
+
+    /// Whether everything delivered was handed to the dispatch.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether every dispatched batch was acknowledged.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.dispatched.is_empty()
+    }
+
+    /// The shard the backlog's front event waits for, while it does.
+    pub(crate) fn blocked(&self) -> Option<usize> {
+        self.blocked
+    }
+
+    /// Whether a wake-up is armed: for the oldest dispatched batch, or for room on the
+    /// blocked shard.
+    pub(crate) fn is_armed(&self) -> bool {
+        self.waiting.is_some() || self.room.is_some()
+    }
+
+    /// Events never handled: those still in the backlog and those the dispatch lost (its
+    /// workers were stopped before handling them).
+    pub(crate) fn abandoned(&self) -> u64 {
+        self.len as u64
+            + self
+                .stream
+                .stats()
+                .shards
+                .iter()
+                .map(|shard| shard.lost)
+                .sum::<u64>()
+    }
+
+    /// Waits for an armed wake-up: the oldest dispatched batch handled first, then room on
+    /// the blocked shard. Pending forever when none is armed (callers only poll it when
+    /// [`is_armed`](Self::is_armed)).
+    pub(crate) async fn wake(&mut self) -> Wake {
+        let Self { waiting, room, .. } = self;
+        tokio::select! {
+            biased;
+            (batch, handled) = wait_handled(waiting), if waiting.is_some() => {
+                Wake::Handled(batch, handled)
+            }
+            () = wait_room(room), if room.is_some() => Wake::Room,
+            else => std::future::pending().await,
+        }
+    }
+
+    /// Acts on what [`wake`](Self::wake) returned: acknowledges what was handled, or hands the
+    /// backlog over again.
+    pub(crate) fn woke(&mut self, engine: &mut Engine<U, E>, wake: Wake) {
+        match wake {
+            Wake::Handled(batch, handled) => {
+                self.waiting = None;
+                self.settle(engine, Some((batch, handled)));
+            }
+            Wake::Room => self.unblock(),
+        }
+    }
+
+    /// Hands a notice to the dispatch, in order with the updates delivered before it.
+    pub(crate) fn notify(&mut self, notice: Notice) {
+        self.enqueue(None, VecDeque::from([Dispatch::Notice(notice)]));
+    }
+
+    /// Hands a batch to the dispatch and arranges its acknowledgement once handled.
+    ///
+    /// Invariant (commits trail handled updates): a batch is acknowledged only when its
+    /// receipt says every one of its updates was handled, and the engine commits nothing past
+    /// an unacknowledged batch. A batch enters `dispatched` (where it can be acknowledged)
+    /// only once the dispatch accepted all its events, so its receipt covers each of them.
+    pub(crate) fn deliver(&mut self, batch: Batch<U, E>) {
+        let Batch {
+            id,
+            updates,
+            entities,
+        } = batch;
+        let entities: Arc<[E]> = entities.into();
+        let events = updates
+            .into_iter()
+            .map(|update| Dispatch::Update {
+                key: update.peer(),
+                update,
+                entities: Arc::clone(&entities),
+            })
+            .collect();
+        self.enqueue(Some(id), events);
+    }
+
+    /// Appends to the backlog and hands over what fits.
+    fn enqueue(&mut self, batch: Option<BatchId>, events: VecDeque<Dispatch<U, E>>) {
+        self.len += events.len();
+        self.queue.push_back(Outgoing {
+            batch,
+            events,
+            receipt: Receipt::default(),
+        });
+        self.flush();
+    }
+
+    /// The blocked shard has room: hand the backlog over again.
+    fn unblock(&mut self) {
+        self.room = None;
+        self.blocked = None;
+        self.flush();
+    }
+
+    /// Hands the backlog to the dispatch in order, without waiting: stops at the first event
+    /// whose shard is full and arms `room` for that shard. Does nothing while blocked (the
+    /// front goes first: events of one peer stay in order, and batches are acknowledged in
+    /// order).
+    fn flush(&mut self) {
+        if self.blocked.is_some() {
+            return;
+        }
+        while let Some(front) = self.queue.front_mut() {
+            while let Some(event) = front.events.pop_front() {
+                let shard = self.stream.shard_of(&event);
+                let update = matches!(event, Dispatch::Update { .. });
+                match self.stream.try_send(event) {
+                    Ok(receipt) => {
+                        front.receipt.merge(&receipt);
+                        self.len -= 1;
+                        if update {
+                            self.counters.updates_dispatched.incr();
+                        }
+                    }
+                    Err(SendError {
+                        failure: SendFailure::Full,
+                        mut unsent,
+                        ..
+                    }) => {
+                        if let Some(event) = unsent.pop() {
+                            front.events.push_front(event);
+                        }
+                        self.blocked = Some(shard);
+                        let stream = self.stream.clone();
+                        self.room = Some(Box::pin(async move { stream.room(shard).await }));
+                        return;
+                    }
+                    Err(error) => {
+                        // Only once the dispatch is shut down: what is left stays
+                        // unacknowledged, so a restart delivers it again.
+                        tracing::error!(failure = ?error.failure, left = self.len, "dispatch closed; the rest of the backlog is not dispatched");
+                        if let Some(event) = error.unsent.into_iter().next() {
+                            front.events.push_front(event);
+                        }
+                        return;
+                    }
+                }
+            }
+            if let Some(Outgoing {
+                batch: Some(id),
+                receipt,
+                ..
+            }) = self.queue.pop_front()
+            {
+                self.dispatched.push_back((id, receipt));
+            }
+        }
+    }
+
+    /// Acknowledges the dispatched batches that were handled, oldest first, stopping at the
+    /// first that was not; returns whether it acknowledged any. `oldest` is what the wait for
+    /// the oldest batch learned, if it fired: an error means that batch will never be handled.
+    ///
+    /// Invariant (commits trail handled updates): a batch is acknowledged only when its receipt
+    /// says every one of its updates was handled (`is_handled` reads each shard's delivered
+    /// count with acquire ordering), and the engine commits nothing past an unacknowledged
+    /// batch. Acknowledging in dispatch order loses nothing: the engine commits only the
+    /// acknowledged prefix anyway.
+    pub(crate) fn settle(
+        &mut self,
+        engine: &mut Engine<U, E>,
+        oldest: Option<(BatchId, Result<(), NotHandled>)>,
+    ) -> bool {
+        if let Some((batch, Err(error))) = oldest
+            && self
+                .dispatched
+                .front()
+                .is_some_and(|(front, _)| *front == batch)
+        {
+            self.dispatched.pop_front();
+            // Only when a dispatch worker was dropped: the batch stays unacknowledged, so its
+            // state is never committed and a restart delivers it again.
+            tracing::error!(%error, %batch, "batch not handled");
+        }
+        let mut acknowledged = false;
+        while let Some((batch, receipt)) = self.dispatched.front() {
+            if !self.stream.is_handled(receipt) {
+                break;
+            }
+            match engine.ack(*batch) {
+                Ok(()) => self.counters.batches_acknowledged.incr(),
+                Err(error) => tracing::error!(%error, "acknowledgement refused"),
+            }
+            self.dispatched.pop_front();
+            acknowledged = true;
+        }
+        acknowledged
+    }
+
+    /// Arranges one wake-up for when the oldest dispatched batch is handled, unless one is
+    /// arranged for it already; a wait for a batch that was acknowledged meanwhile is dropped.
+    pub(crate) fn watch_oldest(&mut self) {
+        let Some((front, receipt)) = self.dispatched.front() else {
+            self.waiting = None;
+            return;
+        };
+        if self
+            .waiting
+            .as_ref()
+            .is_some_and(|(batch, _)| batch == front)
+        {
+            return;
+        }
+        let stream = self.stream.clone();
+        let receipt = receipt.clone();
+        self.waiting = Some((
+            *front,
+            Box::pin(async move { stream.handled(&receipt).await }),
+        ));
+    }
+}
+
+/// Waits for the armed wait of [`Backlog::watch_oldest`]; pending forever when none is armed
+/// (the main loop only polls it when one is).
+async fn wait_handled(
+    waiting: &mut Option<(BatchId, BoxFuture<Result<(), NotHandled>>)>,
+) -> (BatchId, Result<(), NotHandled>) {
+    match waiting {
+        Some((batch, future)) => (*batch, future.await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the armed wait for room of [`Backlog::flush`]; pending forever when none is armed.
+async fn wait_room(room: &mut Option<BoxFuture<()>>) {
+    match room {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,324 @@
+//! The application's side of a manager: [`ManagerHandle`], the messages it sends through the
+//! intake (pushes, bounded) and the control channel (commands, never dropped), the state it
+//! shares with the manager, and its errors.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sync_core::{Affected, ChannelId, Updates};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::HANDLING;
+use crate::stats::{Counters, Stats};
+
+/// Why [`ManagerHandle::handle`] (and its siblings, [`ManagerHandle::handle_batch`] included)
+/// did not take a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IntakeError {
+    /// The intake is full: the push (or the whole batch) was dropped and counted, and the
+    /// manager fetches the difference once it has room, so nothing is lost. Nothing to do for
+    /// the caller.
+    #[error(
+        "the manager's intake is full; the push was dropped and will be recovered by a difference"
+    )]
+    Full,
+    /// The manager is not running (shut down, or stopped with an error).
+    #[error("the manager is not running")]
+    Stopped,
+}
+
+/// Why a channel command or [`ManagerHandle::caught_up`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The manager is not running.
+    #[error("the manager is not running")]
+    Stopped,
+    /// The engine refused the command (an unknown channel, too many open channels, …).
+    #[error(transparent)]
+    Engine(#[from] sync_core::Error),
+}
+
+/// A push or a signal from the application, through the bounded intake.
+pub(crate) enum Input<U, E> {
+    Updates(Updates<U, E>),
+    /// Many pushes in the order they arrived, as one message (see
+    /// [`ManagerHandle::handle_batch`]).
+    Batch(Vec<Updates<U, E>>),
+    Affected(Affected),
+    SessionReset,
+}
+
+impl<U, E> Input<U, E> {
+    /// How many pushes the message counts for in the intake.
+    pub(crate) fn pushes(&self) -> usize {
+        match self {
+            Self::Batch(batch) => batch.len(),
+            Self::Updates(_) | Self::Affected(_) | Self::SessionReset => 1,
+        }
+    }
+}
+
+/// A command that must not be dropped, through the unbounded control channel.
+pub(crate) enum Control {
+    Track(
+        ChannelId,
+        i32,
+        oneshot::Sender<Result<(), sync_core::Error>>,
+    ),
+    Open(ChannelId, oneshot::Sender<Result<(), sync_core::Error>>),
+    Close(ChannelId),
+    Forget(ChannelId),
+    Refetch(ChannelId, oneshot::Sender<Result<(), sync_core::Error>>),
+    /// A `caught_up` call, with the shard of the handler it was made from, if any.
+    CaughtUp(oneshot::Sender<()>, Option<usize>),
+}
+
+/// State shared by the manager and its handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Tells this manager's handler calls from another's (see [`HANDLING`]).
+    pub(crate) id: u64,
+    pub(crate) counters: Arc<Counters>,
+    /// The engine's last published stats and idleness.
+    pub(crate) engine: Mutex<(sync_core::Stats, bool)>,
+    /// Set by a handle that dropped a push; the manager fetches the difference and clears it. Kept
+    /// by [`Manager::with_cancellation`](crate::Manager::with_cancellation), so that earlier
+    /// handles' drops are recovered.
+    pub(crate) overflowed: Arc<AtomicBool>,
+    /// Pushes in the intake: added by a handle before it sends, taken off by the manager
+    /// when it receives. Bounded by `capacity` (see [`ManagerHandle::handle_batch`]). Kept by
+    /// [`Manager::with_cancellation`](crate::Manager::with_cancellation), like the intake itself.
+    pub(crate) queued: Arc<AtomicUsize>,
+    /// [`Config::intake_capacity`](crate::Config::intake_capacity), at least 1.
+    pub(crate) capacity: usize,
+    pub(crate) running: AtomicBool,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// The application's side of a running [`Manager`](crate::Manager): feed it pushes, ask for its
+/// stats, shut it down. Cheap to clone.
+///
+/// Every method is safe to call from a [`Handler`](crate::Handler), awaited or not: the manager
+/// never waits for the dispatch (updates that do not fit in the shards wait in a backlog while the
+/// manager goes on serving the intake, commands, timers, replies and shutdown), so what a handler
+/// awaits here resolves, or fails with [`ControlError::Stopped`] once the manager stops.
+/// [`caught_up`](Self::caught_up) has its own meaning inside a handler.
+pub struct ManagerHandle<U, E = ()> {
+    pub(crate) intake: mpsc::UnboundedSender<Input<U, E>>,
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<U, E> Clone for ManagerHandle<U, E> {
+    fn clone(&self) -> Self {
+        Self {
+            intake: self.intake.clone(),
+            control: self.control.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<U, E> std::fmt::Debug for ManagerHandle<U, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerHandle")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<U, E> ManagerHandle<U, E> {
+    /// Hands a pushed `Updates` value to the manager. Never waits: when the intake is full
+    /// the push is dropped, counted, and recovered by a difference ([`IntakeError::Full`]), so
+    /// a network reader (or a handler) calling this can never be blocked by the manager.
+    pub fn handle(&self, updates: Updates<U, E>) -> Result<(), IntakeError> {
+        self.offer(Input::Updates(updates), 1)
+    }
+
+    /// Hands many pushed `Updates` values to the manager at once, in the order they arrived:
+    /// what a network reader decoded from one read. Equivalent to calling
+    /// [`handle`](Self::handle) on each in order, but it costs one message through the intake
+    /// (and at most one wake-up of the manager) for the whole batch.
+    ///
+    /// Never waits. The intake counts pushes, not batches: a batch is taken when it fits in the
+    /// room left by [`Config::intake_capacity`](crate::Config::intake_capacity), or when the intake
+    /// is empty (so a batch larger than the capacity is not refused for good; the intake then holds
+    /// at most that batch). Otherwise the whole batch is dropped, counted in
+    /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped), and recovered by a
+    /// difference ([`IntakeError::Full`]). An empty batch is accepted and does nothing.
+    pub fn handle_batch(&self, batch: Vec<Updates<U, E>>) -> Result<(), IntakeError> {
+        match batch.len() {
+            0 => {
+                if self.intake.is_closed() {
+                    Err(IntakeError::Stopped)
+                } else {
+                    Ok(())
+                }
+            }
+            n => self.offer(Input::Batch(batch), n),
+        }
+    }
+
+    /// How many pushes wait in the intake right now (a batch counts its pushes). A reader that
+    /// would rather slow down than have pushes dropped (and fetched again by difference) can hold
+    /// back while this is close to [`Config::intake_capacity`](crate::Config::intake_capacity).
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// The `pts` / `pts_count` returned by the application's own calls
+    /// (`messages.affectedMessages`, `affectedHistory`, `channels.deleteMessages`, …): they
+    /// advance the sequence like an update.
+    pub fn handle_affected(&self, affected: Affected) -> Result<(), IntakeError> {
+        self.offer(Input::Affected(affected), 1)
+    }
+
+    /// The session was reset (`new_session_created`), or an update could not be decoded: the
+    /// manager fetches the difference.
+    pub fn session_reset(&self) -> Result<(), IntakeError> {
+        self.offer(Input::SessionReset, 1)
+    }
+
+    /// Queues `input`, which carries `pushes` pushes, if the intake has room for them.
+    fn offer(&self, input: Input<U, E>, pushes: usize) -> Result<(), IntakeError> {
+        if self.intake.is_closed() {
+            return Err(IntakeError::Stopped);
+        }
+        let shared = &*self.shared;
+        // Invariant (the intake is bounded): room is reserved before the message is sent and
+        // given back by the manager when it takes the message, so at most `capacity` pushes
+        // (or one larger batch, taken only into an empty intake) wait at any time.
+        let reserved = shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                let fits = queued == 0 || queued.saturating_add(pushes) <= shared.capacity;
+                fits.then(|| queued.saturating_add(pushes))
+            });
+        if reserved.is_err() {
+            drop(input);
+            shared.counters.pushes_dropped.add(pushes as u64);
+            // Invariant (a dropped push is recovered): the flag is set after the push was
+            // dropped, and the manager requests the difference after it sees the flag, so
+            // the server answers from a moment that includes the dropped push.
+            shared.overflowed.store(true, Ordering::Release);
+            return Err(IntakeError::Full);
+        }
+        match self.intake.send(input) {
+            Ok(()) => {
+                shared.counters.pushes_accepted.add(pushes as u64);
+                Ok(())
+            }
+            Err(_) => {
+                shared.queued.fetch_sub(pushes, Ordering::AcqRel);
+                Err(IntakeError::Stopped)
+            }
+        }
+    }
+
+    /// Starts tracking a channel from `pts` (from the dialogs, or after
+    /// [`Notice::ChannelTooLong`](crate::Notice::ChannelTooLong) with no pts).
+    pub async fn track_channel(&self, channel_id: ChannelId, pts: i32) -> Result<(), ControlError> {
+        self.ask(|reply| Control::Track(channel_id, pts, reply))
+            .await
+    }
+
+    /// The application shows this channel: it is caught up now and polled on the server's
+    /// hint until [`close_channel`](Self::close_channel).
+    pub async fn open_channel(&self, channel_id: ChannelId) -> Result<(), ControlError> {
+        self.ask(|reply| Control::Open(channel_id, reply)).await
+    }
+
+    /// The application no longer shows this channel: polling stops.
+    pub fn close_channel(&self, channel_id: ChannelId) -> Result<(), ControlError> {
+        self.control
+            .send(Control::Close(channel_id))
+            .map_err(|_| ControlError::Stopped)
+    }
+
+    /// Fetches a tracked channel's difference now (for example, its update mentioned users or
+    /// chats the application cannot resolve). Fails with [`ControlError::Engine`] for a
+    /// channel that is not tracked.
+    pub async fn request_channel_difference(
+        &self,
+        channel_id: ChannelId,
+    ) -> Result<(), ControlError> {
+        self.ask(|reply| Control::Refetch(channel_id, reply)).await
+    }
+
+    /// Stop tracking a channel (the user left it); storage forgets its pts.
+    pub fn forget_channel(&self, channel_id: ChannelId) -> Result<(), ControlError> {
+        self.control
+            .send(Control::Forget(channel_id))
+            .map_err(|_| ControlError::Stopped)
+    }
+
+    async fn ask(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), sync_core::Error>>) -> Control,
+    ) -> Result<(), ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(command(reply))
+            .map_err(|_| ControlError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| ControlError::Stopped)?
+            .map_err(ControlError::Engine)
+    }
+
+    /// Fetches the difference now and resolves once the manager has caught up: every update
+    /// the server had when it answered was delivered and handled, and nothing waits behind a
+    /// gap. (Persisting trails it; a clean shutdown persists everything.)
+    ///
+    /// Called from inside this manager's [`Handler`](crate::Handler) (the handler's own task, not a
+    /// task it spawned), it cannot wait for updates to be handled: the caller's own update is one
+    /// of them, and its shard makes no progress while the caller waits. There it resolves once the
+    /// engine waits for nothing and every update it delivered was handed to the dispatch shards
+    /// (not necessarily handled yet), or as soon as handing them over waits for room on the
+    /// caller's own shard, which only the caller's return can make.
+    ///
+    /// Fails with [`ControlError::Stopped`] if the manager stops first.
+    pub async fn caught_up(&self) -> Result<(), ControlError> {
+        let inside = HANDLING
+            .try_with(|&(manager, shard)| (manager == self.shared.id).then_some(shard))
+            .ok()
+            .flatten();
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::CaughtUp(reply, inside))
+            .map_err(|_| ControlError::Stopped)?;
+        answer.await.map_err(|_| ControlError::Stopped)
+    }
+
+    /// A snapshot of the engine's and the runtime's counters.
+    pub fn stats(&self) -> Stats {
+        let (engine, idle) = *self
+            .shared
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Stats {
+            engine,
+            runtime: self.shared.counters.snapshot(),
+            idle,
+        }
+    }
+
+    /// True while [`Manager::run`](crate::Manager::run) is running.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Asks the manager to shut down cleanly: stop intake, drain dispatch (for at most
+    /// [`Config::shutdown_grace`](crate::Config::shutdown_grace)), persist what was handled,
+    /// return. Never waits.
+    pub fn shutdown(&self) {
+        self.shared.cancel.cancel();
+    }
+
+    /// The token whose cancellation shuts the manager down.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.shared.cancel.clone()
+    }
+}
