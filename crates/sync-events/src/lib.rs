@@ -12,7 +12,7 @@
 //!   per-stream state in plain fields, without locks;
 //! * events without a key all go to shard `0`.
 //!
-//! The crate is runtime-agnostic. A worker is a plain [`Future`](std::future::Future)
+//! The crate is runtime-agnostic. A worker is a plain [`Future`]
 //! ([`ShardWorker`]) woken through the standard [`Waker`](std::task::Waker): run the workers on
 //! threads with [`Workers::spawn_threads`], or on any executor with [`Workers::spawn_with`]
 //! (`|w| { tokio::spawn(w); }`). Senders have blocking ([`EventStream::send`],
