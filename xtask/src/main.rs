@@ -6,8 +6,10 @@
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`.
 //! - `bench [ARGS..]`: the criterion benchmarks (`cargo bench -p sync-benches`).
 //! - `fuzz [TARGET] [--time SECONDS]`: runs a cargo-fuzz target of `fuzz/` (or every target in
-//!   turn), installing cargo-fuzz when missing; on stable with `--sanitizer none`, with
-//!   AddressSanitizer when a nightly toolchain is installed.
+//!   turn), installing cargo-fuzz when missing. When rustup has a nightly toolchain it runs
+//!   `rustup run nightly cargo fuzz run TARGET` (with AddressSanitizer); otherwise
+//!   `$CARGO fuzz run --sanitizer none TARGET` on the current toolchain. (`$CARGO` is the
+//!   toolchain's own cargo, which does not take rustup's `+nightly`.)
 //!
 //! Environment: `PROPTEST_CASES` raises the number of property-test cases (CI keeps the
 //! default small); `XTASK_NO_INSTALL=1` never installs system packages.
@@ -66,8 +68,13 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The cargo that runs this program (`$CARGO`), or `cargo` from `PATH`.
+fn cargo_program() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 fn cargo() -> Command {
-    let mut command = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut command = Command::new(cargo_program());
     command.current_dir(workspace_root());
     command
 }
@@ -149,7 +156,7 @@ fn fuzz(args: &[String]) -> Result {
     if targets.is_empty() {
         targets = FUZZ_TARGETS.iter().map(|t| (*t).to_owned()).collect();
     }
-    let has_fuzz = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let has_fuzz = Command::new(cargo_program())
         .args(["fuzz", "--version"])
         .output()
         .is_ok_and(|output| output.status.success());
@@ -163,16 +170,31 @@ fn fuzz(args: &[String]) -> Result {
         .output()
         .is_ok_and(|output| output.status.success());
     for target in targets {
-        let mut command = cargo();
-        if nightly {
-            command.args(["+nightly", "fuzz", "run", &target]);
-        } else {
-            command.args(["fuzz", "run", "--sanitizer", "none", &target]);
-        }
-        command.args(["--release", "--", &format!("-max_total_time={seconds}")]);
+        let mut command = fuzz_command(&target, seconds, nightly);
+        command.current_dir(workspace_root());
         run(command)?;
     }
     Ok(())
+}
+
+/// The command that fuzzes `target` for `seconds`.
+///
+/// With a nightly toolchain: `rustup run nightly cargo fuzz run TARGET` (AddressSanitizer).
+/// `+nightly` is not an option here: `$CARGO` is the toolchain's own cargo binary, and only
+/// rustup's proxy understands a `+toolchain` argument. On stable: `$CARGO fuzz run
+/// --sanitizer none TARGET`.
+fn fuzz_command(target: &str, seconds: u64, nightly: bool) -> Command {
+    let mut command = if nightly {
+        let mut command = Command::new("rustup");
+        command.args(["run", "nightly", "cargo", "fuzz", "run", target]);
+        command
+    } else {
+        let mut command = Command::new(cargo_program());
+        command.args(["fuzz", "run", "--sanitizer", "none", target]);
+        command
+    };
+    command.args(["--release", "--", &format!("-max_total_time={seconds}")]);
+    command
 }
 
 /// Finds `redis-server`, installing it with apt-get when it is missing and we may.
@@ -221,4 +243,55 @@ fn find_redis_server() -> Option<PathBuf> {
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(command: &Command) -> Vec<String> {
+        command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn fuzz_on_nightly_goes_through_rustup() {
+        let command = fuzz_command("events", 30, true);
+        assert_eq!(command.get_program(), "rustup");
+        assert_eq!(
+            args(&command),
+            [
+                "run",
+                "nightly",
+                "cargo",
+                "fuzz",
+                "run",
+                "events",
+                "--release",
+                "--",
+                "-max_total_time=30",
+            ]
+        );
+    }
+
+    #[test]
+    fn fuzz_on_stable_runs_this_cargo_without_sanitizer() {
+        let command = fuzz_command("core_inputs", 60, false);
+        assert_eq!(command.get_program(), cargo_program().as_str());
+        assert_eq!(
+            args(&command),
+            [
+                "fuzz",
+                "run",
+                "--sanitizer",
+                "none",
+                "core_inputs",
+                "--release",
+                "--",
+                "-max_total_time=60",
+            ]
+        );
+    }
 }

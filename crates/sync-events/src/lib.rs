@@ -12,7 +12,7 @@
 //!   per-stream state in plain fields, without locks;
 //! * events without a key all go to shard `0`.
 //!
-//! The crate is runtime-agnostic. A worker is a plain [`Future`](std::future::Future)
+//! The crate is runtime-agnostic. A worker is a plain [`Future`]
 //! ([`ShardWorker`]) woken through the standard [`Waker`](std::task::Waker): run the workers on
 //! threads with [`Workers::spawn_threads`], or on any executor with [`Workers::spawn_with`]
 //! (`|w| { tokio::spawn(w); }`). Senders have blocking ([`EventStream::send`],
@@ -128,6 +128,7 @@
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod inner;
 mod observer;
 mod panic;
 mod receipt;
@@ -139,6 +140,7 @@ mod sync;
 mod worker;
 
 pub use error::{ConfigError, NotHandled, SendError, SendFailure, SpawnError};
+pub use inner::Overflow;
 pub use observer::{
     AsAsync, AsyncObserver, AsyncObserverFactory, Both, Noop, Observer, ObserverFactory,
 };
@@ -146,7 +148,7 @@ pub use panic::{ObserverPanic, PanicPhase};
 pub use receipt::Receipt;
 pub use route::{Event, shard_for_event, shard_for_key};
 pub use stats::{ShardStats, Stats};
-pub use stream::{Builder, EventStream, Overflow, Room};
+pub use stream::{Builder, EventStream, Room};
 pub use worker::{ShardWorker, WorkerThreads, Workers};
 
 /// A pair is routed by its first element: `(key, payload)`.

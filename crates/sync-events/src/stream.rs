@@ -8,33 +8,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::error::{ConfigError, NotHandled, SendError, SendFailure};
+use crate::inner::{Inner, Overflow, PanicHook};
 use crate::observer::{AsyncObserverFactory, ObserverFactory};
-use crate::panic::{ObserverPanic, PanicPhase, Payload, message};
+use crate::panic::ObserverPanic;
 use crate::receipt::Receipt;
 use crate::route::shard_for_event;
 use crate::shard::{Shard, Target};
 use crate::stats::Stats;
-use crate::sync::{AtomicBool, AtomicUsize, Ordering, block_on};
+use crate::sync::{Ordering, block_on};
 use crate::worker::{ShardWorker, Workers};
 use crate::{Event, ShardStats};
-
-/// What a send does when a shard's queue is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Overflow {
-    /// Wait for room (the blocking calls park the thread, the async ones return `Pending`).
-    /// Nothing is ever dropped.
-    #[default]
-    Block,
-    /// Discard the events that do not fit (the newest), count them in
-    /// [`ShardStats::dropped`] and [`Receipt::dropped`], and succeed.
-    DropNewest,
-    /// Accept what fits and hand the rest back in [`SendError`] with
-    /// [`SendFailure::Full`], counting them in [`ShardStats::rejected`].
-    FailFast,
-}
-
-/// The hook called with every caught observer panic.
-type PanicHook = Arc<dyn Fn(&ObserverPanic) + Send + Sync + 'static>;
 
 /// Configures and builds an [`EventStream`].
 #[derive(Clone)]
@@ -145,45 +128,12 @@ impl Builder {
         if self.capacity == 0 {
             return Err(ConfigError::ZeroCapacity);
         }
-        Ok(Arc::new(Inner {
-            shards: (0..self.shards).map(|_| Shard::new()).collect(),
-            capacity: self.capacity,
-            overflow: self.overflow,
-            closed: AtomicBool::new(false),
-            handles: AtomicUsize::new(1),
-            on_panic: self.on_panic,
-        }))
-    }
-}
-
-/// State shared by the stream handles and the workers.
-pub(crate) struct Inner<E> {
-    /// Empty for the no-op stream.
-    pub(crate) shards: Box<[Shard<E>]>,
-    capacity: usize,
-    overflow: Overflow,
-    /// Set once by [`EventStream::shutdown`].
-    closed: AtomicBool,
-    /// Live [`EventStream`] handles; the last one to go shuts the stream down.
-    handles: AtomicUsize,
-    on_panic: Option<PanicHook>,
-}
-
-impl<E> Inner<E> {
-    /// Counts and reports a caught observer panic.
-    pub(crate) fn report_panic(&self, shard: usize, phase: PanicPhase, payload: &Payload) {
-        let report = ObserverPanic {
-            shard,
-            phase,
-            message: message(payload),
-        };
-        if let Some(s) = self.shards.get(shard) {
-            s.record_panic(report.message.clone());
-        }
-        if let Some(hook) = &self.on_panic {
-            // A panicking hook must not take the worker down either.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&report)));
-        }
+        Ok(Arc::new(Inner::new(
+            (0..self.shards).map(|_| Shard::new()).collect(),
+            self.capacity,
+            self.overflow,
+            self.on_panic,
+        )))
     }
 }
 
@@ -263,14 +213,7 @@ impl<E: Event> EventStream<E> {
     /// send after [`shutdown`](Self::shutdown) fails with [`SendFailure::Closed`].
     pub fn noop() -> Self {
         Self {
-            inner: Arc::new(Inner {
-                shards: Box::new([]),
-                capacity: 1,
-                overflow: Overflow::Block,
-                closed: AtomicBool::new(false),
-                handles: AtomicUsize::new(1),
-                on_panic: None,
-            }),
+            inner: Arc::new(Inner::new(Box::new([]), 1, Overflow::Block, None)),
         }
     }
 

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
-use crate::error::SpawnError;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::error::SpawnError;
+use crate::inner::Inner;
 use crate::observer::{AsyncObserver, Observer};
 use crate::panic::{PanicPhase, catch_future};
-use crate::stream::Inner;
 use crate::sync::block_on;
 
 /// The worker of shard `index` for an async observer: takes whatever is queued at each

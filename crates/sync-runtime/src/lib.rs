@@ -61,7 +61,15 @@
 //! | --- | --- |
 //! | `metrics` | counters (`sync_runtime_*_total`) and gauges through the `metrics` facade |
 //! | `file`, `redis` | the storage backends of `sync-storage` |
-//! | `testkit` | [`sim`]: an [`Api`] over `sync-testkit`'s simulated server with faults, a push producer and a recording handler |
+// The `sim` module only exists with its feature: link it only then.
+#![cfg_attr(
+    feature = "testkit",
+    doc = "| `testkit` | [`sim`]: an [`Api`] over `sync-testkit`'s simulated server with faults, a push producer and a recording handler |"
+)]
+#![cfg_attr(
+    not(feature = "testkit"),
+    doc = "| `testkit` | `sim`: an [`Api`] over `sync-testkit`'s simulated server with faults, a push producer and a recording handler |"
+)]
 //!
 //! # Source files
 //!
