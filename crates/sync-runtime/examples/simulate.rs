@@ -289,15 +289,21 @@ where
             fate.equation()
         ));
     }
-    println!("  pushes sent                      {:>10}", network.pushes);
-    println!("    lost by the network            {:>10}", network.lost);
+    println!(
+        "  pushes sent                      {:>10}",
+        network.traffic.pushes
+    );
+    println!(
+        "    lost by the network            {:>10}",
+        network.traffic.lost
+    );
     println!(
         "    duplicated by the network      {:>10}",
-        network.duplicated
+        network.traffic.duplicated
     );
     println!(
         "    replaced by too-long           {:>10}",
-        network.too_long
+        network.traffic.too_long
     );
     println!(
         "    dropped at a full intake       {:>10}",

@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sync_core::{ChannelDifference, ChannelId, Difference, Sequence, State, Updates};
-use sync_testkit::{ChannelRefusal, Faults, Rng, Server, TestEntities, TestUpdate};
+use sync_testkit::{
+    ChannelRefusal, Faults, Network, Rng, Server, TestEntities, TestUpdate, Traffic,
+};
 use tokio::time::Instant;
 
 use crate::api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
@@ -234,14 +236,9 @@ impl Api for SimulatedApi {
 /// What a [`Producer`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProducerReport {
-    /// Pushes the server made.
-    pub pushes: u64,
-    /// Pushes the network lost (drops and silences).
-    pub lost: u64,
-    /// Extra copies the network delivered.
-    pub duplicated: u64,
-    /// Pushes replaced by `updatesTooLong` or `updateChannelTooLong`.
-    pub too_long: u64,
+    /// What the network did to the server's pushes: losses, copies, too-long summaries,
+    /// malformed updates, and the absurd and `updatePtsChanged` pushes it added.
+    pub traffic: Traffic,
     /// Pushes the manager's intake dropped because it was full.
     pub intake_full: u64,
 }
@@ -257,8 +254,9 @@ pub struct Producer {
     pub burst: u32,
     /// The network's one-way latency.
     pub latency: Duration,
-    /// The push faults (`drop`, `duplicate`, `reorder`, `too_long`, `channel_too_long`,
-    /// `silence`); the request fields are ignored (see [`ApiFaults`]).
+    /// The push faults, applied by `sync_testkit`'s [`Network`] (drops, silences, copies,
+    /// reordering, too-long summaries, malformed updates, absurd and `updatePtsChanged`
+    /// pushes); the request fields are ignored (see [`ApiFaults`]).
     pub faults: Faults,
     /// Seed of the network's faults.
     pub seed: u64,
@@ -278,13 +276,13 @@ impl Producer {
         mut progress: impl FnMut(u64),
     ) -> ProducerReport {
         let mut rng = Rng::new(self.seed ^ 0x5EED_F00D);
+        let mut network = Network::new(self.faults.clone(), self.latency);
         let mut report = ProducerReport::default();
         let mut transit: BTreeMap<(Instant, u64), Updates<TestUpdate, TestEntities>> =
             BTreeMap::new();
         let mut sequence = 0u64;
-        let mut silence = 0u64;
         let mut next_round = Instant::now();
-        loop {
+        'run: loop {
             let made = api.with_server(|s| s.events());
             let producing = made < self.events;
             let next_arrival = transit.first_key_value().map(|(&(at, _), _)| at);
@@ -299,13 +297,13 @@ impl Producer {
             if producing && now >= next_round {
                 next_round += self.interval;
                 for _ in 0..self.burst.max(1) {
-                    let (push, made) = api.with_server(|s| (s.produce(), s.events()));
-                    report.pushes += 1;
-                    for (delay, updates) in
-                        self.network(&mut rng, &mut silence, &mut report, api, push)
-                    {
+                    let (arrivals, made) = api.with_server(|s| {
+                        let push = s.produce();
+                        (network.send(&mut rng, s, push), s.events())
+                    });
+                    for arrival in arrivals {
                         sequence += 1;
-                        transit.insert((now + delay, sequence), updates);
+                        transit.insert((now + arrival.after, sequence), arrival.updates);
                     }
                     if made >= self.events {
                         break;
@@ -342,76 +340,14 @@ impl Producer {
                         report.intake_full += copies.len() as u64;
                         api.with_server(|s| copies.iter().for_each(|push| s.push_lost(push)));
                     }
-                    Err(IntakeError::Stopped) => return report,
+                    Err(IntakeError::Stopped) => break 'run,
                 }
             }
         }
-        report
-    }
-
-    /// What the network makes of one push: none, one or two arrivals, each after a delay.
-    fn network(
-        &self,
-        rng: &mut Rng,
-        silence: &mut u64,
-        report: &mut ProducerReport,
-        api: &SimulatedApi,
-        push: Updates<TestUpdate, TestEntities>,
-    ) -> Vec<(Duration, Updates<TestUpdate, TestEntities>)> {
-        let faults = &self.faults;
-        let lost = if *silence > 0 {
-            *silence -= 1;
-            true
-        } else if rng.chance(faults.silence) {
-            *silence = faults.silence_length;
-            true
-        } else {
-            rng.chance(faults.drop)
-        };
-        if lost {
-            report.lost += 1;
-            api.with_server(|s| s.push_lost(&push));
-            return Vec::new();
+        ProducerReport {
+            traffic: network.traffic(),
+            ..report
         }
-        let channel = match &push {
-            Updates::Combined { updates, .. } => updates.iter().find_map(|u| match u.sequence {
-                Sequence::Channel { channel_id, .. } => Some(channel_id),
-                _ => None,
-            }),
-            _ => None,
-        };
-        let push = if rng.chance(faults.too_long) {
-            report.too_long += 1;
-            api.with_server(|s| s.push_lost(&push));
-            Updates::TooLong
-        } else if let Some(channel_id) = channel.filter(|_| rng.chance(faults.channel_too_long)) {
-            report.too_long += 1;
-            api.with_server(|s| s.push_lost(&push));
-            let (pts, date) = api.with_server(|s| (s.channel_pts(channel_id), s.state().date));
-            let pts = if rng.chance(0.5) { pts } else { None };
-            let update = TestUpdate {
-                id: 0,
-                sequence: Sequence::ChannelTooLong { channel_id, pts },
-            };
-            Updates::Short { update, date }
-        } else {
-            push
-        };
-        let mut delay = self.latency;
-        if rng.chance(faults.reorder) {
-            let window = u64::try_from(faults.reorder_window.as_millis()).unwrap_or(u64::MAX);
-            delay += Duration::from_millis(rng.below(window.saturating_add(1)));
-        }
-        let mut arrivals = Vec::with_capacity(2);
-        if rng.chance(faults.duplicate) {
-            report.duplicated += 1;
-            arrivals.push((
-                delay + Duration::from_millis(rng.below(2_000)),
-                push.clone(),
-            ));
-        }
-        arrivals.push((delay, push));
-        arrivals
     }
 }
 
