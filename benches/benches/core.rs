@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use sync_core::{Config, Difference, Engine, Output, Sequence, State, Update, Updates};
+use sync_core::{Difference, Engine, EngineConfig, Output, Sequence, State, Update, Updates};
 
 /// The leanest update an application could have: just its place.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +31,7 @@ const START: State = State {
 fn engine(channels: i64) -> (Engine<Lean>, Instant) {
     let now = Instant::now();
     let mut engine = Engine::from_state(
-        Config::default(),
+        EngineConfig::default(),
         now,
         START,
         (1..=channels).map(|id| (id, 1)),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sync_core::{Sequence, Updates};
 use sync_runtime::sim::{ApiFaults, SimulatedApi};
-use sync_runtime::{BoxError, Config, Handler, IntakeError, Manager};
+use sync_runtime::{BoxError, Handler, IntakeError, Manager, ManagerConfig};
 use sync_storage::MemoryStorage;
 use sync_testkit::{Limits, Rng, Server, TestEntities, TestUpdate, Workload};
 
@@ -70,15 +70,15 @@ fn workload() -> Workload {
     }
 }
 
-fn config() -> Config {
-    Config {
-        engine: sync_core::Config {
+fn config() -> ManagerConfig {
+    ManagerConfig {
+        engine: sync_core::EngineConfig {
             pts_total_limit: None,
-            ..sync_core::Config::bot()
+            ..sync_core::EngineConfig::bot()
         },
         intake_capacity: 65_536,
-        shards: env("E2E_SHARDS", Config::default().shards as u64) as usize,
-        ..Config::default()
+        shards: env("E2E_SHARDS", ManagerConfig::default().shards as u64) as usize,
+        ..ManagerConfig::default()
     }
 }
 

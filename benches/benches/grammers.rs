@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use grammers_session::updates::{MessageBoxes, UpdatesLike};
-use sync_core::{Config, Difference, Output, State};
+use sync_core::{Difference, EngineConfig, Output, State};
 use sync_grammers::tl;
 use sync_grammers::{AllKnown, Converter, TlEngine};
 
@@ -254,7 +254,7 @@ fn our_engine(scenario: Scenario) -> TlEngine {
         seq: START_SEQ,
     };
     let channels = (1..=scenario.channels()).map(|id| (id, START_PTS));
-    let mut engine = TlEngine::from_state(Config::default(), now, state, channels).unwrap();
+    let mut engine = TlEngine::from_state(EngineConfig::default(), now, state, channels).unwrap();
     let Some(Output::Request(request)) = engine.poll_output() else {
         unreachable!()
     };

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use sync_core::{
-    Config, Difference, Engine, Output, RequestKind, Sequence, State, Update, Updates,
+    Difference, Engine, EngineConfig, Output, RequestKind, Sequence, State, Update, Updates,
 };
 
 /// The application's own update type: a message in the common box or in a channel.
@@ -108,7 +108,7 @@ fn main() {
         seq: 0,
     };
     let mut engine: Engine<Message> =
-        Engine::from_state(Config::default(), start, stored, [(77, 500)]).unwrap();
+        Engine::from_state(EngineConfig::default(), start, stored, [(77, 500)]).unwrap();
     // What the server will answer to the next getDifference.
     let mut server = Vec::new();
 

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-/// How the engine behaves. [`Config::default`] follows Telegram's guidance for user accounts;
-/// [`Config::bot`] for bots.
+/// How the engine behaves. [`EngineConfig::default`] follows Telegram's guidance for user accounts;
+/// [`EngineConfig::bot`] for bots.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct EngineConfig {
     /// How long a gap may stay open, waiting for the missing pushes, before the engine fetches
     /// the difference. Telegram suggests 0.5 s.
     pub gap_timeout: Duration,
@@ -45,7 +45,7 @@ pub struct Config {
     pub catch_up_channels: bool,
 }
 
-impl Default for Config {
+impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             gap_timeout: Duration::from_millis(500),
@@ -64,7 +64,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl EngineConfig {
     /// The defaults for a bot account: channel differences of up to 100,000 updates and no
     /// `pts_total_limit`.
     pub fn bot() -> Self {

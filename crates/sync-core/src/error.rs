@@ -55,7 +55,7 @@ pub enum Error {
     /// A channel the engine does not track.
     #[error("channel {0} is not tracked")]
     UnknownChannel(ChannelId),
-    /// More open channels than [`Config::max_open_channels`](crate::Config).
+    /// More open channels than [`EngineConfig::max_open_channels`](crate::EngineConfig).
     #[error("at most {limit} channels can be open at once")]
     TooManyOpenChannels {
         /// The configured limit.

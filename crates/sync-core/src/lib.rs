@@ -77,9 +77,9 @@
 //!    the commits in order can restart the engine ([`Engine::from_state`]) without losing an
 //!    update (the unacknowledged tail is delivered again).
 //! 4. Memory is bounded: buffered updates are capped per sequence and in total
-//!    ([`Config::max_buffered_per_sequence`], [`Config::max_buffered_total`]); past a cap the
+//!    ([`EngineConfig::max_buffered_per_sequence`], [`EngineConfig::max_buffered_total`]); past a cap the
 //!    engine drops the buffer and fetches the difference instead.
-//! 5. Every gap is resolved within [`Config::gap_timeout`] plus the request round trips; failed
+//! 5. Every gap is resolved within [`EngineConfig::gap_timeout`] plus the request round trips; failed
 //!    requests back off and retry; a request is only repeated while the server says there is
 //!    more (slices, non-final channel differences). What waited before a request and lies
 //!    beyond the final answer's state cannot exist (absurd or far-future numbers) and is
@@ -102,7 +102,7 @@
 //! | --- | --- |
 //! | `update.rs` | what the engine reads of your types ([`Update`], [`Entities`], [`Sequence`]) and the shapes replies and pushes come in ([`Updates`], [`Difference`], [`ChannelDifference`], [`Affected`]) |
 //! | `output.rs` | what it asks of its driver ([`Output`], [`Request`], [`Batch`], [`Failure`], [`Stats`]) |
-//! | `state.rs`, `config.rs`, `error.rs` | [`State`] and [`Commit`], [`Config`], [`Error`] |
+//! | `state.rs`, `config.rs`, `error.rs` | [`State`] and [`Commit`], [`EngineConfig`], [`Error`] |
 //! | `buffer.rs` | the sorted buffer of one sequence and its one rule (apply, duplicate, gap) |
 //! | `engine/` | [`Engine`]: `mod.rs` the type, its queries and the application's channel commands; `intake.rs`, `boxes.rs`, `fetch.rs`, `timers.rs`, `commit.rs` its sections (see the inputs table) |
 //!
@@ -117,7 +117,7 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use sync_core::{Config, Difference, Engine, Output, RequestKind, Sequence, State, Update, Updates};
+//! use sync_core::{EngineConfig, Difference, Engine, Output, RequestKind, Sequence, State, Update, Updates};
 //!
 //! #[derive(Debug, Clone, PartialEq)]
 //! struct Message { pts: i32 }
@@ -131,7 +131,7 @@
 //! let start = Instant::now();
 //! let stored = State { pts: 10, qts: 0, date: 0, seq: 0 };
 //! let mut engine: Engine<Message> =
-//!     Engine::from_state(Config::default(), start, stored, []).unwrap();
+//!     Engine::from_state(EngineConfig::default(), start, stored, []).unwrap();
 //!
 //! // At start the engine catches up with one getDifference.
 //! let Some(Output::Request(request)) = engine.poll_output() else { panic!() };
@@ -179,7 +179,7 @@ mod output;
 mod state;
 mod update;
 
-pub use config::Config;
+pub use config::EngineConfig;
 pub use engine::Engine;
 pub use error::Error;
 pub use output::{Batch, BatchId, Failure, Output, Request, RequestId, RequestKind, Stats};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{Ents, Harness, STATE, Up, pts};
 use sync_core::{
-    Affected, ChannelCommit, ChannelDifference, ChannelDifferenceKind, ChannelHash, Config,
-    Difference, Engine, Error, Failure, Output, Request, RequestId, RequestKind, State, Updates,
+    Affected, ChannelCommit, ChannelDifference, ChannelDifferenceKind, ChannelHash, Difference,
+    Engine, EngineConfig, Error, Failure, Output, Request, RequestId, RequestKind, State, Updates,
 };
 
 const GAP: Duration = Duration::from_millis(500);
@@ -310,7 +310,7 @@ fn seq_gap_is_resolved_by_difference() {
 
 #[test]
 fn channels_apply_in_order_and_fetch_their_own_difference() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.push_all([Up::Chan(7, 11, 1), Up::Chan(7, 14, 1), Up::Chan(7, 11, 1)]);
     assert_eq!(h.take_delivered(), [Up::Chan(7, 11, 1)]);
     h.fire_next();
@@ -368,7 +368,7 @@ fn channels_apply_in_order_and_fetch_their_own_difference() {
 
 #[test]
 fn bots_ask_for_large_channel_differences() {
-    let mut h = Harness::ready_with(Config::bot(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::bot(), [(7, 10)]);
     h.push(Up::Chan(7, 12, 1));
     h.fire_next();
     let request = h.take_request();
@@ -384,7 +384,7 @@ fn bots_ask_for_large_channel_differences() {
 
 #[test]
 fn channel_too_long_fetches_and_never_rewinds() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.push(Up::ChanTooLong(7, Some(5)));
     assert!(h.requests.is_empty(), "an older pts is no news");
     h.push(Up::ChanTooLong(7, None));
@@ -448,7 +448,7 @@ fn first_seen_channel_starts_its_sequence() {
 
 #[test]
 fn channel_updates_in_a_common_difference_follow_the_channel_sequence() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.push(pts(102));
     h.fire_next();
     let request = h.take_request();
@@ -476,9 +476,9 @@ fn channel_updates_in_a_common_difference_follow_the_channel_sequence() {
 
 #[test]
 fn channel_requests_are_bounded() {
-    let config = Config {
+    let config = EngineConfig {
         max_concurrent_channel_requests: 2,
-        ..Config::default()
+        ..EngineConfig::default()
     };
     let mut h = Harness::ready_with(config, [(1, 10), (2, 10), (3, 10)]);
     for channel in 1..=3 {
@@ -510,12 +510,12 @@ fn channel_requests_are_bounded() {
 
 #[test]
 fn startup_catches_up_stored_channels_only_when_asked() {
-    let h = Harness::resumed(Config::default(), [(1, 10), (2, 10)]);
+    let h = Harness::resumed(EngineConfig::default(), [(1, 10), (2, 10)]);
     assert_eq!(h.requests.len(), 1, "getDifference only");
-    let config = Config {
+    let config = EngineConfig {
         catch_up_channels: true,
         max_concurrent_channel_requests: 1,
-        ..Config::default()
+        ..EngineConfig::default()
     };
     let h = Harness::resumed(config, [(1, 10), (2, 10)]);
     assert_eq!(
@@ -528,7 +528,7 @@ fn startup_catches_up_stored_channels_only_when_asked() {
 #[test]
 fn fresh_start_asks_for_the_state_and_holds_pushes_meanwhile() {
     let now = std::time::Instant::now();
-    let mut h = Harness::wrap(Engine::new(Config::default(), now), now);
+    let mut h = Harness::wrap(Engine::new(EngineConfig::default(), now), now);
     let request = h.take_request();
     assert_eq!(request.kind, RequestKind::GetState);
     h.push_all([pts(100), pts(101)]);
@@ -564,9 +564,9 @@ fn idle_timeout_asks_for_the_difference() {
 
 #[test]
 fn buffer_cap_overflow_switches_to_the_difference() {
-    let config = Config {
+    let config = EngineConfig {
         max_buffered_per_sequence: 3,
-        ..Config::default()
+        ..EngineConfig::default()
     };
     let mut h = Harness::ready_with(config, []);
     h.push_all([pts(102), pts(103), pts(104)]);
@@ -593,9 +593,9 @@ fn buffer_cap_overflow_switches_to_the_difference() {
 
 #[test]
 fn total_cap_is_shared_by_all_sequences() {
-    let config = Config {
+    let config = EngineConfig {
         max_buffered_total: 2,
-        ..Config::default()
+        ..EngineConfig::default()
     };
     let mut h = Harness::ready_with(config, [(1, 10)]);
     h.push_all([pts(102), Up::Chan(1, 12, 1)]);
@@ -686,7 +686,7 @@ fn failures_back_off_and_honour_flood_wait() {
 
 #[test]
 fn inaccessible_channel_is_forgotten() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.push(Up::Chan(7, 13, 1));
     h.fire_next();
     let request = h.take_request();
@@ -702,7 +702,7 @@ fn inaccessible_channel_is_forgotten() {
 
 #[test]
 fn affected_pts_advances_and_closes_gaps() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.push(pts(103));
     h.engine
         .handle_affected(
@@ -734,7 +734,7 @@ fn affected_pts_advances_and_closes_gaps() {
 
 #[test]
 fn open_channels_are_polled_on_the_server_hint() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.engine.open_channel(7).unwrap();
     h.pump();
     let request = h.take_request();
@@ -763,7 +763,7 @@ fn open_channels_are_polled_on_the_server_hint() {
         RequestKind::GetChannelDifference { channel_id: 7, .. }
     ));
     // Closed channels are not polled, and a closed channel's timeout never delays pushes.
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.push(Up::ChanTooLong(7, None));
     let request = h.take_request();
     h.engine
@@ -791,9 +791,9 @@ fn open_channels_are_polled_on_the_server_hint() {
 
 #[test]
 fn too_many_open_channels_is_an_error() {
-    let config = Config {
+    let config = EngineConfig {
         max_open_channels: 1,
-        ..Config::default()
+        ..EngineConfig::default()
     };
     let mut h = Harness::ready_with(config, [(1, 1), (2, 1)]);
     h.engine.open_channel(1).unwrap();
@@ -959,7 +959,7 @@ fn malformed_pushes_are_refused_whole() {
 
 #[test]
 fn a_refused_container_recovers_every_sequence_it_names() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     let container = combined(
         vec![
             pts(101),
@@ -998,7 +998,7 @@ fn a_refused_container_recovers_every_sequence_it_names() {
 
 #[test]
 fn a_far_future_push_is_discarded_by_the_final_answer() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.push(Up::Pts(i32::MAX, 1));
     h.push(Up::Chan(7, i32::MAX - 5, 1));
     h.fire_next();
@@ -1103,7 +1103,7 @@ fn pts_changed_without_renumbering_loses_nothing() {
 
 #[test]
 fn channel_too_long_delivers_its_latest_messages_after_the_notice() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.engine.request_channel_difference(7).unwrap();
     h.pump();
     let request = h.take_request();
@@ -1147,7 +1147,7 @@ fn channel_too_long_delivers_its_latest_messages_after_the_notice() {
 
 #[test]
 fn malformed_replies_are_refused_and_change_nothing() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     let stranger = RequestId(999);
     assert_eq!(
         h.engine.handle_state(h.now, stranger, STATE),
@@ -1264,14 +1264,16 @@ fn malformed_replies_are_refused_and_change_nothing() {
 fn malformed_stored_state_is_refused() {
     let now = std::time::Instant::now();
     let negative = State { pts: -1, ..STATE };
-    assert!(Engine::<Up, Ents>::from_state(Config::default(), now, negative, []).is_err());
-    assert!(Engine::<Up, Ents>::from_state(Config::default(), now, STATE, [(0, 1)]).is_err());
-    assert!(Engine::<Up, Ents>::from_state(Config::default(), now, STATE, [(1, -1)]).is_err());
+    assert!(Engine::<Up, Ents>::from_state(EngineConfig::default(), now, negative, []).is_err());
+    assert!(Engine::<Up, Ents>::from_state(EngineConfig::default(), now, STATE, [(0, 1)]).is_err());
+    assert!(
+        Engine::<Up, Ents>::from_state(EngineConfig::default(), now, STATE, [(1, -1)]).is_err()
+    );
 }
 
 #[test]
 fn forgetting_a_channel_with_a_request_in_flight() {
-    let mut h = Harness::ready_with(Config::default(), [(7, 10)]);
+    let mut h = Harness::ready_with(EngineConfig::default(), [(7, 10)]);
     h.push(Up::ChanTooLong(7, None));
     let request = h.take_request();
     h.engine.forget_channel(7);

@@ -14,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Instant;
 
-use sync_core::{Config, Difference, Engine, Output, Sequence, State, Update, Updates};
+use sync_core::{Difference, Engine, EngineConfig, Output, Sequence, State, Update, Updates};
 
 /// Counts live bytes and allocation calls of the current thread: the test harness allocates
 /// on its own threads meanwhile, and that must not count.
@@ -81,7 +81,7 @@ const START: State = State {
 fn ready(channels: i64) -> (Engine<Lean>, Instant) {
     let now = Instant::now();
     let mut engine = Engine::from_state(
-        Config::default(),
+        EngineConfig::default(),
         now,
         START,
         (1..=channels).map(|c| (c, 1)),

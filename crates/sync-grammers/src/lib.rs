@@ -54,12 +54,12 @@
 //! ```
 //! use std::time::Instant;
 //! use grammers_tl_types as tl;
-//! use sync_core::{Config, Difference, Output, State};
+//! use sync_core::{EngineConfig, Difference, Output, State};
 //! use sync_grammers::{Converter, PeerRef, TlEngine, TlRequest};
 //!
 //! let now = Instant::now();
 //! let stored = State { pts: 10, qts: 0, date: 1, seq: 0 };
-//! let mut engine = TlEngine::from_state(Config::default(), now, stored, []).unwrap();
+//! let mut engine = TlEngine::from_state(EngineConfig::default(), now, stored, []).unwrap();
 //! // The application's peer cache: here it knows user 7 only.
 //! let converter = Converter::new(|peer: PeerRef| peer == PeerRef::User(7));
 //! let hashes = std::collections::HashMap::<i64, i64>::new();

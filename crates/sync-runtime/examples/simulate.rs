@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use sync_core::{ChannelCommit, Commit, Sequence};
 use sync_runtime::sim::{ApiFaults, Producer, Recorder, SimulatedApi};
-use sync_runtime::{Config, Manager, Stats};
+use sync_runtime::{Manager, ManagerConfig, Stats};
 use sync_storage::{AccessHashStorage, MemoryStorage, StateStorage};
 use sync_testkit::{Delivery, Faults, Limits, Oracle, Server, TestUpdate, Workload};
 
@@ -184,9 +184,9 @@ where
 
     let api = SimulatedApi::new(server, api_faults, options.seed);
     let recorder = Recorder::new();
-    let config = Config {
+    let config = ManagerConfig {
         jitter_seed: Some(options.seed),
-        ..Config::default()
+        ..ManagerConfig::default()
     };
     let manager = Manager::with_config(
         ACCOUNT,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::ManagerConfig;
 
 /// Where exponential backoff starts and where it stops growing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,17 +18,17 @@ pub(crate) struct Policy {
 
 impl Policy {
     /// Failed calls: the engine's own retry settings, so that there is one set of them
-    /// ([`sync_core::Config::retry_base`], [`sync_core::Config::retry_max`]).
-    pub(crate) fn api(config: &Config) -> Self {
+    /// ([`sync_core::EngineConfig::retry_base`], [`sync_core::EngineConfig::retry_max`]).
+    pub(crate) fn api(config: &ManagerConfig) -> Self {
         Self {
             base: config.engine.retry_base,
             max: config.engine.retry_max,
         }
     }
 
-    /// Storage that is unavailable ([`Config::storage_retry_base`],
-    /// [`Config::storage_retry_max`]).
-    pub(crate) fn storage(config: &Config) -> Self {
+    /// Storage that is unavailable ([`ManagerConfig::storage_retry_base`],
+    /// [`ManagerConfig::storage_retry_max`]).
+    pub(crate) fn storage(config: &ManagerConfig) -> Self {
         Self {
             base: config.storage_retry_base,
             max: config.storage_retry_max,

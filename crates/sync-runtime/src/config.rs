@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
-/// How a [`Manager`](crate::Manager) behaves. [`Config::default`] suits a user account;
-/// `Config { engine: sync_core::Config::bot(), ..Config::default() }` a bot.
+/// How a [`Manager`](crate::Manager) behaves. [`ManagerConfig::default`] suits a user account;
+/// `ManagerConfig { engine: sync_core::EngineConfig::bot(), ..ManagerConfig::default() }` a bot.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+pub struct ManagerConfig {
     /// The engine's settings (gap timeout, limits, buffer caps, concurrent channel requests),
     /// and the retry policy of failed calls: the manager waits
-    /// [`retry_base`](sync_core::Config::retry_base) after a first failure, doubled per
-    /// further attempt up to [`retry_max`](sync_core::Config::retry_max), each delay jittered
+    /// [`retry_base`](sync_core::EngineConfig::retry_base) after a first failure, doubled per
+    /// further attempt up to [`retry_max`](sync_core::EngineConfig::retry_max), each delay jittered
     /// down to between half and all of it at random (FLOOD_WAIT waits what the server asks,
     /// plus `flood_wait_jitter`).
-    pub engine: sync_core::Config,
+    pub engine: sync_core::EngineConfig,
     /// How many pushes [`ManagerHandle::handle`](crate::ManagerHandle::handle) and
     /// [`ManagerHandle::handle_batch`](crate::ManagerHandle::handle_batch) queue before they
     /// drop the newest (they are recovered by a difference). A batch counts its pushes and is
@@ -52,10 +52,10 @@ pub struct Config {
     pub jitter_seed: Option<u64>,
 }
 
-impl Default for Config {
+impl Default for ManagerConfig {
     fn default() -> Self {
         Self {
-            engine: sync_core::Config::default(),
+            engine: sync_core::EngineConfig::default(),
             intake_capacity: 4_096,
             shards: 8,
             shard_capacity: 1_024,

@@ -24,7 +24,7 @@ use crate::api::{
     Api, ApiError, ChannelDifferenceRequest, DifferenceRequest, EntitiesOf, UpdateOf,
 };
 use crate::backoff::{Jitter, Policy};
-use crate::config::Config;
+use crate::config::ManagerConfig;
 use crate::dispatch::{Backlog, BoxFuture, Dispatch};
 use crate::handle::{Control, Input, Shared};
 use crate::handler::Notice;
@@ -57,7 +57,7 @@ pub(crate) struct Driver<A: Api, S> {
     account: AccountId,
     api: Arc<A>,
     storage: Arc<S>,
-    config: Config,
+    config: ManagerConfig,
     shared: Arc<Shared>,
     engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
     /// The hand-over to the dispatch and the acknowledgements of what was handled.
@@ -100,7 +100,7 @@ where
         account: AccountId,
         api: Arc<A>,
         storage: Arc<S>,
-        config: Config,
+        config: ManagerConfig,
         shared: Arc<Shared>,
         engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
         stream: EventStream<Dispatch<UpdateOf<A>, EntitiesOf<A>>>,

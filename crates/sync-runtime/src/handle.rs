@@ -90,7 +90,7 @@ pub(crate) struct Shared {
     /// when it receives. Bounded by `capacity` (see [`ManagerHandle::handle_batch`]). Kept by
     /// [`Manager::with_cancellation`](crate::Manager::with_cancellation), like the intake itself.
     pub(crate) queued: Arc<AtomicUsize>,
-    /// [`Config::intake_capacity`](crate::Config::intake_capacity), at least 1.
+    /// [`ManagerConfig::intake_capacity`](crate::ManagerConfig::intake_capacity), at least 1.
     pub(crate) capacity: usize,
     pub(crate) running: AtomicBool,
     pub(crate) cancel: CancellationToken,
@@ -142,7 +142,7 @@ impl<U, E> ManagerHandle<U, E> {
     /// (and at most one wake-up of the manager) for the whole batch.
     ///
     /// Never waits. The intake counts pushes, not batches: a batch is taken when it fits in the
-    /// room left by [`Config::intake_capacity`](crate::Config::intake_capacity), or when the intake
+    /// room left by [`ManagerConfig::intake_capacity`](crate::ManagerConfig::intake_capacity), or when the intake
     /// is empty (so a batch larger than the capacity is not refused for good; the intake then holds
     /// at most that batch). Otherwise the whole batch is dropped, counted in
     /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped), and recovered by a
@@ -162,7 +162,7 @@ impl<U, E> ManagerHandle<U, E> {
 
     /// How many pushes wait in the intake right now (a batch counts its pushes). A reader that
     /// would rather slow down than have pushes dropped (and fetched again by difference) can hold
-    /// back while this is close to [`Config::intake_capacity`](crate::Config::intake_capacity).
+    /// back while this is close to [`ManagerConfig::intake_capacity`](crate::ManagerConfig::intake_capacity).
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
     }
@@ -311,7 +311,7 @@ impl<U, E> ManagerHandle<U, E> {
     }
 
     /// Asks the manager to shut down cleanly: stop intake, drain dispatch (for at most
-    /// [`Config::shutdown_grace`](crate::Config::shutdown_grace)), persist what was handled,
+    /// [`ManagerConfig::shutdown_grace`](crate::ManagerConfig::shutdown_grace)), persist what was handled,
     /// return. Never waits.
     pub fn shutdown(&self) {
         self.shared.cancel.cancel();

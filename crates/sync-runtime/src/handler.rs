@@ -70,7 +70,7 @@ impl Notice {
 /// A handler that blocks holds up its own shard's later updates (and, once the manager's
 /// backlog reaches that shard, the hand-over of everything after them: pushes are then dropped
 /// and recovered by a difference later). At shutdown the handlers get
-/// [`Config::shutdown_grace`](crate::Config::shutdown_grace) to finish, then they are stopped.
+/// [`ManagerConfig::shutdown_grace`](crate::ManagerConfig::shutdown_grace) to finish, then they are stopped.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -46,7 +46,7 @@
 //!   redelivers at most the unacknowledged tail.
 //! - **Shutdown**: [`ManagerHandle::shutdown`] (or a [`CancellationToken`]) stops intake and
 //!   commands (calls waiting on them fail with [`ControlError::Stopped`]), drains dispatch for
-//!   at most [`Config::shutdown_grace`] (then stops handlers that are still busy, counted in
+//!   at most [`ManagerConfig::shutdown_grace`] (then stops handlers that are still busy, counted in
 //!   [`Summary::abandoned`]), persists what was handled and makes [`Manager::run`] return.
 //! - **Observability**: `tracing` spans and events (gaps detected and resolved, differences
 //!   fetched, commits rejected), [`ManagerHandle::stats`] ([`Stats`]: the engine's counters
@@ -84,7 +84,7 @@
 //! | `api.rs` | [`Api`], [`ApiError`], the request types, [`BoxError`] |
 //! | `handler.rs` | [`Handler`], [`Notice`] |
 //! | `peer.rs` | [`Peer`], [`PeerKey`] |
-//! | `config.rs`, `stats.rs` | [`Config`]; [`Stats`], [`RuntimeStats`] and the counters behind them |
+//! | `config.rs`, `stats.rs` | [`ManagerConfig`]; [`Stats`], [`RuntimeStats`] and the counters behind them |
 //! | `sim.rs` | [`sim`] (feature `testkit`) |
 //!
 //! # Example
@@ -185,7 +185,7 @@ mod writer;
 pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
-pub use config::Config;
+pub use config::ManagerConfig;
 pub use handle::{ControlError, IntakeError, ManagerHandle};
 pub use handler::{Handler, Notice};
 pub use manager::{Manager, RunError, Summary};

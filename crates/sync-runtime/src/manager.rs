@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::api::{Api, EntitiesOf, UpdateOf};
 use crate::backoff::{Jitter, Policy};
-use crate::config::Config;
+use crate::config::ManagerConfig;
 use crate::dispatch::{Dispatcher, MANAGER_IDS};
 use crate::driver::{Driver, now};
 use crate::handle::{Control, Input, ManagerHandle, Shared};
@@ -34,7 +34,7 @@ pub enum RunError {
     /// The stored state is invalid (negative numbers, a bad channel id).
     #[error("the stored state is invalid: {0}")]
     InvalidState(#[source] sync_core::Error),
-    /// The dispatch could not be built (zero shards or zero capacity in the [`Config`]).
+    /// The dispatch could not be built (zero shards or zero capacity in the [`ManagerConfig`]).
     #[error("invalid dispatch configuration: {0}")]
     Dispatch(#[source] sync_events::ConfigError),
     /// The API reported the authorization lost. The manager drained its dispatch and
@@ -57,7 +57,7 @@ pub struct Summary {
     /// True when every commit reached storage before the shutdown deadline.
     pub persisted: bool,
     /// Updates and notices the manager had taken for dispatch whose handling never finished:
-    /// the handlers were still busy when [`Config::shutdown_grace`] ran out and were stopped
+    /// the handlers were still busy when [`ManagerConfig::shutdown_grace`] ran out and were stopped
     /// (or the dispatch was gone). 0 means everything dispatched was handled. What was not
     /// handled was not acknowledged either, so `state` and storage stop before it and the next
     /// start delivers it again.
@@ -74,7 +74,7 @@ pub struct Manager<A: Api, S, H> {
     api: Arc<A>,
     storage: Arc<S>,
     handler: Arc<H>,
-    config: Config,
+    config: ManagerConfig,
     shared: Arc<Shared>,
     intake: mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
     control: mpsc::UnboundedReceiver<Control>,
@@ -98,14 +98,20 @@ where
 {
     /// A manager for `account` (the logged-in user's id), calling Telegram through `api`,
     /// persisting through `storage` and handing updates to `handler`, with the default
-    /// [`Config`].
+    /// [`ManagerConfig`].
     pub fn new(account: AccountId, api: A, storage: S, handler: H) -> Self {
-        Self::with_config(account, api, storage, handler, Config::default())
+        Self::with_config(account, api, storage, handler, ManagerConfig::default())
     }
 
-    /// The same with a [`Config`]. Shared API clients and storages work too: the traits are
+    /// The same with a [`ManagerConfig`]. Shared API clients and storages work too: the traits are
     /// implemented for `Arc<_>`.
-    pub fn with_config(account: AccountId, api: A, storage: S, handler: H, config: Config) -> Self {
+    pub fn with_config(
+        account: AccountId,
+        api: A,
+        storage: S,
+        handler: H,
+        config: ManagerConfig,
+    ) -> Self {
         // Unbounded as a channel: the intake's bound is counted in pushes by `Shared::queued`.
         let (intake_tx, intake) = mpsc::unbounded_channel();
         let (control_tx, control) = mpsc::unbounded_channel();
@@ -170,7 +176,7 @@ where
     /// deliveries and persists its commits. On shutdown it stops intake (commands and queued
     /// pushes fail or are dropped; a later start fetches them by difference), abandons
     /// in-flight requests, and waits for the handlers to finish what was dispatched, for at
-    /// most [`Config::shutdown_grace`]; handlers still busy then are stopped (their tasks
+    /// most [`ManagerConfig::shutdown_grace`]; handlers still busy then are stopped (their tasks
     /// aborted, counted in [`Summary::abandoned`]). It persists what was handled and returns.
     ///
     /// Dropping the future instead is a crash: nothing more is handled or written, and a

@@ -184,12 +184,12 @@ async fn failing_and_panicking_handlers_do_not_stop_the_manager() {
 }
 
 /// A slow handler and tiny queues: dispatch backs up, the manager waits, the intake fills.
-async fn backed_up(seed: u64) -> (Sim, Arc<MemoryStorage>, sync_runtime::Config) {
+async fn backed_up(seed: u64) -> (Sim, Arc<MemoryStorage>, sync_runtime::ManagerConfig) {
     let mut sim = Sim::new(seed, 8, ApiFaults::none(Duration::from_millis(40)));
     sim.recorder = Recorder::new().with_delay(Duration::from_millis(30));
     let storage = Arc::new(MemoryStorage::new());
     sim.seed(&*storage).await;
-    let config = sync_runtime::Config {
+    let config = sync_runtime::ManagerConfig {
         intake_capacity: 4,
         shard_capacity: 2,
         ..config(seed, false)
@@ -308,7 +308,7 @@ fn the_intake_counts_pushes_and_takes_or_drops_whole_batches() {
             sim.api.clone(),
             Arc::new(MemoryStorage::new()),
             Recorder::new(),
-            sync_runtime::Config {
+            sync_runtime::ManagerConfig {
                 intake_capacity: capacity,
                 ..config(seed, false)
             },

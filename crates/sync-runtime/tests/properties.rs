@@ -19,7 +19,7 @@ use common::{Sim, config, env_or, producer};
 use proptest::prelude::*;
 use sync_core::{Affected, Updates};
 use sync_runtime::sim::{ApiFaults, Recorder};
-use sync_runtime::{BoxError, Config, ControlError, ManagerHandle};
+use sync_runtime::{BoxError, ControlError, ManagerConfig, ManagerHandle};
 use sync_storage::MemoryStorage;
 use sync_testkit::{Faults, Rng, TestEntities, TestUpdate};
 use tokio::time::{Instant, timeout};
@@ -180,7 +180,7 @@ async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> Result<T, St
 async fn case(seed: u64, tiny: Option<(usize, usize, usize)>, faults: usize) -> Result<(), String> {
     let (faults, api) = mix(faults);
     let mut sim = Sim::new(seed, 8, api);
-    let mut config = Config {
+    let mut config = ManagerConfig {
         shutdown_grace: GRACE,
         ..config(seed, false)
     };

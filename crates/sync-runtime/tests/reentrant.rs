@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{Sim, config, producer};
 use sync_core::Updates;
 use sync_runtime::sim::{ApiFaults, Recorder};
-use sync_runtime::{BoxError, Config, ManagerHandle, Summary};
+use sync_runtime::{BoxError, ManagerConfig, ManagerHandle, Summary};
 use sync_storage::MemoryStorage;
 use sync_testkit::{Faults, TestEntities, TestUpdate};
 
@@ -36,8 +36,8 @@ fn handle_of(slot: &Slot) -> Handle {
 }
 
 /// Two shards of two updates and an intake of four: dispatch backs up at once.
-fn tiny(seed: u64) -> Config {
-    Config {
+fn tiny(seed: u64) -> ManagerConfig {
+    ManagerConfig {
         intake_capacity: 4,
         shards: 2,
         shard_capacity: 2,
@@ -156,9 +156,9 @@ async fn a_large_startup_difference_with_a_handler_awaiting_commands_is_handled(
             server.produce();
         }
     });
-    let config = Config {
+    let config = ManagerConfig {
         jitter_seed: Some(seed),
-        ..Config::default()
+        ..ManagerConfig::default()
     };
     let (handle, mut run) = sim.start(&storage, config);
     slot.set(handle.clone()).expect("set once");
@@ -192,7 +192,7 @@ async fn shutdown_ends_within_the_grace_while_a_handler_blocks_forever() {
     let storage = Arc::new(MemoryStorage::new());
     sim.seed(&*storage).await;
     let grace = Duration::from_secs(5);
-    let config = Config {
+    let config = ManagerConfig {
         shutdown_grace: grace,
         ..tiny(seed)
     };

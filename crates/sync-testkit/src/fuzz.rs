@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 use sync_core::{
-    Affected, BatchId, ChannelDifference, ChannelDifferenceKind, ChannelHash, ChannelId, Config,
-    Difference, Engine, Failure, Output, Request, RequestId, RequestKind, Sequence, State, Updates,
+    Affected, BatchId, ChannelDifference, ChannelDifferenceKind, ChannelHash, ChannelId,
+    Difference, Engine, EngineConfig, Failure, Output, Request, RequestId, RequestKind, Sequence,
+    State, Updates,
 };
 
 use crate::faults::Faults;
@@ -187,13 +188,13 @@ fn update(place: Place, engine: &Engine<TestUpdate, TestEntities>, id: u64) -> T
 }
 
 /// The configuration fuzzed engines run with: tiny caps, so that every limit is reached.
-pub fn fuzz_config() -> Config {
-    Config {
+pub fn fuzz_config() -> EngineConfig {
+    EngineConfig {
         max_buffered_per_sequence: 4,
         max_buffered_total: 10,
         max_concurrent_channel_requests: 2,
         max_open_channels: 2,
-        ..Config::default()
+        ..EngineConfig::default()
     }
 }
 
@@ -498,7 +499,7 @@ pub fn run_core_inputs(input: &CoreInputs) -> Result<(), String> {
 /// Polls the engine dry, checking what it emits.
 fn drain(
     engine: &mut Engine<TestUpdate, TestEntities>,
-    config: &Config,
+    config: &EngineConfig,
     requests: &mut Vec<Request>,
     batches: &mut Vec<BatchId>,
     committed: &mut (State, HashMap<ChannelId, i32>),
@@ -613,12 +614,12 @@ impl ScenarioSpec {
             channel_timeout: Some(30),
             ..Limits::default()
         };
-        let config = Config {
+        let config = EngineConfig {
             max_buffered_per_sequence: usize::from(self.caps.0 % 64) + 1,
             max_buffered_total: usize::from(self.caps.1) + 1,
             max_concurrent_channel_requests: usize::from(self.caps.2 % 8) + 1,
             pts_total_limit: None,
-            ..Config::default()
+            ..EngineConfig::default()
         };
         Scenario::new(self.seed)
             .events(u64::from(self.events % 400))

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sync_core::Config;
+use sync_core::EngineConfig;
 use sync_testkit::{Faults, Limits, Scenario, Workload};
 
 fn cases(default: u32) -> ProptestConfig {
@@ -65,16 +65,16 @@ fn limits() -> impl Strategy<Value = Limits> {
     )
 }
 
-fn config() -> impl Strategy<Value = Config> {
+fn config() -> impl Strategy<Value = EngineConfig> {
     (1usize..64, 4usize..256, 1usize..8, any::<bool>(), 1i32..150).prop_map(
-        |(per_sequence, total, concurrent, catch_up, channel_limit)| Config {
+        |(per_sequence, total, concurrent, catch_up, channel_limit)| EngineConfig {
             max_buffered_per_sequence: per_sequence,
             max_buffered_total: total,
             max_concurrent_channel_requests: concurrent,
             catch_up_channels: catch_up,
             channel_difference_limit: channel_limit,
             pts_total_limit: None,
-            ..Config::default()
+            ..EngineConfig::default()
         },
     )
 }
@@ -131,7 +131,7 @@ proptest! {
         per_sequence in 1usize..8,
         total in 1usize..16,
     ) {
-        let config = Config { max_buffered_per_sequence: per_sequence, max_buffered_total: total, ..Config::default() };
+        let config = EngineConfig { max_buffered_per_sequence: per_sequence, max_buffered_total: total, ..EngineConfig::default() };
         let faults = Faults { reorder: 0.6, reorder_window: Duration::from_secs(3), ..Faults::moderate() };
         check(Scenario::new(seed).events(400).channels(6).faults(faults).config(config))?;
     }

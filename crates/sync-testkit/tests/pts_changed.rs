@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use sync_core::{ChannelId, Config, Engine, Output, RequestKind, Sequence, Updates};
+use sync_core::{ChannelId, Engine, EngineConfig, Output, RequestKind, Sequence, Updates};
 use sync_testkit::{Limits, Oracle, Rng, Server, TestEntities, TestUpdate, Workload};
 
 /// Drives `engine` against `server` until it has nothing left to do, answering every request
@@ -88,8 +88,13 @@ fn pts_changed_and_channel_too_long_at_the_end_lose_nothing() {
         let hashes: HashMap<ChannelId, i64> = server.access_hashes().collect();
         let start = Instant::now();
         let mut now = start;
-        let mut engine: Engine<TestUpdate, TestEntities> =
-            Engine::from_state(Config::default(), now, state, channels.iter().copied()).unwrap();
+        let mut engine: Engine<TestUpdate, TestEntities> = Engine::from_state(
+            EngineConfig::default(),
+            now,
+            state,
+            channels.iter().copied(),
+        )
+        .unwrap();
         let mut oracle = Oracle::new(state, channels.iter().copied());
         // Catch up at start, on time.
         let limit = start + Duration::from_secs(1);

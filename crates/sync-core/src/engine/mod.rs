@@ -17,7 +17,7 @@ use std::time::Instant;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::buffer::Buffer;
-use crate::config::Config;
+use crate::config::EngineConfig;
 use crate::error::Error;
 use crate::output::{Output, RequestId, Stats};
 use crate::state::{ChannelId, State};
@@ -38,7 +38,7 @@ mod timers;
 /// The sans-IO update engine of one account. See the [crate docs](crate) for the model.
 #[derive(Debug)]
 pub struct Engine<U, E = ()> {
-    config: Config,
+    config: EngineConfig,
     /// The applied state: what has been delivered (not necessarily acknowledged).
     state: State,
     /// False until the first `getState` is answered on a fresh start.
@@ -80,7 +80,7 @@ pub struct Engine<U, E = ()> {
 impl<U: Update, E: Entities> Engine<U, E> {
     /// An engine for an account with no stored state: its first output is a `getState`
     /// request. Pushes that arrive before the answer are held back and reconciled with it.
-    pub fn new(config: Config, now: Instant) -> Self {
+    pub fn new(config: EngineConfig, now: Instant) -> Self {
         let mut engine = Self::empty(config, now, State::default(), false);
         engine.start_common_fetch();
         engine
@@ -88,9 +88,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
     /// An engine resuming from stored state: its first output is a `getDifference` request
     /// (Telegram's startup rule); stored channels are caught up when the server says so
-    /// (`updateChannelTooLong`), on a gap, or at once with [`Config::catch_up_channels`].
+    /// (`updateChannelTooLong`), on a gap, or at once with [`EngineConfig::catch_up_channels`].
     pub fn from_state(
-        config: Config,
+        config: EngineConfig,
         now: Instant,
         state: State,
         channels: impl IntoIterator<Item = (ChannelId, i32)>,
@@ -118,7 +118,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         Ok(engine)
     }
 
-    fn empty(config: Config, now: Instant, state: State, has_state: bool) -> Self {
+    fn empty(config: EngineConfig, now: Instant, state: State, has_state: bool) -> Self {
         Self {
             config,
             state,
@@ -180,7 +180,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &EngineConfig {
         &self.config
     }
 
@@ -270,7 +270,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
     }
 
     /// The application shows this channel: it is caught up now and then polled on the server's
-    /// `timeout` hint (or [`Config::open_channel_poll`]) until closed.
+    /// `timeout` hint (or [`EngineConfig::open_channel_poll`]) until closed.
     pub fn open_channel(&mut self, channel_id: ChannelId) -> Result<(), Error> {
         if !self.channels.contains_key(&channel_id) {
             return Err(Error::UnknownChannel(channel_id));

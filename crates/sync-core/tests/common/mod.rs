@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant};
 
 use sync_core::{
-    ChannelHash, Commit, Config, Engine, Entities, Output, Request, RequestKind, Sequence, State,
-    Update,
+    ChannelHash, Commit, Engine, EngineConfig, Entities, Output, Request, RequestKind, Sequence,
+    State, Update,
 };
 
 /// A lean update type covering every sequence.
@@ -84,10 +84,13 @@ pub const STATE: State = State {
 impl Harness {
     /// An engine resumed from `STATE` whose startup getDifference was answered empty.
     pub fn ready() -> Self {
-        Self::ready_with(Config::default(), [])
+        Self::ready_with(EngineConfig::default(), [])
     }
 
-    pub fn ready_with(config: Config, channels: impl IntoIterator<Item = (i64, i32)>) -> Self {
+    pub fn ready_with(
+        config: EngineConfig,
+        channels: impl IntoIterator<Item = (i64, i32)>,
+    ) -> Self {
         let mut h = Self::resumed(config, channels);
         let request = h.take_request();
         assert!(matches!(
@@ -113,7 +116,7 @@ impl Harness {
         h
     }
 
-    pub fn resumed(config: Config, channels: impl IntoIterator<Item = (i64, i32)>) -> Self {
+    pub fn resumed(config: EngineConfig, channels: impl IntoIterator<Item = (i64, i32)>) -> Self {
         let now = Instant::now();
         let engine = Engine::from_state(config, now, STATE, channels).unwrap();
         Self::wrap(engine, now)

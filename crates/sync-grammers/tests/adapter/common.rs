@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use sync_core::{Batch, Config, Output, Request, State};
+use sync_core::{Batch, EngineConfig, Output, Request, State};
 use sync_grammers::tl::{self, Deserializable, Serializable};
 use sync_grammers::{TlEngine, TlEntities, TlUpdate};
 
@@ -165,7 +165,7 @@ pub(crate) fn round_trip<T: Serializable + Deserializable>(value: &T) -> T {
 
 /// An engine resumed from `state` whose start-up getDifference was answered empty.
 pub(crate) fn engine_at(now: Instant, state: State) -> TlEngine {
-    let mut engine = TlEngine::from_state(Config::default(), now, state, []).unwrap();
+    let mut engine = TlEngine::from_state(EngineConfig::default(), now, state, []).unwrap();
     let request = next_request(&mut engine);
     engine
         .handle_difference(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sync_core::{ChannelId, Commit, State};
 use sync_runtime::sim::{ApiFaults, Producer, Recorder, SimulatedApi};
-use sync_runtime::{Config, Manager, ManagerHandle, RunError, Summary};
+use sync_runtime::{Manager, ManagerConfig, ManagerHandle, RunError, Summary};
 use sync_storage::{AccessHashStorage, StateStorage};
 use sync_testkit::{Faults, Limits, Oracle, Server, TestEntities, TestUpdate, Workload};
 use tokio::task::JoinHandle;
@@ -79,7 +79,7 @@ impl Sim {
     pub fn start<S>(
         &self,
         storage: &Arc<S>,
-        config: Config,
+        config: ManagerConfig,
     ) -> (
         ManagerHandle<TestUpdate, TestEntities>,
         JoinHandle<Result<Summary, RunError>>,
@@ -147,11 +147,11 @@ impl Sim {
 
 /// A configuration for simulated runs: repeatable jitter, and on the real clock (`fast`)
 /// short waits so that a run takes moments.
-pub fn config(seed: u64, fast: bool) -> Config {
-    let mut config = Config {
+pub fn config(seed: u64, fast: bool) -> ManagerConfig {
+    let mut config = ManagerConfig {
         jitter_seed: Some(seed),
         shards: 4,
-        ..Config::default()
+        ..ManagerConfig::default()
     };
     if fast {
         config.engine.gap_timeout = Duration::from_millis(30);

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use sync_core::{Config, Stats};
+use sync_core::{EngineConfig, Stats};
 
 use crate::faults::Faults;
 use crate::network::Traffic;
@@ -96,7 +96,7 @@ pub struct Scenario {
     workload: Workload,
     limits: Limits,
     faults: Faults,
-    config: Config,
+    config: EngineConfig,
     crashes: u32,
     ack_delay: Duration,
     push_interval: Duration,
@@ -113,7 +113,7 @@ impl Scenario {
             workload: Workload::default(),
             limits: Limits::default(),
             faults: Faults::none(),
-            config: Config::default(),
+            config: EngineConfig::default(),
             crashes: 0,
             ack_delay: Duration::ZERO,
             push_interval: Duration::from_millis(20),
@@ -153,7 +153,7 @@ impl Scenario {
     }
 
     /// The engine's configuration.
-    pub fn config(mut self, config: Config) -> Self {
+    pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
         self
     }

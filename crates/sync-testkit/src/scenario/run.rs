@@ -7,7 +7,7 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use sync_core::{
-    BatchId, ChannelId, Config, Engine, Output, RequestId, Sequence, State, Stats, Updates,
+    BatchId, ChannelId, Engine, EngineConfig, Output, RequestId, Sequence, State, Stats, Updates,
 };
 
 use crate::network::Network;
@@ -125,7 +125,7 @@ impl<'a> Run<'a> {
     }
 
     pub(super) fn start_engine(
-        config: &Config,
+        config: &EngineConfig,
         now: Instant,
         state: State,
         channels: &HashMap<ChannelId, i32>,
