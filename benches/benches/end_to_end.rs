@@ -153,7 +153,7 @@ async fn catch_up(events: u64) -> (u64, f64) {
 struct Feed {
     /// Pushes per read of the socket; the reader yields after each read.
     read: usize,
-    /// One `ManagerHandle::handle_batch` call per read, rather than `handle` per push.
+    /// One `ManagerHandle::push_batch` call per read, rather than `push` per push.
     batch: bool,
     /// Duplicate and reorder some pushes, as a real network does.
     faults: bool,
@@ -226,7 +226,7 @@ fn updates_in(pushes: &[Updates<TestUpdate, TestEntities>]) -> (u64, u64) {
     (all.len() as u64, counted.len() as u64)
 }
 
-/// `events` pushed through `ManagerHandle::handle` or `handle_batch`, as fast as the manager
+/// `events` pushed through `ManagerHandle::push` or `push_batch`, as fast as the manager
 /// takes them. The server makes every event before the clock starts (the manager has caught
 /// up by then), so the timed part is the runtime's: intake, engine, dispatch to the handler,
 /// acknowledgements and commits. The reader holds back while the intake is nearly full rather
@@ -284,9 +284,9 @@ async fn live(events: u64, feed: Feed) -> Live {
                     tokio::task::yield_now().await;
                 }
                 let sent = if feed.batch {
-                    handle.handle_batch(read)
+                    handle.push_batch(read)
                 } else {
-                    read.into_iter().try_for_each(|push| handle.handle(push))
+                    read.into_iter().try_for_each(|push| handle.push(push))
                 };
                 if let Err(error) = sent {
                     assert_eq!(error, IntakeError::Full, "the manager stopped");

@@ -13,8 +13,8 @@ pub struct ManagerConfig {
     /// down to between half and all of it at random (FLOOD_WAIT waits what the server asks,
     /// plus `flood_wait_jitter`).
     pub engine: sync_core::EngineConfig,
-    /// How many pushes [`ManagerHandle::handle`](crate::ManagerHandle::handle) and
-    /// [`ManagerHandle::handle_batch`](crate::ManagerHandle::handle_batch) queue before they
+    /// How many pushes [`ManagerHandle::push`](crate::ManagerHandle::push) and
+    /// [`ManagerHandle::push_batch`](crate::ManagerHandle::push_batch) queue before they
     /// drop the newest (they are recovered by a difference). A batch counts its pushes and is
     /// taken or dropped whole; one larger than this is taken only into an empty intake.
     /// Default 4,096.

@@ -159,7 +159,7 @@ where
     }
 
     /// Most queued pushes taken per turn of the main loop before the engine is polled (a
-    /// batch from [`ManagerHandle::handle_batch`](crate::ManagerHandle::handle_batch) is taken
+    /// batch from [`ManagerHandle::push_batch`](crate::ManagerHandle::push_batch) is taken
     /// whole and counts its pushes): large enough to amortise a poll, a dispatch and a commit,
     /// small enough to keep timers and replies responsive.
     const INTAKE_BATCH: usize = 8_192;

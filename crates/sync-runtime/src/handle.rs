@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::HANDLING;
 use crate::stats::{Counters, Stats};
 
-/// Why [`ManagerHandle::handle`] (and its siblings, [`ManagerHandle::handle_batch`] included)
+/// Why [`ManagerHandle::push`] (and its siblings, [`ManagerHandle::push_batch`] included)
 /// did not take a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IntakeError {
@@ -43,7 +43,7 @@ pub enum ControlError {
 pub(crate) enum Input<U, E> {
     Updates(Updates<U, E>),
     /// Many pushes in the order they arrived, as one message (see
-    /// [`ManagerHandle::handle_batch`]).
+    /// [`ManagerHandle::push_batch`]).
     Batch(Vec<Updates<U, E>>),
     Affected(Affected),
     SessionReset,
@@ -87,7 +87,7 @@ pub(crate) struct Shared {
     /// handles' drops are recovered.
     pub(crate) overflowed: Arc<AtomicBool>,
     /// Pushes in the intake: added by a handle before it sends, taken off by the manager
-    /// when it receives. Bounded by `capacity` (see [`ManagerHandle::handle_batch`]). Kept by
+    /// when it receives. Bounded by `capacity` (see [`ManagerHandle::push_batch`]). Kept by
     /// [`Manager::with_cancellation`](crate::Manager::with_cancellation), like the intake itself.
     pub(crate) queued: Arc<AtomicUsize>,
     /// [`ManagerConfig::intake_capacity`](crate::ManagerConfig::intake_capacity), at least 1.
@@ -132,13 +132,13 @@ impl<U, E> ManagerHandle<U, E> {
     /// Hands a pushed `Updates` value to the manager. Never waits: when the intake is full
     /// the push is dropped, counted, and recovered by a difference ([`IntakeError::Full`]), so
     /// a network reader (or a handler) calling this can never be blocked by the manager.
-    pub fn handle(&self, updates: Updates<U, E>) -> Result<(), IntakeError> {
+    pub fn push(&self, updates: Updates<U, E>) -> Result<(), IntakeError> {
         self.offer(Input::Updates(updates), 1)
     }
 
     /// Hands many pushed `Updates` values to the manager at once, in the order they arrived:
     /// what a network reader decoded from one read. Equivalent to calling
-    /// [`handle`](Self::handle) on each in order, but it costs one message through the intake
+    /// [`push`](Self::push) on each in order, but it costs one message through the intake
     /// (and at most one wake-up of the manager) for the whole batch.
     ///
     /// Never waits. The intake counts pushes, not batches: a batch is taken when it fits in the
@@ -147,7 +147,7 @@ impl<U, E> ManagerHandle<U, E> {
     /// at most that batch). Otherwise the whole batch is dropped, counted in
     /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped), and recovered by a
     /// difference ([`IntakeError::Full`]). An empty batch is accepted and does nothing.
-    pub fn handle_batch(&self, batch: Vec<Updates<U, E>>) -> Result<(), IntakeError> {
+    pub fn push_batch(&self, batch: Vec<Updates<U, E>>) -> Result<(), IntakeError> {
         match batch.len() {
             0 => {
                 if self.intake.is_closed() {
@@ -170,7 +170,7 @@ impl<U, E> ManagerHandle<U, E> {
     /// The `pts` / `pts_count` returned by the application's own calls
     /// (`messages.affectedMessages`, `affectedHistory`, `channels.deleteMessages`, …): they
     /// advance the sequence like an update.
-    pub fn handle_affected(&self, affected: Affected) -> Result<(), IntakeError> {
+    pub fn push_affected(&self, affected: Affected) -> Result<(), IntakeError> {
         self.offer(Input::Affected(affected), 1)
     }
 

@@ -15,13 +15,13 @@
 //!
 //! - **Start**: loads the stored state and catches up with `getDifference`, or calls
 //!   `getState` on the first run.
-//! - **Intake**: your network reader hands pushes to [`ManagerHandle::handle`], or what one
-//!   read decoded to [`ManagerHandle::handle_batch`] (one message through the intake for
+//! - **Intake**: your network reader hands pushes to [`ManagerHandle::push`], or what one
+//!   read decoded to [`ManagerHandle::push_batch`] (one message through the intake for
 //!   the lot); neither ever waits. When the bounded intake (counted in pushes) is full the
 //!   push, or the whole batch, is dropped and counted, and the manager fetches the
 //!   difference instead, so a handler that itself pushes never waits for the manager. A
 //!   reader that would rather slow down than lose pushes to a difference can watch
-//!   [`ManagerHandle::queued`]. [`ManagerHandle::handle_affected`] takes the pts of your own
+//!   [`ManagerHandle::queued`]. [`ManagerHandle::push_affected`] takes the pts of your own
 //!   calls, and [`ManagerHandle::session_reset`] signals `new_session_created`.
 //! - **Turns**: the manager takes queued pushes for as long as the reader keeps adding them
 //!   (yielding to the other tasks between rounds, up to 8,192 pushes), then polls the engine
@@ -150,10 +150,10 @@
 //!     let run = tokio::spawn(manager.run());
 //!
 //!     // The network reader: hand every pushed `Updates` over; this never waits.
-//!     handle.handle(Updates::Short { update: Message { chat: 1, pts: 11 }, date: 0 })?;
-//!     handle.handle(Updates::Short { update: Message { chat: 2, pts: 12 }, date: 0 })?;
+//!     handle.push(Updates::Short { update: Message { chat: 1, pts: 11 }, date: 0 })?;
+//!     handle.push(Updates::Short { update: Message { chat: 2, pts: 12 }, date: 0 })?;
 //!     // Or what one read of the socket decoded, in one call.
-//!     handle.handle_batch(vec![
+//!     handle.push_batch(vec![
 //!         Updates::Short { update: Message { chat: 1, pts: 13 }, date: 0 },
 //!         Updates::Short { update: Message { chat: 3, pts: 14 }, date: 0 },
 //!     ])?;

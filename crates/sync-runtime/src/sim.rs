@@ -261,8 +261,8 @@ pub struct Producer {
     /// Seed of the network's faults.
     pub seed: u64,
     /// Hand the pushes that arrive at the same instant over in one
-    /// [`ManagerHandle::handle_batch`] call, as a reader that decodes several frames per read
-    /// does; otherwise each goes through [`ManagerHandle::handle`].
+    /// [`ManagerHandle::push_batch`] call, as a reader that decodes several frames per read
+    /// does; otherwise each goes through [`ManagerHandle::push`].
     pub batched: bool,
 }
 
@@ -330,9 +330,9 @@ impl Producer {
                 // Kept for the server's books: a push the intake refuses is a lost push.
                 let copies = read.clone();
                 let handed = if self.batched {
-                    handle.handle_batch(read)
+                    handle.push_batch(read)
                 } else {
-                    read.into_iter().try_for_each(|push| handle.handle(push))
+                    read.into_iter().try_for_each(|push| handle.push(push))
                 };
                 match handed {
                     Ok(()) => {}

@@ -7,7 +7,7 @@ use sync_storage::AccountId;
 /// What the runtime did around the engine, from [`ManagerHandle::stats`](crate::ManagerHandle::stats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RuntimeStats {
-    /// Pushes accepted by [`ManagerHandle::handle`](crate::ManagerHandle::handle).
+    /// Pushes accepted by [`ManagerHandle::push`](crate::ManagerHandle::push).
     pub pushes_accepted: u64,
     /// Pushes dropped because the intake was full, or taken off the intake and dropped because
     /// the dispatch was backed up (recovered by a difference either way).

@@ -217,7 +217,7 @@ async fn a_full_intake_drops_pushes_and_recovers_them_by_difference() {
 }
 
 /// A producer whose pushes arrive in groups of `burst`, each group handed over with one
-/// `handle_batch` call.
+/// `push_batch` call.
 fn batched_producer(seed: u64, faults: Faults, burst: u32) -> sync_runtime::sim::Producer {
     let mut producer = producer(seed, events(), faults, false);
     producer.burst = burst;
@@ -324,9 +324,9 @@ fn the_intake_counts_pushes_and_takes_or_drops_whole_batches() {
             };
             let fits = n == 0 || queued == 0 || queued + n <= capacity;
             let result = if single {
-                handle.handle(push(0))
+                handle.push(push(0))
             } else {
-                handle.handle_batch((0..n as u64).map(push).collect())
+                handle.push_batch((0..n as u64).map(push).collect())
             };
             if fits {
                 assert_eq!(result, Ok(()), "seed {seed}");
@@ -344,12 +344,9 @@ fn the_intake_counts_pushes_and_takes_or_drops_whole_batches() {
             assert_eq!(runtime.pushes_dropped, dropped, "seed {seed}");
         }
         drop(manager);
-        assert_eq!(
-            handle.handle_batch(vec![push(1)]),
-            Err(IntakeError::Stopped)
-        );
-        assert_eq!(handle.handle_batch(Vec::new()), Err(IntakeError::Stopped));
-        assert_eq!(handle.handle(push(1)), Err(IntakeError::Stopped));
+        assert_eq!(handle.push_batch(vec![push(1)]), Err(IntakeError::Stopped));
+        assert_eq!(handle.push_batch(Vec::new()), Err(IntakeError::Stopped));
+        assert_eq!(handle.push(push(1)), Err(IntakeError::Stopped));
     }
 }
 

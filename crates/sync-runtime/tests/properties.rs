@@ -103,14 +103,14 @@ async fn act(
         }
         Act::CaughtUp => typed(handle.caught_up().await),
         Act::Push => {
-            let _ = handle.handle(Updates::TooLong);
+            let _ = handle.push(Updates::TooLong);
         }
         Act::PushBatch => {
-            let _ = handle.handle_batch(Vec::new());
+            let _ = handle.push_batch(Vec::new());
         }
         // An old range: a duplicate the engine drops.
         Act::Affected => {
-            let _ = handle.handle_affected(Affected::Common {
+            let _ = handle.push_affected(Affected::Common {
                 pts: 1,
                 pts_count: 1,
             });
@@ -126,7 +126,7 @@ async fn act(
             while handle.queued() >= capacity && handle.is_running() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let _ = handle.handle(Updates::TooLong);
+            let _ = handle.push(Updates::TooLong);
         }
         Act::BlockUntilShutdown => {
             blocked.store(true, Ordering::Relaxed);

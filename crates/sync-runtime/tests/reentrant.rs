@@ -112,7 +112,7 @@ async fn a_handler_waiting_for_intake_room_does_not_stall_a_backed_up_dispatch()
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 // A harmless push: it only makes the manager fetch the difference.
-                let _ = handle.handle(Updates::TooLong);
+                let _ = handle.push(Updates::TooLong);
                 Ok(())
             })
         })
