@@ -7,14 +7,14 @@ use sync_core::ChannelId;
 use crate::AccountId;
 
 /// A boxed error from a backend's own library, kept as the [`std::error::Error::source`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What storage operations return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which sequence a stale write tried to move backwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Sequence {
+pub enum StaleSequence {
     /// The common message box's `pts`.
     Pts,
     /// The secret-chat and bot events' `qts`.
@@ -25,7 +25,7 @@ pub enum Sequence {
     Channel(ChannelId),
 }
 
-impl fmt::Display for Sequence {
+impl fmt::Display for StaleSequence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Pts => f.write_str("pts"),
@@ -59,7 +59,7 @@ pub enum Error {
         backend: &'static str,
         /// The backend library's error.
         #[source]
-        source: BoxError,
+        source: BackendError,
     },
     /// The command was sent but no answer came back (a timeout or a connection lost after
     /// sending): the write may or may not have been applied.
@@ -69,7 +69,7 @@ pub enum Error {
         backend: &'static str,
         /// The backend library's error.
         #[source]
-        source: BoxError,
+        source: BackendError,
     },
     /// The write would have moved a sequence backwards without being a forced reset, so
     /// nothing of it was applied.
@@ -80,7 +80,7 @@ pub enum Error {
         /// Whose state.
         account: AccountId,
         /// Which sequence would have regressed.
-        sequence: Sequence,
+        sequence: StaleSequence,
         /// The stored value.
         stored: i32,
         /// The value the write carried.

@@ -99,7 +99,7 @@ mod file;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use error::{BoxError, Error, Result, Sequence};
+pub use error::{BackendError, Error, Result, StaleSequence};
 #[cfg(feature = "file")]
 pub use file::FileStorage;
 pub use memory::MemoryStorage;

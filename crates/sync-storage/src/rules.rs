@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sync_core::{ChannelId, Commit, State};
 
-use crate::{AccountId, Error, Result, Sequence};
+use crate::{AccountId, Error, Result, StaleSequence};
 
 /// Rejects `new` when it would move `pts`, `qts` or `seq` of `stored` backwards, unless the
 /// write is a forced reset. Equal values pass, so repeating a write is harmless. `date` is not
@@ -20,9 +20,9 @@ pub(crate) fn check_state(
         return Ok(());
     };
     for (sequence, stored, attempted) in [
-        (Sequence::Pts, old.pts, new.pts),
-        (Sequence::Qts, old.qts, new.qts),
-        (Sequence::Seq, old.seq, new.seq),
+        (StaleSequence::Pts, old.pts, new.pts),
+        (StaleSequence::Qts, old.qts, new.qts),
+        (StaleSequence::Seq, old.seq, new.seq),
     ] {
         if attempted < stored {
             return Err(Error::Stale {
@@ -47,7 +47,7 @@ pub(crate) fn check_channel(
     match stored {
         Some(stored) if !reset && pts < stored => Err(Error::Stale {
             account,
-            sequence: Sequence::Channel(channel),
+            sequence: StaleSequence::Channel(channel),
             stored,
             attempted: pts,
         }),
@@ -118,9 +118,9 @@ mod tests {
         assert!(check_state(1, old, state(10, 10, 10), false).is_ok());
         assert!(check_state(1, old, state(11, 12, 13), false).is_ok());
         for (new, sequence) in [
-            (state(9, 10, 10), Sequence::Pts),
-            (state(10, 9, 10), Sequence::Qts),
-            (state(10, 10, 9), Sequence::Seq),
+            (state(9, 10, 10), StaleSequence::Pts),
+            (state(10, 9, 10), StaleSequence::Qts),
+            (state(10, 10, 9), StaleSequence::Seq),
         ] {
             match check_state(1, old, new, false) {
                 Err(Error::Stale {

@@ -8,7 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use sync_core::{ChannelId, Commit, State};
 
-use crate::{AccessHashStorage, AccountId, Error, Result, Sequence, Snapshot, StateStorage};
+use crate::{AccessHashStorage, AccountId, Error, Result, Snapshot, StaleSequence, StateStorage};
 
 const BACKEND: &str = "redis";
 
@@ -361,13 +361,13 @@ fn commit_outcome(account: AccountId, reply: Value) -> Result<()> {
         [ok] if ok == "ok" => Ok(()),
         [tag, sequence, stored, attempted] if tag == "stale" => {
             let sequence = match sequence.as_str() {
-                "pts" => Some(Sequence::Pts),
-                "qts" => Some(Sequence::Qts),
-                "seq" => Some(Sequence::Seq),
+                "pts" => Some(StaleSequence::Pts),
+                "qts" => Some(StaleSequence::Qts),
+                "seq" => Some(StaleSequence::Seq),
                 other => other
                     .strip_prefix("channel:")
                     .and_then(|id| id.parse().ok())
-                    .map(Sequence::Channel),
+                    .map(StaleSequence::Channel),
             };
             match (sequence, stored.parse(), attempted.parse()) {
                 (Some(sequence), Ok(stored), Ok(attempted)) => Err(Error::Stale {
@@ -743,7 +743,7 @@ mod tests {
         assert!(matches!(
             commit_outcome(1, stale),
             Err(Error::Stale {
-                sequence: Sequence::Channel(77),
+                sequence: StaleSequence::Channel(77),
                 stored: 10,
                 attempted: 9,
                 ..

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sync_storage::{
-    AccessHashStorage, AccountId, ChannelCommit, Commit, Error, Sequence, State, StateStorage,
+    AccessHashStorage, AccountId, ChannelCommit, Commit, Error, StaleSequence, State, StateStorage,
     WriteMode,
 };
 
@@ -67,7 +67,7 @@ fn channel(channel_id: i64, pts: i32) -> ChannelCommit {
 }
 
 #[track_caller]
-fn assert_stale(result: Result<(), Error>, expected: Sequence, stored: i32, attempted: i32) {
+fn assert_stale(result: Result<(), Error>, expected: StaleSequence, stored: i32, attempted: i32) {
     match result {
         Err(Error::Stale {
             sequence,
@@ -127,21 +127,21 @@ pub async fn state_round_trips_and_never_goes_back(s: impl Storage) {
     assert_stale(
         s.set_state(a, state(9, 99, 2000, 99), WriteMode::Advance)
             .await,
-        Sequence::Pts,
+        StaleSequence::Pts,
         11,
         9,
     );
     assert_stale(
         s.set_state(a, state(99, 19, 2000, 99), WriteMode::Advance)
             .await,
-        Sequence::Qts,
+        StaleSequence::Qts,
         20,
         19,
     );
     assert_stale(
         s.set_state(a, state(99, 99, 2000, 30), WriteMode::Advance)
             .await,
-        Sequence::Seq,
+        StaleSequence::Seq,
         31,
         30,
     );
@@ -194,7 +194,7 @@ pub async fn channel_pts_round_trips_and_never_goes_back(s: impl Storage) {
         .expect("forward");
     assert_stale(
         s.set_channel_pts(a, 100, 59, WriteMode::Advance).await,
-        Sequence::Channel(100),
+        StaleSequence::Channel(100),
         60,
         59,
     );
@@ -261,7 +261,7 @@ pub async fn commit_is_all_or_nothing(s: impl Storage) {
     };
     assert_stale(
         s.apply(a, &stale_channel).await,
-        Sequence::Channel(2),
+        StaleSequence::Channel(2),
         10,
         9,
     );
@@ -278,7 +278,7 @@ pub async fn commit_is_all_or_nothing(s: impl Storage) {
         removed_channels: vec![2],
         state_reset: false,
     };
-    assert_stale(s.apply(a, &stale_state).await, Sequence::Qts, 10, 9);
+    assert_stale(s.apply(a, &stale_state).await, StaleSequence::Qts, 10, 9);
     assert_eq!(
         s.load(a).await.expect("load"),
         before,
@@ -317,7 +317,7 @@ pub async fn commit_resets_are_honoured(s: impl Storage) {
     };
     assert_stale(
         s.apply(a, &reset_state_only).await,
-        Sequence::Channel(1),
+        StaleSequence::Channel(1),
         50,
         40,
     );
@@ -393,7 +393,12 @@ pub async fn order_inside_a_commit(s: impl Storage) {
         channels: vec![channel(1, 9), channel(1, 8)],
         ..Commit::default()
     };
-    assert_stale(s.apply(a, &backwards).await, Sequence::Channel(1), 9, 8);
+    assert_stale(
+        s.apply(a, &backwards).await,
+        StaleSequence::Channel(1),
+        9,
+        8,
+    );
     assert_eq!(s.get_channel_pts(a, 1).await.expect("get"), Some(2));
     let forwards = Commit {
         channels: vec![channel(1, 8), channel(1, 9)],
@@ -464,7 +469,7 @@ pub async fn extreme_values_round_trip(s: impl Storage) {
         .expect("negative");
     assert_stale(
         s.set_channel_pts(-5, 1, -8, WriteMode::Advance).await,
-        Sequence::Channel(1),
+        StaleSequence::Channel(1),
         -7,
         -8,
     );

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use sync_storage::{ChannelCommit, ChannelId, Commit, Sequence, Snapshot, State};
+use sync_storage::{ChannelCommit, ChannelId, Commit, Snapshot, StaleSequence, State};
 
 /// One account's stored state, as the contract says it must evolve.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub struct Model {
 impl Model {
     /// Applies a commit: removals, then the state, then each channel in order; the first
     /// sequence that would go back without a reset rejects the whole commit.
-    pub fn apply(&mut self, commit: &Commit) -> Result<(), Sequence> {
+    pub fn apply(&mut self, commit: &Commit) -> Result<(), StaleSequence> {
         let mut next = self.snapshot.clone();
         for id in &commit.removed_channels {
             next.channels.remove(id);
@@ -22,13 +22,13 @@ impl Model {
         if let Some(new) = commit.state {
             if let (Some(old), false) = (next.state, commit.state_reset) {
                 if new.pts < old.pts {
-                    return Err(Sequence::Pts);
+                    return Err(StaleSequence::Pts);
                 }
                 if new.qts < old.qts {
-                    return Err(Sequence::Qts);
+                    return Err(StaleSequence::Qts);
                 }
                 if new.seq < old.seq {
-                    return Err(Sequence::Seq);
+                    return Err(StaleSequence::Seq);
                 }
             }
             next.state = Some(new);
@@ -38,7 +38,7 @@ impl Model {
                 && !channel.reset
                 && channel.pts < old
             {
-                return Err(Sequence::Channel(channel.channel_id));
+                return Err(StaleSequence::Channel(channel.channel_id));
             }
             next.channels.insert(channel.channel_id, channel.pts);
         }
