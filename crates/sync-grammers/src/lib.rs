@@ -55,13 +55,13 @@
 //! use std::time::Instant;
 //! use grammers_tl_types as tl;
 //! use sync_core::{EngineConfig, Difference, Output, State};
-//! use sync_grammers::{Converter, PeerRef, TlEngine, TlRequest};
+//! use sync_grammers::{Converter, MentionedPeer, TlEngine, TlRequest};
 //!
 //! let now = Instant::now();
 //! let stored = State { pts: 10, qts: 0, date: 1, seq: 0 };
 //! let mut engine = TlEngine::from_state(EngineConfig::default(), now, stored, []).unwrap();
 //! // The application's peer cache: here it knows user 7 only.
-//! let converter = Converter::new(|peer: PeerRef| peer == PeerRef::User(7));
+//! let converter = Converter::new(|peer: MentionedPeer| peer == MentionedPeer::User(7));
 //! let hashes = std::collections::HashMap::<i64, i64>::new();
 //!
 //! // At start the engine asks for the difference: send it as a TL call.
@@ -109,7 +109,7 @@ pub use error::ConvertError;
 pub use incoming::{
     ChannelRefetch, Converter, Incoming, Refetch, TlEngine, TlUpdates, blank_message,
 };
-pub use peers::{AllKnown, PeerCache, PeerRef};
+pub use peers::{AllKnown, MentionedPeer, PeerCache};
 pub use request::{AccessHashes, TlRequest, request};
 pub use update::{TlUpdate, message_channel, sequence_of};
 

@@ -8,7 +8,7 @@ use crate::entities::TlEntities;
 ///
 /// Basic groups (`peerChat`) need none and are never asked about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PeerRef {
+pub enum MentionedPeer {
     /// A user (sender, private chat partner, forward or reply origin, inline or business bot,
     /// mention, shared contact, giveaway winner).
     User(i64),
@@ -28,14 +28,14 @@ pub enum PeerRef {
 ///
 /// [`Converter::with_self_id`]: crate::Converter::with_self_id
 ///
-/// Closures `Fn(PeerRef) -> bool` implement it, and so does [`AllKnown`].
+/// Closures `Fn(MentionedPeer) -> bool` implement it, and so does [`AllKnown`].
 pub trait PeerCache {
     /// True when the application holds a usable access hash for `peer`.
-    fn is_known(&self, peer: PeerRef) -> bool;
+    fn is_known(&self, peer: MentionedPeer) -> bool;
 }
 
-impl<F: Fn(PeerRef) -> bool> PeerCache for F {
-    fn is_known(&self, peer: PeerRef) -> bool {
+impl<F: Fn(MentionedPeer) -> bool> PeerCache for F {
+    fn is_known(&self, peer: MentionedPeer) -> bool {
         self(peer)
     }
 }
@@ -46,7 +46,7 @@ impl<F: Fn(PeerRef) -> bool> PeerCache for F {
 pub struct AllKnown;
 
 impl PeerCache for AllKnown {
-    fn is_known(&self, _: PeerRef) -> bool {
+    fn is_known(&self, _: MentionedPeer) -> bool {
         true
     }
 }
@@ -61,21 +61,21 @@ pub(crate) struct Resolver<'a, C> {
 }
 
 impl<C: PeerCache> Resolver<'_, C> {
-    fn known(&self, peer: PeerRef) -> bool {
-        if matches!(peer, PeerRef::User(id) if Some(id) == self.self_id) {
+    fn known(&self, peer: MentionedPeer) -> bool {
+        if matches!(peer, MentionedPeer::User(id) if Some(id) == self.self_id) {
             return true;
         }
         let in_entities = self.entities.is_some_and(|e| match peer {
-            PeerRef::User(id) => e.has_full_user(id),
-            PeerRef::Channel(id) => e.has_full_channel(id),
+            MentionedPeer::User(id) => e.has_full_user(id),
+            MentionedPeer::Channel(id) => e.has_full_channel(id),
         });
         in_entities || self.cache.is_known(peer)
     }
 
     fn peer_known(&self, peer: &tl::enums::Peer) -> bool {
         match peer {
-            tl::enums::Peer::User(u) => self.known(PeerRef::User(u.user_id)),
-            tl::enums::Peer::Channel(c) => self.known(PeerRef::Channel(c.channel_id)),
+            tl::enums::Peer::User(u) => self.known(MentionedPeer::User(u.user_id)),
+            tl::enums::Peer::Channel(c) => self.known(MentionedPeer::Channel(c.channel_id)),
             tl::enums::Peer::Chat(_) => true,
         }
     }
@@ -85,11 +85,11 @@ impl<C: PeerCache> Resolver<'_, C> {
     }
 
     fn user_known(&self, user_id: Option<i64>) -> bool {
-        user_id.is_none_or(|id| self.known(PeerRef::User(id)))
+        user_id.is_none_or(|id| self.known(MentionedPeer::User(id)))
     }
 
     fn users_known(&self, users: &[i64]) -> bool {
-        users.iter().all(|&id| self.known(PeerRef::User(id)))
+        users.iter().all(|&id| self.known(MentionedPeer::User(id)))
     }
 
     /// A forward header (of the message itself, or of the message it replies to): the
@@ -124,7 +124,9 @@ impl<C: PeerCache> Resolver<'_, C> {
     fn mentions_known(&self, entities: Option<&Vec<tl::enums::MessageEntity>>) -> bool {
         entities.is_none_or(|list| {
             list.iter().all(|entity| match entity {
-                tl::enums::MessageEntity::MentionName(m) => self.known(PeerRef::User(m.user_id)),
+                tl::enums::MessageEntity::MentionName(m) => {
+                    self.known(MentionedPeer::User(m.user_id))
+                }
                 _ => true,
             })
         })
@@ -136,14 +138,14 @@ impl<C: PeerCache> Resolver<'_, C> {
     fn media_known(&self, media: Option<&tl::enums::MessageMedia>) -> bool {
         use tl::enums::MessageMedia as M;
         media.is_none_or(|media| match media {
-            M::Contact(c) => c.user_id == 0 || self.known(PeerRef::User(c.user_id)),
+            M::Contact(c) => c.user_id == 0 || self.known(MentionedPeer::User(c.user_id)),
             M::Story(s) => self.peer_known(&s.peer),
             M::Giveaway(g) => g
                 .channels
                 .iter()
-                .all(|&id| self.known(PeerRef::Channel(id))),
+                .all(|&id| self.known(MentionedPeer::Channel(id))),
             M::GiveawayResults(r) => {
-                self.known(PeerRef::Channel(r.channel_id)) && self.users_known(&r.winners)
+                self.known(MentionedPeer::Channel(r.channel_id)) && self.users_known(&r.winners)
             }
             _ => true,
         })
@@ -157,8 +159,8 @@ impl<C: PeerCache> Resolver<'_, C> {
             A::ChatCreate(a) => self.users_known(&a.users),
             A::ChatAddUser(a) => self.users_known(&a.users),
             A::InviteToGroupCall(a) => self.users_known(&a.users),
-            A::ChatDeleteUser(a) => self.known(PeerRef::User(a.user_id)),
-            A::ChatJoinedByLink(a) => self.known(PeerRef::User(a.inviter_id)),
+            A::ChatDeleteUser(a) => self.known(MentionedPeer::User(a.user_id)),
+            A::ChatJoinedByLink(a) => self.known(MentionedPeer::User(a.inviter_id)),
             A::GeoProximityReached(a) => self.peer_known(&a.from_id) && self.peer_known(&a.to_id),
             _ => true,
         }

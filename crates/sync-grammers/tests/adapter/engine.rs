@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use sync_core::{RequestKind, State};
 use sync_grammers::tl;
-use sync_grammers::{AllKnown, Converter, PeerRef, TlRequest, channel_difference, difference};
+use sync_grammers::{
+    AllKnown, Converter, MentionedPeer, TlRequest, channel_difference, difference,
+};
 
 use crate::common::*;
 
@@ -45,7 +47,7 @@ fn swapped_pairs_are_delivered_in_order() {
 #[test]
 fn withheld_update_is_fetched_by_difference() {
     let (now, mut engine) = start();
-    let converter = Converter::new(|peer: PeerRef| peer != PeerRef::User(666));
+    let converter = Converter::new(|peer: MentionedPeer| peer != MentionedPeer::User(666));
     converter
         .updates(short_message(5, 11).into())
         .apply(&mut engine, now)
@@ -106,7 +108,7 @@ fn withheld_update_is_fetched_by_difference() {
 #[test]
 fn withheld_channel_update_tracks_and_fetches_the_channel() {
     let (now, mut engine) = start();
-    let converter = Converter::new(|peer: PeerRef| peer != PeerRef::Channel(7));
+    let converter = Converter::new(|peer: MentionedPeer| peer != MentionedPeer::Channel(7));
     let short = tl::types::UpdateShort {
         update: new_channel_message(7, 41),
         date: 2,

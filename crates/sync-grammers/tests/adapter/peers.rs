@@ -6,18 +6,18 @@ use std::time::Instant;
 
 use sync_core::{ChannelHash, Entities, Output, State, Updates};
 use sync_grammers::tl;
-use sync_grammers::{ChannelRefetch, Converter, Incoming, PeerRef, Refetch, TlUpdate};
+use sync_grammers::{ChannelRefetch, Converter, Incoming, MentionedPeer, Refetch, TlUpdate};
 
 use crate::common::*;
 
 /// A peer cache that knows a fixed set and records what it was asked.
 struct Cache {
-    known: HashSet<PeerRef>,
-    asked: RefCell<Vec<PeerRef>>,
+    known: HashSet<MentionedPeer>,
+    asked: RefCell<Vec<MentionedPeer>>,
 }
 
 impl Cache {
-    fn knowing(peers: &[PeerRef]) -> Self {
+    fn knowing(peers: &[MentionedPeer]) -> Self {
         Self {
             known: peers.iter().copied().collect(),
             asked: RefCell::new(Vec::new()),
@@ -26,7 +26,7 @@ impl Cache {
 }
 
 impl sync_grammers::PeerCache for Cache {
-    fn is_known(&self, peer: PeerRef) -> bool {
+    fn is_known(&self, peer: MentionedPeer) -> bool {
         self.asked.borrow_mut().push(peer);
         self.known.contains(&peer)
     }
@@ -53,7 +53,7 @@ fn withheld(
 
 #[test]
 fn short_message_from_unknown_user_is_withheld() {
-    let converter = Converter::new(Cache::knowing(&[PeerRef::User(1)]));
+    let converter = Converter::new(Cache::knowing(&[MentionedPeer::User(1)]));
     assert!(matches!(
         converter.updates(short_message(1, 10).into()),
         Incoming::Updates(Updates::Short { .. })
@@ -64,13 +64,13 @@ fn short_message_from_unknown_user_is_withheld() {
     );
     assert_eq!(
         converter.cache().asked.borrow().as_slice(),
-        [PeerRef::User(1), PeerRef::User(2)]
+        [MentionedPeer::User(1), MentionedPeer::User(2)]
     );
 }
 
 #[test]
 fn every_mention_of_a_short_message_is_checked() {
-    let converter = Converter::new(Cache::knowing(&[PeerRef::User(1)]));
+    let converter = Converter::new(Cache::knowing(&[MentionedPeer::User(1)]));
     let forwarded = tl::types::UpdateShortMessage {
         fwd_from: Some(
             tl::types::MessageFwdHeader {
@@ -131,7 +131,8 @@ fn every_mention_of_a_short_message_is_checked() {
 
 #[test]
 fn closures_answer_known() {
-    let converter = Converter::new(|peer: PeerRef| matches!(peer, PeerRef::User(id) if id < 10));
+    let converter =
+        Converter::new(|peer: MentionedPeer| matches!(peer, MentionedPeer::User(id) if id < 10));
     assert!(matches!(
         converter.updates(short_message(9, 10).into()),
         Incoming::Updates(_)
@@ -196,7 +197,7 @@ fn container_entities_resolve_but_min_ones_do_not() {
 
 #[test]
 fn only_unknown_numbered_updates_are_withheld_from_a_container() {
-    let converter = Converter::new(Cache::knowing(&[PeerRef::User(1)]));
+    let converter = Converter::new(Cache::knowing(&[MentionedPeer::User(1)]));
     let kept_unordered = new_message(user_peer(2), 0, 0); // no position: cannot be refetched
     let updates = vec![
         new_message(user_peer(1), 10, 1),
@@ -334,7 +335,7 @@ fn a_min_channel_never_overwrites_a_known_hash() {
 
 #[test]
 fn service_message_naming_an_unknown_user_is_withheld() {
-    let converter = Converter::new(Cache::knowing(&[PeerRef::User(1)]));
+    let converter = Converter::new(Cache::knowing(&[MentionedPeer::User(1)]));
     let added = |users: Vec<i64>| {
         let service = tl::types::MessageService {
             out: false,
@@ -456,7 +457,11 @@ fn is_delivered(incoming: &Incoming) -> bool {
 #[test]
 fn every_peer_of_a_forward_header_is_checked() {
     // Known: users 1 and 3, channel 8.
-    let known = [PeerRef::User(1), PeerRef::User(3), PeerRef::Channel(8)];
+    let known = [
+        MentionedPeer::User(1),
+        MentionedPeer::User(3),
+        MentionedPeer::Channel(8),
+    ];
     let converter = Converter::new(Cache::knowing(&known));
     let forwarded = |header: tl::types::MessageFwdHeader| tl::types::UpdateShortMessage {
         fwd_from: Some(header.into()),
@@ -502,7 +507,11 @@ fn every_peer_of_a_forward_header_is_checked() {
 
 #[test]
 fn every_peer_of_a_reply_header_is_checked() {
-    let known = [PeerRef::User(1), PeerRef::User(3), PeerRef::Channel(8)];
+    let known = [
+        MentionedPeer::User(1),
+        MentionedPeer::User(3),
+        MentionedPeer::Channel(8),
+    ];
     let converter = Converter::new(Cache::knowing(&known));
     let replying = |header: tl::enums::MessageReplyHeader| tl::types::UpdateShortMessage {
         reply_to: Some(header),
@@ -608,7 +617,7 @@ fn every_peer_of_a_reply_header_is_checked() {
 #[test]
 fn the_own_user_is_known_without_asking_the_cache() {
     const ME: i64 = 42;
-    let converter = Converter::new(Cache::knowing(&[PeerRef::User(1)])).with_self_id(ME);
+    let converter = Converter::new(Cache::knowing(&[MentionedPeer::User(1)])).with_self_id(ME);
     // Saved Messages: the chat with oneself, as a short message either way.
     let saved = short_message(ME, 10);
     let saved_out = tl::types::UpdateShortMessage {
@@ -660,10 +669,10 @@ fn the_own_user_is_known_without_asking_the_cache() {
             .asked
             .borrow()
             .iter()
-            .all(|&peer| peer == PeerRef::User(1))
+            .all(|&peer| peer == MentionedPeer::User(1))
     );
     // Without the own id, nothing says who user 42 is.
-    let stranger = Converter::new(Cache::knowing(&[PeerRef::User(1)]));
+    let stranger = Converter::new(Cache::knowing(&[MentionedPeer::User(1)]));
     assert_eq!(
         withheld(stranger.updates(short_message(ME, 10).into())),
         (None, common_refetch())
@@ -672,7 +681,11 @@ fn the_own_user_is_known_without_asking_the_cache() {
 
 #[test]
 fn other_peers_a_message_names_are_checked() {
-    let known = [PeerRef::User(1), PeerRef::User(3), PeerRef::Channel(8)];
+    let known = [
+        MentionedPeer::User(1),
+        MentionedPeer::User(3),
+        MentionedPeer::Channel(8),
+    ];
     let converter = Converter::new(Cache::knowing(&known));
     let base = || tl::types::Message {
         from_id: Some(user_peer(1)),
@@ -802,7 +815,7 @@ fn other_peers_a_message_names_are_checked() {
 
 #[test]
 fn a_business_message_and_the_message_it_replies_to_are_checked() {
-    let converter = Converter::new(Cache::knowing(&[PeerRef::User(1)]));
+    let converter = Converter::new(Cache::knowing(&[MentionedPeer::User(1)]));
     let business = |reply_from: i64| tl::types::UpdatesCombined {
         updates: vec![
             tl::types::UpdateBotNewBusinessMessage {
