@@ -8,6 +8,9 @@
 //! - `fuzz [TARGET] [--time SECONDS]`: runs a cargo-fuzz target of `fuzz/` (or every target in
 //!   turn), installing cargo-fuzz when missing; on stable with `--sanitizer none`, with
 //!   AddressSanitizer when a nightly toolchain is installed.
+//! - `charts [--collect]`: renders `docs/charts/data/*.csv` into the SVG bar charts
+//!   `docs/charts/*.svg`; `--collect` first refreshes the CSVs from the benches' latest output
+//!   (criterion's JSON, the end-to-end bench's `target/bench-results/end_to_end.csv`).
 //!
 //! Environment: `PROPTEST_CASES` raises the number of property-test cases (CI keeps the
 //! default small); `XTASK_NO_INSTALL=1` never installs system packages.
@@ -19,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use sync_testkit::redis_server::{is_ci, locate, which};
+
+mod charts;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
         "ci" => ci(rest),
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
+        "charts" => charts::charts(rest),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             Ok(())
@@ -56,7 +62,10 @@ fn usage() -> &'static str {
      \x20 ci              fmt --check, clippy -D warnings, then test\n\
      \x20 bench [ARGS..]  run the criterion benchmarks\n\
      \x20 fuzz [TARGET] [--time SECONDS]\n\
-     \x20                 run one cargo-fuzz target (or each in turn) for SECONDS (default 60)\n"
+     \x20                 run one cargo-fuzz target (or each in turn) for SECONDS (default 60)\n\
+     \x20 charts [--collect]\n\
+     \x20                 render docs/charts/data/*.csv into docs/charts/*.svg; --collect first\n\
+     \x20                 refreshes the CSVs from the benches' latest output\n"
 }
 
 fn workspace_root() -> PathBuf {
