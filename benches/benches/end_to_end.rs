@@ -4,7 +4,8 @@
 //! `cargo bench -p sync-benches --bench end_to_end` (`E2E_EVENTS`, `E2E_RUNS` to change the
 //! size and the number of runs, `E2E_READ` the pushes per read of the live reader, `E2E_SHARDS` the dispatch shards,
 //! `E2E_ONLY=catch_up|handle|batch|faults` to run one scenario, `E2E_DEBUG` to print stats;
-//! prints min / median / max).
+//! prints min / median / max, and records them in `target/bench-results/end_to_end.csv` for
+//! `cargo xtask charts --collect`).
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -329,7 +330,8 @@ async fn live(events: u64, feed: Feed) -> Live {
     }
 }
 
-fn report(name: &str, runs: &mut [(u64, f64)]) {
+/// Prints a scenario's figures; returns its updates/s (min, median, max).
+fn report(name: &str, runs: &mut [(u64, f64)]) -> [f64; 3] {
     let mut rates: Vec<f64> = runs.iter().map(|&(n, s)| n as f64 / s).collect();
     rates.sort_by(f64::total_cmp);
     let mut seconds: Vec<f64> = runs.iter().map(|r| r.1).collect();
@@ -342,6 +344,51 @@ fn report(name: &str, runs: &mut [(u64, f64)]) {
         rates[rates.len() - 1],
         seconds[seconds.len() / 2],
     );
+    [rates[0], rates[rates.len() / 2], rates[rates.len() - 1]]
+}
+
+/// Merges `rows` (`scenario,events,runs,min,median,max`, updates/s) into
+/// `<target>/bench-results/end_to_end.csv`, replacing earlier rows of the same scenarios, so
+/// that runs with different `E2E_READ` or `E2E_ONLY` add up.
+fn record(rows: &[(String, u64, u64, [f64; 3])]) {
+    const HEADER: &str = "scenario,events,runs,min,median,max";
+    // The bench runs from `<target>/<profile>/deps/`; cargo marks `<target>` with CACHEDIR.TAG.
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let Some(target) = exe
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .or_else(|| exe.ancestors().nth(3))
+    else {
+        return;
+    };
+    let dir = target.join("bench-results");
+    let path = dir.join("end_to_end.csv");
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let key = line.split(',').next().unwrap_or_default();
+            !rows.iter().any(|row| row.0 == key)
+        })
+        .map(str::to_owned)
+        .collect();
+    for (key, events, runs, [min, median, max]) in rows {
+        lines.push(format!(
+            "{key},{events},{runs},{min:.0},{median:.0},{max:.0}"
+        ));
+    }
+    let text = format!("{HEADER}\n{}\n", lines.join("\n"));
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        Ok(()) => println!("figures recorded in {}", path.display()),
+        Err(error) => println!(
+            "could not record the figures in {}: {error}",
+            path.display()
+        ),
+    }
 }
 
 fn main() {
@@ -361,14 +408,16 @@ fn main() {
         .build()
         .unwrap();
     let only = std::env::var("E2E_ONLY").unwrap_or_default();
+    let mut recorded = Vec::new();
     if only.is_empty() || only == "catch_up" {
         let mut backlog: Vec<(u64, f64)> = (0..runs)
             .map(|_| runtime.block_on(catch_up(events)))
             .collect();
-        report(
+        let figures = report(
             &format!("catch up a backlog of {events} events by getDifference"),
             &mut backlog,
         );
+        recorded.push(("catch_up".to_owned(), events, runs, figures));
     }
     let feeds = [
         (
@@ -409,11 +458,16 @@ fn main() {
         let mut figures: Vec<(u64, f64)> = lives.iter().map(|l| (l.handled, l.seconds)).collect();
         let dropped: u64 = lives.iter().map(|l| l.dropped).sum();
         let differences: u64 = lives.iter().map(|l| l.differences).sum();
-        report(
+        let figures = report(
             &format!(
                 "{events} events {name}, {read} per read (dropped {dropped}, differences {differences})"
             ),
             &mut figures,
         );
+        recorded.push((format!("{key}/{read}"), events, runs, figures));
+    }
+    // A quick test-mode run is no measurement.
+    if !quick {
+        record(&recorded);
     }
 }

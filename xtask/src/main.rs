@@ -10,6 +10,9 @@
 //!   `rustup run nightly cargo fuzz run TARGET` (with AddressSanitizer); otherwise
 //!   `$CARGO fuzz run --sanitizer none TARGET` on the current toolchain. (`$CARGO` is the
 //!   toolchain's own cargo, which does not take rustup's `+nightly`.)
+//! - `charts [--collect]`: renders `docs/charts/data/*.csv` into the SVG bar charts
+//!   `docs/charts/*.svg`; `--collect` first refreshes the CSVs from the benches' latest output
+//!   (criterion's JSON, the end-to-end bench's `target/bench-results/end_to_end.csv`).
 //!
 //! Environment: `PROPTEST_CASES` raises the number of property-test cases (CI keeps the
 //! default small); `XTASK_NO_INSTALL=1` never installs system packages.
@@ -21,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use sync_testkit::redis_server::{is_ci, locate, which};
+
+mod charts;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         "ci" => ci(rest),
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
+        "charts" => charts::charts(rest),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             Ok(())
@@ -58,7 +64,10 @@ fn usage() -> &'static str {
      \x20 ci              fmt --check, clippy -D warnings, then test\n\
      \x20 bench [ARGS..]  run the criterion benchmarks\n\
      \x20 fuzz [TARGET] [--time SECONDS]\n\
-     \x20                 run one cargo-fuzz target (or each in turn) for SECONDS (default 60)\n"
+     \x20                 run one cargo-fuzz target (or each in turn) for SECONDS (default 60)\n\
+     \x20 charts [--collect]\n\
+     \x20                 render docs/charts/data/*.csv into docs/charts/*.svg; --collect first\n\
+     \x20                 refreshes the CSVs from the benches' latest output\n"
 }
 
 fn workspace_root() -> PathBuf {
