@@ -54,7 +54,7 @@
 //! - [`Output::Commit`]: persist it atomically, in order.
 //! - [`Output::AccessHashes`]: store them; channel requests need them. A hash is reported
 //!   when first learned and again only when it changes, not at every update that mentions it.
-//! - [`Output::ChannelTooLong`], [`Output::DifferenceTooLong`], [`Output::ChannelClosed`]:
+//! - [`Notice::ChannelTooLong`], [`Notice::DifferenceTooLong`], [`Notice::ChannelClosed`]:
 //!   history was skipped or a channel was lost; tell the application. The latest messages a
 //!   `channelDifferenceTooLong` carries are delivered right after its notice.
 //!
@@ -182,7 +182,7 @@ mod update;
 pub use config::EngineConfig;
 pub use engine::Engine;
 pub use error::Error;
-pub use output::{Batch, BatchId, Failure, Output, Request, RequestId, RequestKind, Stats};
+pub use output::{Batch, BatchId, Failure, Notice, Output, Request, RequestId, RequestKind, Stats};
 pub use state::{ChannelCommit, ChannelId, Commit, State};
 pub use update::{
     Affected, ChannelDifference, ChannelDifferenceKind, ChannelHash, Difference, Entities,

@@ -110,6 +110,15 @@ pub enum Output<U, E = ()> {
     /// Store these channel access hashes (never "min" ones). A hash is reported when first
     /// learned and again only when it changes (or after the channel was forgotten).
     AccessHashes(Vec<ChannelHash>),
+    /// History the application will not receive as updates, or a channel it lost: tell it.
+    Notice(Notice),
+}
+
+/// Something the application should know besides updates: history it will not receive, or a
+/// channel it can no longer read. Emitted in order with the deliveries around it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Notice {
     /// `updates.differenceTooLong`: the common history between the old pts and `pts` was
     /// skipped. The application should reload what it shows (dialogs, open chats).
     DifferenceTooLong {
@@ -119,18 +128,32 @@ pub enum Output<U, E = ()> {
     /// The channel's local history is stale (`channelDifferenceTooLong`, or an
     /// `updateChannelTooLong` for a channel the engine did not track): the application should
     /// reload its history. With `pts: None` the engine does not know where the channel
-    /// stands; call [`Engine::track_channel`](crate::Engine::track_channel) once you do.
+    /// stands; call [`Engine::track_channel`](crate::Engine::track_channel) once you do. The
+    /// latest messages a `channelDifferenceTooLong` carries are delivered right after it.
     ChannelTooLong {
         /// Which channel.
         channel_id: ChannelId,
         /// The pts the engine now tracks the channel from, if any.
         pts: Option<i32>,
     },
-    /// The engine stopped tracking a channel after [`Failure::ChannelInaccessible`].
+    /// The engine stopped tracking a channel after [`Failure::ChannelInaccessible`]
+    /// (`CHANNEL_PRIVATE`, `CHANNEL_INVALID`, no access hash).
     ChannelClosed {
         /// Which channel.
         channel_id: ChannelId,
     },
+}
+
+impl Notice {
+    /// The channel the notice is about, if it is about one.
+    pub fn channel_id(&self) -> Option<ChannelId> {
+        match *self {
+            Self::DifferenceTooLong { .. } => None,
+            Self::ChannelTooLong { channel_id, .. } | Self::ChannelClosed { channel_id } => {
+                Some(channel_id)
+            }
+        }
+    }
 }
 
 /// Counters and gauges describing what the engine has done, from

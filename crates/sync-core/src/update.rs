@@ -200,7 +200,7 @@ pub enum ChannelDifferenceKind<U, E = ()> {
         timeout: Option<i32>,
     },
     /// `updates.channelDifferenceTooLong`: the local history is stale; the engine jumps to the
-    /// dialog's pts and tells the application ([`Output::ChannelTooLong`](crate::Output)),
+    /// dialog's pts and tells the application ([`Notice::ChannelTooLong`](crate::Output)),
     /// then delivers `updates` right after that notice.
     TooLong {
         /// The dialog's pts.

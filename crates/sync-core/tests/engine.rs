@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::{Ents, Harness, STATE, Up, pts};
 use sync_core::{
     Affected, ChannelCommit, ChannelDifference, ChannelDifferenceKind, ChannelHash, Difference,
-    Engine, EngineConfig, Error, Failure, Output, Request, RequestId, RequestKind, State, Updates,
+    Engine, EngineConfig, Error, Failure, Notice, Output, Request, RequestId, RequestKind, State,
+    Updates,
 };
 
 const GAP: Duration = Duration::from_millis(500);
@@ -188,7 +189,10 @@ fn updates_too_long_and_difference_too_long_jump_and_refetch() {
         .handle_difference(h.now, request.id, Difference::TooLong { pts: 5_000 })
         .unwrap();
     h.pump();
-    assert!(h.notes.contains(&Output::DifferenceTooLong { pts: 5_000 }));
+    assert!(
+        h.notes
+            .contains(&Output::Notice(Notice::DifferenceTooLong { pts: 5_000 }))
+    );
     let commit = h.commits.last().unwrap();
     assert!(commit.state_reset);
     assert_eq!(commit.state.unwrap().pts, 5_000);
@@ -410,10 +414,10 @@ fn channel_too_long_fetches_and_never_rewinds() {
         .handle_channel_difference(h.now, request.id, too_long)
         .unwrap();
     h.pump();
-    assert!(h.notes.contains(&Output::ChannelTooLong {
+    assert!(h.notes.contains(&Output::Notice(Notice::ChannelTooLong {
         channel_id: 7,
         pts: Some(500)
-    }));
+    })));
     assert_eq!(h.engine.channel_pts(7), Some(500));
     assert!(h.commits.last().unwrap().channels.contains(&ChannelCommit {
         channel_id: 7,
@@ -428,10 +432,10 @@ fn channel_too_long_fetches_and_never_rewinds() {
 fn unknown_channel_too_long_is_reported() {
     let mut h = Harness::ready();
     h.push(Up::ChanTooLong(9, None));
-    assert!(h.notes.contains(&Output::ChannelTooLong {
+    assert!(h.notes.contains(&Output::Notice(Notice::ChannelTooLong {
         channel_id: 9,
         pts: None
-    }));
+    })));
     assert!(h.requests.is_empty());
     h.engine.track_channel(9, 40).unwrap();
     h.push(Up::Chan(9, 41, 1));
@@ -468,10 +472,10 @@ fn channel_updates_in_a_common_difference_follow_the_channel_sequence() {
         .unwrap();
     h.pump();
     assert_eq!(h.take_delivered(), [pts(101), Up::Chan(7, 11, 1), pts(102)]);
-    assert!(h.notes.contains(&Output::ChannelTooLong {
+    assert!(h.notes.contains(&Output::Notice(Notice::ChannelTooLong {
         channel_id: 8,
         pts: Some(3)
-    }));
+    })));
 }
 
 #[test]
@@ -694,7 +698,10 @@ fn inaccessible_channel_is_forgotten() {
         .handle_failure(h.now, request.id, Failure::ChannelInaccessible)
         .unwrap();
     h.pump();
-    assert!(h.notes.contains(&Output::ChannelClosed { channel_id: 7 }));
+    assert!(
+        h.notes
+            .contains(&Output::Notice(Notice::ChannelClosed { channel_id: 7 }))
+    );
     assert_eq!(h.engine.channel_pts(7), None);
     assert_eq!(h.engine.stats().buffered_now, 0);
     assert_eq!(h.commits.last().unwrap().removed_channels, [7]);
@@ -941,10 +948,10 @@ fn malformed_pushes_are_refused_whole() {
     assert_eq!(h.engine.stats().pushes_refused, count);
     // A channel whose own numbers are bad and that was not tracked: nobody knows where it
     // stands, and the application is told.
-    assert!(h.notes.contains(&Output::ChannelTooLong {
+    assert!(h.notes.contains(&Output::Notice(Notice::ChannelTooLong {
         channel_id: 1,
         pts: None
-    }));
+    })));
     let affected = Affected::Common {
         pts: 3,
         pts_count: 4,
@@ -1128,10 +1135,10 @@ fn channel_too_long_delivers_its_latest_messages_after_the_notice() {
         .position(|o| {
             matches!(
                 o,
-                Output::ChannelTooLong {
+                Output::Notice(Notice::ChannelTooLong {
                     channel_id: 7,
                     pts: Some(500)
-                }
+                })
             )
         })
         .expect("the notice");

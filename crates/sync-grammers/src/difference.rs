@@ -102,7 +102,7 @@ fn wrap_message(message: tl::enums::Message) -> TlUpdate {
 ///
 /// `new_messages` become `updateNewChannelMessage` with pts 0 (the reply's pts covers them),
 /// followed by `other_updates`. `channelDifferenceTooLong` resets the channel to its dialog's
-/// pts: the engine reports [`Output::ChannelTooLong`](sync_core::Output), then delivers the
+/// pts: the engine reports [`Notice::ChannelTooLong`](sync_core::Output), then delivers the
 /// channel's latest `messages` that the reply carries, each as an `updateNewChannelMessage`
 /// with pts 0 (outside the sequence: the handler can tell them by it). Its `final` flag is
 /// implied.

@@ -12,7 +12,9 @@ use std::sync::atomic::AtomicU64;
 use sync_core::{Batch, BatchId, Engine, Entities, Update};
 use sync_events::{AsyncObserver, Event, EventStream, NotHandled, Receipt, SendError, SendFailure};
 
-use crate::handler::{Handler, Notice};
+use sync_core::Notice;
+
+use crate::handler::Handler;
 use crate::peer::{Peer, PeerKey};
 use crate::stats::Counters;
 
@@ -44,7 +46,8 @@ impl<U: Send + 'static, E: Send + Sync + 'static> Event for Dispatch<U, E> {
     fn stream_key(&self) -> Option<PeerKey> {
         match self {
             Self::Update { key, .. } => *key,
-            Self::Notice(notice) => notice.peer(),
+            // A channel's notice is handled in order with that channel's updates.
+            Self::Notice(notice) => notice.channel_id().map(PeerKey::Channel),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use sync_core::{
-    Affected, ChannelDifference, ChannelId, Difference, Engine, Failure, Output, Request,
+    Affected, ChannelDifference, ChannelId, Difference, Engine, Failure, Notice, Output, Request,
     RequestId, RequestKind, Sequence, State, Update, Updates,
 };
 use sync_events::EventStream;
@@ -27,7 +27,6 @@ use crate::backoff::{Jitter, Policy};
 use crate::config::ManagerConfig;
 use crate::dispatch::{Backlog, BoxFuture, Dispatch};
 use crate::handle::{Control, Input, Shared};
-use crate::handler::Notice;
 use crate::writer::Write;
 
 /// The current instant on tokio's clock (paused in tests), as the engine takes it.
@@ -464,17 +463,17 @@ where
                     self.hashes.extend(hashes.iter().copied());
                     self.write(Write::Hashes(hashes));
                 }
-                Output::DifferenceTooLong { pts } => {
-                    tracing::warn!(pts, "difference too long: history skipped");
-                    self.backlog.notify(Notice::DifferenceTooLong { pts });
-                }
-                Output::ChannelTooLong { channel_id, pts } => {
-                    tracing::info!(channel_id, ?pts, "channel too long");
-                    self.backlog
-                        .notify(Notice::ChannelTooLong { channel_id, pts });
-                }
-                Output::ChannelClosed { channel_id } => {
-                    self.backlog.notify(Notice::ChannelClosed { channel_id });
+                Output::Notice(notice) => {
+                    match notice {
+                        Notice::DifferenceTooLong { pts } => {
+                            tracing::warn!(pts, "difference too long: history skipped");
+                        }
+                        Notice::ChannelTooLong { channel_id, pts } => {
+                            tracing::info!(channel_id, ?pts, "channel too long");
+                        }
+                        _ => tracing::info!(?notice, "notice"),
+                    }
+                    self.backlog.notify(notice);
                 }
             }
         }

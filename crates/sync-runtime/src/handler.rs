@@ -1,58 +1,17 @@
-//! What the application supplies to receive updates: a [`Handler`], and the [`Notice`]s it
-//! gets besides them.
+//! What the application supplies to receive updates: a [`Handler`], which also gets the
+//! engine's [`Notice`]s (skipped history, lost channels) in order with each peer's updates.
 
 use std::future::{Future, ready};
 use std::sync::Arc;
 
-use sync_core::ChannelId;
+use sync_core::Notice;
 
 use crate::api::BoxError;
-use crate::peer::PeerKey;
-
-/// Something the application should know besides updates: history it will not receive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Notice {
-    /// `updates.differenceTooLong`: the common history up to `pts` was skipped; reload the
-    /// dialogs and open chats.
-    DifferenceTooLong {
-        /// The pts jumped to.
-        pts: i32,
-    },
-    /// A channel's local history is stale (`channelDifferenceTooLong`, or
-    /// `updateChannelTooLong` for a channel that was not tracked): reload its history. With
-    /// `pts: None` the manager does not know where the channel stands; call
-    /// [`ManagerHandle::track_channel`](crate::ManagerHandle::track_channel) once you do.
-    ChannelTooLong {
-        /// Which channel.
-        channel_id: ChannelId,
-        /// The pts the channel is now tracked from, if any.
-        pts: Option<i32>,
-    },
-    /// The channel can no longer be read (`CHANNEL_PRIVATE`, `CHANNEL_INVALID`, no access
-    /// hash): it is not tracked any more.
-    ChannelClosed {
-        /// Which channel.
-        channel_id: ChannelId,
-    },
-}
-
-impl Notice {
-    /// The peer the notice is about; it is handled in order with that peer's updates.
-    pub fn peer(&self) -> Option<PeerKey> {
-        match *self {
-            Self::DifferenceTooLong { .. } => None,
-            Self::ChannelTooLong { channel_id, .. } | Self::ChannelClosed { channel_id } => {
-                Some(PeerKey::Channel(channel_id))
-            }
-        }
-    }
-}
 
 /// The application's update handler.
 ///
 /// It is shared by every shard (wrap mutable state in a lock, or key it by peer: updates of
-/// one [`PeerKey`] reach the handler one at a time, in order). An update counts as handled when
+/// one [`PeerKey`](crate::PeerKey) reach the handler one at a time, in order). An update counts as handled when
 /// `handle` returns, whatever it returns: an error is logged and counted
 /// ([`RuntimeStats::handler_errors`](crate::RuntimeStats)), a panic is caught and counted
 /// ([`RuntimeStats::handler_panics`](crate::RuntimeStats)), and neither stops the manager nor

@@ -82,7 +82,7 @@
 //! | `writer.rs` | the storage writer: commits and access hashes, in order, retried |
 //! | `backoff.rs` | retry delays: exponential backoff with jitter, FLOOD_WAIT spread |
 //! | `api.rs` | [`Api`], [`ApiError`], the request types, [`BoxError`] |
-//! | `handler.rs` | [`Handler`], [`Notice`] |
+//! | `handler.rs` | [`Handler`] (which also gets the engine's [`Notice`]s) |
 //! | `peer.rs` | [`Peer`], [`PeerKey`] |
 //! | `config.rs`, `stats.rs` | [`ManagerConfig`]; [`Stats`], [`RuntimeStats`] and the counters behind them |
 //! | `sim.rs` | [`sim`] (feature `testkit`) |
@@ -187,8 +187,10 @@ pub mod sim;
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
 pub use config::ManagerConfig;
 pub use handle::{ControlError, IntakeError, ManagerHandle};
-pub use handler::{Handler, Notice};
+pub use handler::Handler;
 pub use manager::{Manager, RunError, Summary};
 pub use peer::{Peer, PeerKey};
 pub use stats::{RuntimeStats, Stats};
+/// Re-exported from `sync-core`: what the handler learns besides updates.
+pub use sync_core::Notice;
 pub use tokio_util::sync::CancellationToken;

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 
 use crate::api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
 use crate::handle::{IntakeError, ManagerHandle};
-use crate::handler::{Handler, Notice};
+use sync_core::Notice;
+
+use crate::handler::Handler;
 use crate::peer::{Peer, PeerKey};
 
 /// The simulated updates carry no chat: every update of the common box (pts, qts, `seq`

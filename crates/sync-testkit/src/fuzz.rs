@@ -542,9 +542,7 @@ fn drain(
                     return Err("a min access hash was reported".into());
                 }
             }
-            Output::DifferenceTooLong { .. }
-            | Output::ChannelTooLong { .. }
-            | Output::ChannelClosed { .. } => {}
+            Output::Notice(_) => {}
         }
     }
     // Requests the engine no longer waits for are harmless to keep: replies to them must be

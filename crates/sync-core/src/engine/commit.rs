@@ -5,7 +5,7 @@
 use std::mem;
 
 use crate::error::Error;
-use crate::output::{Batch, BatchId, Output};
+use crate::output::{Batch, BatchId, Notice, Output};
 use crate::state::{ChannelCommit, ChannelId, Commit};
 use crate::update::{ChannelHash, Entities, Update};
 
@@ -133,9 +133,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
     /// Pushes a notification after sealing what was delivered before it, so the application
     /// sees them in order.
-    pub(super) fn notify(&mut self, output: Output<U, E>) {
+    pub(super) fn notify(&mut self, notice: Notice) {
         self.seal();
-        self.outputs.push_back(output);
+        self.outputs.push_back(Output::Notice(notice));
     }
 
     /// Closes the open batch: emits its deliveries, and queues its change behind them.

@@ -6,7 +6,7 @@ use std::mem;
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::output::{Failure, Output, Request, RequestId, RequestKind};
+use crate::output::{Failure, Notice, Output, Request, RequestId, RequestKind};
 use crate::state::{ChannelId, State};
 use crate::update::{ChannelDifference, ChannelDifferenceKind, Difference, Entities, Update};
 
@@ -194,7 +194,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.open_change.state = true;
                 self.open_change.state_reset = true;
                 self.stats.too_long += 1;
-                self.notify(Output::DifferenceTooLong { pts });
+                self.notify(Notice::DifferenceTooLong { pts });
                 if moved {
                     // The rest of the state (qts, seq, date) still has to be caught up.
                     self.common.fetch.state = FetchState::Idle;
@@ -301,7 +301,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
             self.open_change.channel(channel_id, reset);
         }
         if reset {
-            self.notify(Output::ChannelTooLong {
+            self.notify(Notice::ChannelTooLong {
                 channel_id,
                 pts: Some(pts),
             });
@@ -348,7 +348,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.stats.requests_failed += 1;
                 self.channel_requests_in_flight = self.channel_requests_in_flight.saturating_sub(1);
                 self.forget(channel_id);
-                self.notify(Output::ChannelClosed { channel_id });
+                self.notify(Notice::ChannelClosed { channel_id });
                 self.pump_channel_queue();
             }
             (other, Failure::ChannelInaccessible) => {

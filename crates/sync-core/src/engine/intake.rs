@@ -7,7 +7,7 @@ use std::mem;
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::output::Output;
+use crate::output::Notice;
 use crate::state::ChannelId;
 use crate::update::{Affected, Entities, Sequence, Update, Updates};
 
@@ -128,7 +128,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// sequence it names (the common box, and each channel it names), so its good updates
     /// come back that way. A channel the engine did not track yet is tracked from where its
     /// good update starts; one whose own numbers are bad is reported with
-    /// [`Output::ChannelTooLong`] and `pts: None`.
+    /// [`Notice::ChannelTooLong`] and `pts: None`.
     pub fn handle_updates(&mut self, now: Instant, updates: Updates<U, E>) -> Result<(), Error> {
         match updates {
             Updates::TooLong => {
@@ -239,7 +239,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.open_change.channel(channel_id, false);
             }
             (MapEntry::Vacant(_), None) => {
-                self.notify(Output::ChannelTooLong {
+                self.notify(Notice::ChannelTooLong {
                     channel_id,
                     pts: None,
                 });
@@ -367,12 +367,12 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 self.stats.too_long += 1;
                 self.channels.insert(channel_id, pts);
                 self.open_change.channel(channel_id, true);
-                self.notify(Output::ChannelTooLong {
+                self.notify(Notice::ChannelTooLong {
                     channel_id,
                     pts: Some(pts),
                 });
             }
-            (None, None) => self.notify(Output::ChannelTooLong {
+            (None, None) => self.notify(Notice::ChannelTooLong {
                 channel_id,
                 pts: None,
             }),

@@ -241,7 +241,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
     }
 
     /// Start tracking a channel from `pts` (learned from the dialogs, or after
-    /// [`Output::ChannelTooLong`] with no pts). For a channel tracked already, a higher `pts`
+    /// [`Notice::ChannelTooLong`](crate::Notice::ChannelTooLong) with no pts). For a channel tracked already, a higher `pts`
     /// means news: its difference is fetched (the pts is never jumped to, nor rewound).
     pub fn track_channel(&mut self, channel_id: ChannelId, pts: i32) -> Result<(), Error> {
         let channel_id = check_channel(channel_id)?;

@@ -7,7 +7,8 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use sync_core::{
-    BatchId, ChannelId, Engine, EngineConfig, Output, RequestId, Sequence, State, Stats, Updates,
+    BatchId, ChannelId, Engine, EngineConfig, Notice, Output, RequestId, Sequence, State, Stats,
+    Updates,
 };
 
 use crate::network::Network;
@@ -378,7 +379,9 @@ impl<'a> Run<'a> {
         while let Some(output) = self.engine.poll_output() {
             // Requests, commits and hashes may come between a notice and its batch.
             let follows_notice = match output {
-                Output::ChannelTooLong { .. } => mem::replace(&mut after_notice, true),
+                Output::Notice(Notice::ChannelTooLong { .. }) => {
+                    mem::replace(&mut after_notice, true)
+                }
                 Output::Deliver(_) => mem::replace(&mut after_notice, false),
                 _ => after_notice,
             };
@@ -464,17 +467,18 @@ impl<'a> Run<'a> {
                         self.hashes.insert(hash.channel_id, hash.access_hash);
                     }
                 }
-                Output::DifferenceTooLong { pts } => {
+                Output::Notice(Notice::DifferenceTooLong { pts }) => {
                     self.log(|| format!("difference too long: pts {pts}"))
                 }
-                Output::ChannelTooLong { channel_id, pts } => {
+                Output::Notice(Notice::ChannelTooLong { channel_id, pts }) => {
                     self.log(|| format!("channel {channel_id} too long: {pts:?}"));
                 }
-                Output::ChannelClosed { channel_id } => {
+                Output::Notice(Notice::ChannelClosed { channel_id }) => {
                     return Err(self.violation(format!(
                         "channel {channel_id} closed, but no channel is inaccessible"
                     )));
                 }
+                Output::Notice(other) => self.log(|| format!("notice {other:?}")),
             }
         }
         let buffered = self.engine.stats().buffered_now;
