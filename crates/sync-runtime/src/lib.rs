@@ -85,7 +85,7 @@
 //! | `handler.rs` | [`Handler`] (which also gets the engine's [`Notice`]s) |
 //! | `peer.rs` | [`Peer`], [`PeerKey`] |
 //! | `config.rs`, `stats.rs` | [`ManagerConfig`]; [`Stats`], [`RuntimeStats`] and the counters behind them |
-//! | `sim.rs` | [`sim`] (feature `testkit`) |
+//! | `sim.rs` | `sim` (feature `testkit`) |
 //!
 //! # Example
 //!
