@@ -48,6 +48,19 @@
 //! both, in order, in the same worker: no task per event). [`Noop`] ignores events and
 //! [`EventStream::noop`] is a stream without workers that discards everything.
 //!
+//! # Where things are
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `stream.rs` | [`Builder`] and [`EventStream`]: configuration, sending, receipts, shutdown |
+//! | `inner.rs`, `shard.rs` | the state the stream's handles and workers share; one shard's bounded queue and wake-ups |
+//! | `route.rs` | which shard a key goes to |
+//! | `worker.rs` | [`ShardWorker`]: the loop that feeds a shard's observer, and [`Workers`] to run them |
+//! | `observer.rs`, `panic.rs` | [`Observer`], [`AsyncObserver`], factories, [`Both`], [`Noop`]; catching their panics |
+//! | `receipt.rs`, `stats.rs`, `error.rs` | [`Receipt`], counters, typed errors |
+//! | `sync.rs` | the synchronisation primitives (std, or loom's under `--cfg loom`) |
+//! | `fuzzing.rs` | the fuzz body shared by the cargo-fuzz target and the corpus test |
+//!
 //! # Example: synchronous observers on threads
 //!
 //! ```

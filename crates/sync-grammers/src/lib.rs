@@ -16,6 +16,16 @@
 //! | `messages.affectedMessages` / `affectedHistory` | [`Affected`](sync_core::Affected) | [`affected_messages`], [`affected_history`] |
 //! | engine [`Request`](sync_core::Request) | `updates.getState` / `getDifference` / `getChannelDifference` | [`request`] + [`AccessHashes`] |
 //!
+//! # Where things are
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `update.rs`, `entities.rs` | [`TlUpdate`] and its [`Sequence`](sync_core::Sequence) ([`sequence_of`]); [`TlEntities`] |
+//! | `incoming.rs` | pushed `Updates` into [`Incoming`] ([`Converter`]) |
+//! | `peers.rs` | [`MentionedPeer`], [`PeerCache`] and what a message mentions |
+//! | `difference.rs` | `updates.State`, `Difference`, `ChannelDifference`, affected messages |
+//! | `request.rs`, `error.rs` | the engine's requests as TL calls; typed errors |
+//!
 //! # Peers the application cannot resolve
 //!
 //! Short updates carry no users, and containers may carry only "min" ones. A message update

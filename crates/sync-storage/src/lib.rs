@@ -33,6 +33,16 @@
 //! | `FileStorage` | `file` | one process that must survive restarts: a redb file, every commit fsynced before it is acknowledged |
 //! | `RedisStorage` | `redis` (`redis-tls` for `rediss://`) | many processes sharing state; monotonicity enforced server-side by a Lua script |
 //!
+//! # Where things are
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `lib.rs` | the traits, [`Snapshot`], [`AccountId`] |
+//! | `rules.rs` | the write rules every Rust backend enforces (monotonic unless reset) |
+//! | `memory.rs`, `file.rs`, `redis/` | the backends (`redis/commit.lua` repeats the rules server-side; `load.lua` reads a snapshot) |
+//! | `error.rs` | [`Error`] and [`StaleSequence`] |
+//! | `fuzzing.rs` | fuzz bodies for stored-value decoding |
+//!
 //! # Async traits
 //!
 //! The traits use `fn … -> impl Future<Output = …> + Send` (native async in traits), so a
