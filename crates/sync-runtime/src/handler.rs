@@ -11,14 +11,14 @@ use crate::api::BoxError;
 /// The application's update handler.
 ///
 /// It is shared by every shard (wrap mutable state in a lock, or key it by peer: updates of
-/// one [`PeerKey`](crate::PeerKey) reach the handler one at a time, in order). An update counts as handled when
-/// `handle` returns, whatever it returns: an error is logged and counted
+/// one [`PeerKey`](crate::PeerKey) reach the handler one at a time, in order). An update
+/// counts as handled when `handle` returns, whatever it returns: an error is logged and counted
 /// ([`RuntimeStats::handler_errors`](crate::RuntimeStats)), a panic is caught and counted
 /// ([`RuntimeStats::handler_panics`](crate::RuntimeStats)), and neither stops the manager nor
 /// the peer's later updates. Retry inside the handler if an update must not be skipped.
 ///
 /// The handler may call the API and any [`ManagerHandle`](crate::ManagerHandle) method, and
-/// await it (pushes of its own calls' results, `handle_affected`, `track_channel`,
+/// await it (pushes of its own calls' results, `push_affected`, `track_channel`,
 /// `caught_up`, waiting for intake room): the manager never waits for the dispatch, so it keeps
 /// answering while handlers wait, and what a handler awaits resolves or fails with
 /// [`ControlError::Stopped`](crate::ControlError::Stopped). Inside a handler,
@@ -29,7 +29,8 @@ use crate::api::BoxError;
 /// A handler that blocks holds up its own shard's later updates (and, once the manager's
 /// backlog reaches that shard, the hand-over of everything after them: pushes are then dropped
 /// and recovered by a difference later). At shutdown the handlers get
-/// [`ManagerConfig::shutdown_grace`](crate::ManagerConfig::shutdown_grace) to finish, then they are stopped.
+/// [`ManagerConfig::shutdown_grace`](crate::ManagerConfig::shutdown_grace) to finish, then
+/// they are stopped.
 ///
 /// ```
 /// use std::sync::Arc;
