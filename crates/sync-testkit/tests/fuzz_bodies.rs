@@ -2,8 +2,11 @@
 //! random bytes from proptest, so the two kinds of testing share one input generator.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::path::Path;
 
+use common::cases;
 use proptest::prelude::*;
 use sync_testkit::fuzz;
 
@@ -24,18 +27,6 @@ fn core_inputs_corpus() {
 #[test]
 fn core_scenario_corpus() {
     run("core_scenario", fuzz::core_scenario);
-}
-
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
 }
 
 proptest! {
