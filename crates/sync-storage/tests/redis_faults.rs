@@ -9,19 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sync_storage::{ChannelCommit, Commit, Error, RedisConfig, RedisStorage, State, StateStorage};
+use common::uniform_state;
+use sync_storage::{ChannelCommit, Commit, Error, RedisConfig, RedisStorage, StateStorage};
 use sync_testkit::redis_server::RedisServer;
 
 const ACCOUNT: i64 = 31;
 
 fn commit(v: i32) -> Commit {
     Commit {
-        state: Some(State {
-            pts: v,
-            qts: v,
-            date: v,
-            seq: v,
-        }),
+        state: Some(uniform_state(v)),
         channels: vec![ChannelCommit {
             channel_id: 1,
             pts: v,

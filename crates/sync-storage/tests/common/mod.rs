@@ -7,10 +7,22 @@
 pub mod contract;
 pub mod model;
 
+use sync_storage::State;
+
 /// The number of property-test cases: `PROPTEST_CASES`, or a small default so tests stay fast.
 pub fn proptest_cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A state whose four numbers are all `v`.
+pub fn uniform_state(v: i32) -> State {
+    State {
+        pts: v,
+        qts: v,
+        date: v,
+        seq: v,
+    }
 }
