@@ -4,29 +4,18 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::cases;
 use proptest::prelude::*;
 use sync_testkit::fuzz;
 
-fn run(target: &str, body: fn(&[u8]) -> Result<(), String>) {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    if let Err(message) = fuzz::run_corpus(&corpus, body) {
-        panic!("{message}");
-    }
-}
-
 #[test]
 fn core_inputs_corpus() {
-    run("core_inputs", fuzz::core_inputs);
+    fuzz::check_corpus("core_inputs", fuzz::core_inputs);
 }
 
 #[test]
 fn core_scenario_corpus() {
-    run("core_scenario", fuzz::core_scenario);
+    fuzz::check_corpus("core_scenario", fuzz::core_scenario);
 }
 
 proptest! {
