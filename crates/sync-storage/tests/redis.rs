@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::uniform_state;
+use common::{uniform_commit, uniform_state};
 use sync_storage::{
     AccessHashStorage, ChannelCommit, Commit, Error, RedisConfig, RedisStorage, StateStorage,
     WriteMode,
@@ -329,15 +329,7 @@ async fn separate_clients_racing_end_at_the_maximum() {
             for r in 0..rounds {
                 let v = r * clients + c + 1;
                 // Half of the time a batch of two, to exercise the pipeline path too.
-                let commit = Commit {
-                    state: Some(uniform_state(v)),
-                    channels: vec![ChannelCommit {
-                        channel_id: 1,
-                        pts: v,
-                        reset: false,
-                    }],
-                    ..Commit::default()
-                };
+                let commit = uniform_commit(v);
                 let results = if r % 2 == 0 {
                     vec![storage.apply(9, &commit).await]
                 } else {

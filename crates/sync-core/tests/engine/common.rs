@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use sync_core::{
     ChannelDifference, ChannelDifferenceKind, ChannelHash, Commit, Difference, Engine,
-    EngineConfig, Entities, Output, Request, RequestKind, Sequence, State, Update, Updates,
+    EngineConfig, Entities, Failure, Output, Request, RequestId, RequestKind, Sequence, State,
+    Update, Updates,
 };
 
 /// A lean update type covering every sequence.
@@ -154,6 +155,14 @@ impl Harness {
                 other => self.notes.push(other),
             }
         }
+    }
+
+    /// The request `id` failed with a plain retry (no flood wait); takes the outputs.
+    pub fn fail_retry(&mut self, id: RequestId) {
+        self.engine
+            .handle_failure(self.now, id, Failure::Retry { after: None })
+            .unwrap();
+        self.pump();
     }
 
     pub fn push(&mut self, update: Up) {

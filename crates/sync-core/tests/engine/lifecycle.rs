@@ -135,10 +135,7 @@ fn failures_back_off_and_honour_flood_wait() {
     h.advance(Duration::from_secs(1));
     let retry = h.take_request();
     assert_ne!(retry.id, request.id);
-    h.engine
-        .handle_failure(h.now, retry.id, Failure::Retry { after: None })
-        .unwrap();
-    h.pump();
+    h.fail_retry(retry.id);
     // The second failure in a row waits twice the base delay.
     assert_eq!(
         h.engine.poll_timeout(),
@@ -153,10 +150,7 @@ fn failures_back_off_and_honour_flood_wait() {
         third.kind,
         RequestKind::GetDifference { pts: 101, .. }
     ));
-    h.engine
-        .handle_failure(h.now, third.id, Failure::Retry { after: None })
-        .unwrap();
-    h.pump();
+    h.fail_retry(third.id);
     assert_eq!(
         h.engine.poll_timeout(),
         Some(h.now + Duration::from_secs(2)),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::common::{Ents, Harness, STATE, pts};
-use sync_core::{Difference, Failure, State};
+use sync_core::{Difference, State};
 
 #[test]
 fn the_idle_timer_never_fires_in_a_loop() {
@@ -44,10 +44,7 @@ fn a_successful_reply_resets_the_backoff() {
     h.engine.request_difference(h.now);
     h.pump();
     let first = h.take_request();
-    h.engine
-        .handle_failure(h.now, first.id, Failure::Retry { after: None })
-        .unwrap();
-    h.pump();
+    h.fail_retry(first.id);
     h.fire_next();
     let second = h.take_request();
     // A slice succeeds: the next failure starts from the base delay again.
@@ -60,10 +57,7 @@ fn a_successful_reply_resets_the_backoff() {
     h.engine.handle_difference(h.now, second.id, slice).unwrap();
     h.pump();
     let third = h.take_request();
-    h.engine
-        .handle_failure(h.now, third.id, Failure::Retry { after: None })
-        .unwrap();
-    h.pump();
+    h.fail_retry(third.id);
     assert_eq!(
         h.engine.poll_timeout(),
         Some(h.now + Duration::from_millis(500))
