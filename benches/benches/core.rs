@@ -7,58 +7,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use sync_core::{Difference, Engine, EngineConfig, Output, Sequence, State, Update, Updates};
-
-/// The leanest update an application could have: just its place.
-#[derive(Debug, Clone, Copy)]
-struct Lean(Sequence);
-
-impl Update for Lean {
-    fn sequence(&self) -> Sequence {
-        self.0
-    }
-}
+use sync_core::{Difference, Engine, Output, Sequence, State, Updates};
+use sync_testkit::lean::{Lean, START, drain, ready_engine};
 
 const N: i32 = 10_000;
-const START: State = State {
-    pts: 1,
-    qts: 1,
-    date: 0,
-    seq: 1,
-};
-
-/// An engine past its startup difference, tracking `channels` channels at pts 1.
-fn engine(channels: i64) -> (Engine<Lean>, Instant) {
-    let now = Instant::now();
-    let mut engine = Engine::from_state(
-        EngineConfig::default(),
-        now,
-        START,
-        (1..=channels).map(|id| (id, 1)),
-    )
-    .unwrap();
-    let Some(Output::Request(request)) = engine.poll_output() else {
-        unreachable!()
-    };
-    engine
-        .handle_difference(now, request.id, Difference::Empty { date: 0, seq: 1 })
-        .unwrap();
-    drain(&mut engine);
-    (engine, now)
-}
-
-/// Does what a driver does after each input: take the outputs, acknowledge deliveries.
-fn drain(engine: &mut Engine<Lean>) -> usize {
-    let mut delivered = 0;
-    while let Some(output) = engine.poll_output() {
-        if let Output::Deliver(batch) = output {
-            delivered += batch.updates.len();
-            engine.ack(batch.id).unwrap();
-            engine.recycle(batch.updates);
-        }
-    }
-    delivered
-}
 
 fn feed(engine: &mut Engine<Lean>, now: Instant, updates: &[Lean]) -> usize {
     let mut delivered = 0;
@@ -103,14 +55,14 @@ fn bench_core(c: &mut Criterion) {
     // its intake): the per-poll work is shared by the batch.
     group.bench_function("in_order_common_pts_polled_every_64", |b| {
         b.iter_batched_ref(
-            || engine(0),
+            || ready_engine(0),
             |(e, now)| black_box(feed_batched(e, *now, &in_order)),
             BatchSize::LargeInput,
         );
     });
     group.bench_function("in_order_common_pts", |b| {
         b.iter_batched_ref(
-            || engine(0),
+            || ready_engine(0),
             |(e, now)| black_box(feed(e, *now, &in_order)),
             BatchSize::LargeInput,
         );
@@ -130,7 +82,7 @@ fn bench_core(c: &mut Criterion) {
             .collect();
         group.bench_function(format!("channels_round_robin_{channels}"), |b| {
             b.iter_batched_ref(
-                || engine(channels),
+                || ready_engine(channels),
                 |(e, now)| black_box(feed(e, *now, &updates)),
                 BatchSize::LargeInput,
             );
@@ -146,7 +98,7 @@ fn bench_core(c: &mut Criterion) {
         }
         group.bench_function(format!("reordered_{percent}_percent"), |b| {
             b.iter_batched_ref(
-                || engine(0),
+                || ready_engine(0),
                 |(e, now)| black_box(feed(e, *now, &updates)),
                 BatchSize::LargeInput,
             );
@@ -155,7 +107,7 @@ fn bench_core(c: &mut Criterion) {
             format!("reordered_{percent}_percent_polled_every_64"),
             |b| {
                 b.iter_batched_ref(
-                    || engine(0),
+                    || ready_engine(0),
                     |(e, now)| black_box(feed_batched(e, *now, &updates)),
                     BatchSize::LargeInput,
                 );
@@ -169,7 +121,7 @@ fn bench_core(c: &mut Criterion) {
         .collect();
     group.bench_function("every_update_twice", |b| {
         b.iter_batched_ref(
-            || engine(0),
+            || ready_engine(0),
             |(e, now)| black_box(feed(e, *now, &duplicated)),
             BatchSize::LargeInput,
         );
@@ -178,7 +130,7 @@ fn bench_core(c: &mut Criterion) {
     let containers: Vec<Vec<Lean>> = common(2..=N + 1).chunks(10).map(<[Lean]>::to_vec).collect();
     group.bench_function("seq_containers_of_10", |b| {
         b.iter_batched_ref(
-            || (engine(0), containers.clone()),
+            || (ready_engine(0), containers.clone()),
             |((e, now), containers)| {
                 let mut delivered = 0;
                 for (i, updates) in containers.drain(..).enumerate() {
@@ -205,7 +157,7 @@ fn bench_core(c: &mut Criterion) {
     group.bench_function("difference_of_10k", |b| {
         b.iter_batched_ref(
             || {
-                let (mut e, now) = engine(0);
+                let (mut e, now) = ready_engine(0);
                 e.request_difference(now);
                 let Some(Output::Request(request)) = e.poll_output() else {
                     unreachable!()

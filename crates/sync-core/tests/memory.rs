@@ -12,9 +12,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::time::Instant;
 
-use sync_core::{Difference, Engine, EngineConfig, Output, Sequence, State, Update, Updates};
+use sync_core::{Sequence, Updates};
+use sync_testkit::lean::{Lean, drain, ready_engine};
 
 /// Counts live bytes and allocation calls of the current thread: the test harness allocates
 /// on its own threads meanwhile, and that must not count.
@@ -62,55 +62,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-#[derive(Debug, Clone, Copy)]
-struct Lean(Sequence);
-
-impl Update for Lean {
-    fn sequence(&self) -> Sequence {
-        self.0
-    }
-}
-
-const START: State = State {
-    pts: 1,
-    qts: 1,
-    date: 0,
-    seq: 1,
-};
-
-fn ready(channels: i64) -> (Engine<Lean>, Instant) {
-    let now = Instant::now();
-    let mut engine = Engine::from_state(
-        EngineConfig::default(),
-        now,
-        START,
-        (1..=channels).map(|c| (c, 1)),
-    )
-    .unwrap();
-    let Some(Output::Request(request)) = engine.poll_output() else {
-        unreachable!()
-    };
-    engine
-        .handle_difference(now, request.id, Difference::Empty { date: 0, seq: 1 })
-        .unwrap();
-    while engine.poll_output().is_some() {}
-    (engine, now)
-}
-
-fn drain(engine: &mut Engine<Lean>) {
-    while let Some(output) = engine.poll_output() {
-        if let Output::Deliver(batch) = output {
-            engine.ack(batch.id).unwrap();
-            engine.recycle(batch.updates);
-        }
-    }
-}
-
 #[test]
 fn a_million_tracked_channels_fit_in_64_mb() {
     let channels = 1_000_000;
     let before = live();
-    let (engine, _) = ready(channels);
+    let (engine, _) = ready_engine(channels);
     let bytes = live() - before;
     let per_channel = bytes as f64 / channels as f64;
     println!(
@@ -122,7 +78,7 @@ fn a_million_tracked_channels_fit_in_64_mb() {
 
 #[test]
 fn buffered_updates_cost_little() {
-    let (mut engine, now) = ready(0);
+    let (mut engine, now) = ready_engine(0);
     let count = 900; // under the default per-sequence cap of 1,000
     let before = live();
     // pts 2 is missing: every later update waits.
@@ -145,7 +101,7 @@ fn buffered_updates_cost_little() {
 #[test]
 fn the_in_order_path_allocates_nothing_per_update() {
     for channels in [0i64, 1_000] {
-        let (mut engine, now) = ready(channels);
+        let (mut engine, now) = ready_engine(channels);
         let update = |i: i32| {
             if channels == 0 {
                 Lean(Sequence::Common {

@@ -1,18 +1,13 @@
 //! The fan-out fuzz body as an ordinary test, over the checked-in corpus and random bytes.
 #![allow(missing_docs)]
 
-use std::path::Path;
-
 use proptest::prelude::*;
 use sync_events::fuzzing::fan_out;
-use sync_testkit::fuzz::run_corpus;
+use sync_testkit::fuzz::check_corpus;
 
 #[test]
 fn events_corpus() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/events");
-    if let Err(message) = run_corpus(&corpus, fan_out) {
-        panic!("{message}");
-    }
+    check_corpus("events", fan_out);
 }
 
 proptest! {

@@ -12,9 +12,10 @@ use std::time::Duration;
 use common::{Sim, config, producer};
 use sync_core::Updates;
 use sync_runtime::sim::{ApiFaults, Recorder};
-use sync_runtime::{BoxError, ManagerConfig, ManagerHandle, Summary};
+use sync_runtime::{BoxError, ManagerConfig, ManagerHandle, RunError, Summary};
 use sync_storage::MemoryStorage;
 use sync_testkit::{Faults, TestEntities, TestUpdate};
+use tokio::task::JoinHandle;
 
 type Handle = ManagerHandle<TestUpdate, TestEntities>;
 type Slot = Arc<OnceLock<Handle>>;
@@ -27,6 +28,21 @@ async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
         Ok(value) => value,
         Err(_) => panic!("{what} did not finish: the manager is stuck"),
     }
+}
+
+/// Waits for `handle` to catch up, shuts it down and returns the run's summary.
+async fn catch_up_and_shut_down(
+    handle: &Handle,
+    run: &mut JoinHandle<Result<Summary, RunError>>,
+) -> Summary {
+    bounded("caught_up", handle.caught_up())
+        .await
+        .expect("caught up");
+    handle.shutdown();
+    bounded("the shutdown", run)
+        .await
+        .expect("join")
+        .expect("run")
 }
 
 fn handle_of(slot: &Slot) -> Handle {
@@ -60,14 +76,7 @@ async fn burst(seed: u64, recorder: impl FnOnce(Slot) -> Recorder) -> (Sim, Summ
     bounded("the producer", sim.produce(&handle, burst))
         .await
         .expect("producer");
-    bounded("caught_up", handle.caught_up())
-        .await
-        .expect("caught up");
-    handle.shutdown();
-    let summary = bounded("the shutdown", &mut run)
-        .await
-        .expect("join")
-        .expect("run");
+    let summary = catch_up_and_shut_down(&handle, &mut run).await;
     assert!(summary.persisted);
     if let Err(message) = sim.finish(&*storage).await {
         panic!("seed {seed}: {message}");
@@ -162,14 +171,7 @@ async fn a_large_startup_difference_with_a_handler_awaiting_commands_is_handled(
     };
     let (handle, mut run) = sim.start(&storage, config);
     slot.set(handle.clone()).expect("set once");
-    bounded("caught_up", handle.caught_up())
-        .await
-        .expect("caught up");
-    handle.shutdown();
-    let summary = bounded("the shutdown", &mut run)
-        .await
-        .expect("join")
-        .expect("run");
+    let summary = catch_up_and_shut_down(&handle, &mut run).await;
     assert!(summary.persisted);
     assert_everything_handled(&sim);
     sim.finish(&*storage).await.expect("oracle");
@@ -232,14 +234,7 @@ async fn shutdown_ends_within_the_grace_while_a_handler_blocks_forever() {
     sim.crashed(&*storage).await.expect("oracle at the stop");
     sim.recorder = Recorder::new();
     let (handle, mut run) = sim.start(&storage, tiny(seed));
-    bounded("caught_up", handle.caught_up())
-        .await
-        .expect("caught up");
-    handle.shutdown();
-    let summary = bounded("the shutdown", &mut run)
-        .await
-        .expect("join")
-        .expect("run");
+    let summary = catch_up_and_shut_down(&handle, &mut run).await;
     assert_eq!(summary.abandoned, 0);
     sim.finish(&*storage).await.expect("oracle");
 }
@@ -278,14 +273,7 @@ async fn a_blocked_handler_does_not_fill_the_intake_and_nothing_is_lost() {
     assert!(runtime.pushes_dropped > 0, "{runtime:?}");
     assert!(sim.recorder.finished() < sim.recorder.count());
     gate.add_permits(1);
-    bounded("caught_up", handle.caught_up())
-        .await
-        .expect("caught up");
-    handle.shutdown();
-    let summary = bounded("the shutdown", &mut run)
-        .await
-        .expect("join")
-        .expect("run");
+    let summary = catch_up_and_shut_down(&handle, &mut run).await;
     assert_eq!(summary.abandoned, 0);
     assert!(summary.stats.runtime.intake_recoveries > 0);
     sim.finish(&*storage).await.expect("oracle");
@@ -337,14 +325,7 @@ async fn request_channel_difference_fetches_a_tracked_channel_and_refuses_an_unk
     )
     .await
     .expect("producer");
-    bounded("caught_up", handle.caught_up())
-        .await
-        .expect("caught up");
-    handle.shutdown();
-    bounded("the shutdown", &mut run)
-        .await
-        .expect("join")
-        .expect("run");
+    catch_up_and_shut_down(&handle, &mut run).await;
     sim.finish(&*storage).await.expect("oracle");
     assert_eq!(sim.oracle.repeats(), 0);
 }

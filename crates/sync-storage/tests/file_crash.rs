@@ -4,11 +4,14 @@
 //! checks that the last acknowledged commit is there, whole, and nothing went back.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use sync_storage::{AccessHashStorage, ChannelCommit, Commit, FileStorage, State, StateStorage};
+use common::uniform_state;
+use sync_storage::{AccessHashStorage, ChannelCommit, Commit, FileStorage, StateStorage};
 
 const FILE_VAR: &str = "SYNC_STORAGE_CRASH_FILE";
 const ACCOUNT: i64 = 5;
@@ -28,12 +31,7 @@ fn commit(v: i32) -> Commit {
         vec![]
     };
     Commit {
-        state: Some(State {
-            pts: v,
-            qts: v,
-            date: v,
-            seq: v,
-        }),
+        state: Some(uniform_state(v)),
         state_reset: false,
         channels,
         removed_channels,

@@ -2,18 +2,13 @@
 //! random bytes.
 #![allow(missing_docs)]
 
-use std::path::Path;
-
 use proptest::prelude::*;
 use sync_storage::fuzzing::decode;
-use sync_testkit::fuzz::run_corpus;
+use sync_testkit::fuzz::check_corpus;
 
 #[test]
 fn storage_decode_corpus() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/storage_decode");
-    if let Err(message) = run_corpus(&corpus, decode) {
-        panic!("{message}");
-    }
+    check_corpus("storage_decode", decode);
 }
 
 proptest! {

@@ -6,9 +6,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::{uniform_commit, uniform_state};
 use sync_storage::{
-    AccessHashStorage, ChannelCommit, Commit, Error, RedisConfig, RedisStorage, State,
-    StateStorage, WriteMode,
+    AccessHashStorage, ChannelCommit, Commit, Error, RedisConfig, RedisStorage, StateStorage,
+    WriteMode,
 };
 use sync_testkit::redis_server::RedisServer;
 
@@ -19,15 +20,6 @@ async fn make() -> Option<(RedisServer, RedisStorage)> {
 }
 
 contract_suite!(make);
-
-fn state(v: i32) -> State {
-    State {
-        pts: v,
-        qts: v,
-        date: v,
-        seq: v,
-    }
-}
 
 #[tokio::test]
 async fn keys_use_the_prefix_and_an_account_hash_tag() {
@@ -40,7 +32,7 @@ async fn keys_use_the_prefix_and_an_account_hash_tag() {
     assert_eq!(storage.channels_key(42), "app1:{42}:channels");
     assert_eq!(storage.access_hashes_key(42), "app1:{42}:access_hashes");
     storage
-        .set_state(42, state(5), WriteMode::Advance)
+        .set_state(42, uniform_state(5), WriteMode::Advance)
         .await
         .expect("write");
     storage
@@ -106,10 +98,13 @@ async fn tcp_url_with_user_and_password() {
         .await
         .expect("connect with credentials");
     storage
-        .set_state(1, state(3), WriteMode::Advance)
+        .set_state(1, uniform_state(3), WriteMode::Advance)
         .await
         .expect("write");
-    assert_eq!(storage.get_state(1).await.expect("read"), Some(state(3)));
+    assert_eq!(
+        storage.get_state(1).await.expect("read"),
+        Some(uniform_state(3))
+    );
 
     let wrong = RedisStorage::connect(&format!("redis://bot:wrong@127.0.0.1:{port}/0")).await;
     assert!(
@@ -125,13 +120,16 @@ async fn tcp_url_with_user_and_password() {
         );
         assert!(
             nobody
-                .set_state(1, state(4), WriteMode::Advance)
+                .set_state(1, uniform_state(4), WriteMode::Advance)
                 .await
                 .is_err(),
             "write without credentials"
         );
     }
-    assert_eq!(storage.get_state(1).await.expect("read"), Some(state(3)));
+    assert_eq!(
+        storage.get_state(1).await.expect("read"),
+        Some(uniform_state(3))
+    );
 }
 
 #[tokio::test]
@@ -179,7 +177,7 @@ async fn garbage_in_the_keys_is_reported_as_corrupt() {
     s.apply(
         a,
         &Commit {
-            state: Some(state(10)),
+            state: Some(uniform_state(10)),
             channels: vec![ChannelCommit {
                 channel_id: 5,
                 pts: 10,
@@ -197,7 +195,7 @@ async fn garbage_in_the_keys_is_reported_as_corrupt() {
     server.raw(&["HSET", &state_key, "qts", "twelve"]);
     assert!(s.get_state(a).await.is_err_and(|e| e.is_corrupt()));
     assert!(s.load(a).await.is_err_and(|e| e.is_corrupt()));
-    let write = s.set_state(a, state(11), WriteMode::Advance).await;
+    let write = s.set_state(a, uniform_state(11), WriteMode::Advance).await;
     assert!(write.as_ref().is_err_and(|e| e.is_corrupt()), "{write:?}");
     assert_eq!(
         server.raw(&["HGET", &state_key, "pts"]),
@@ -208,14 +206,14 @@ async fn garbage_in_the_keys_is_reported_as_corrupt() {
     server.raw(&["HSET", &state_key, "qts", "4294967296"]);
     assert!(s.get_state(a).await.is_err_and(|e| e.is_corrupt()));
     assert!(
-        s.set_state(a, state(11), WriteMode::Advance)
+        s.set_state(a, uniform_state(11), WriteMode::Advance)
             .await
             .is_err_and(|e| e.is_corrupt())
     );
     server.raw(&["HDEL", &state_key, "qts"]);
     assert!(s.get_state(a).await.is_err_and(|e| e.is_corrupt()));
     assert!(
-        s.set_state(a, state(11), WriteMode::Advance)
+        s.set_state(a, uniform_state(11), WriteMode::Advance)
             .await
             .is_err_and(|e| e.is_corrupt())
     );
@@ -225,7 +223,7 @@ async fn garbage_in_the_keys_is_reported_as_corrupt() {
     assert!(s.get_state(a).await.is_err_and(|e| e.is_corrupt()));
     assert!(s.load(a).await.is_err_and(|e| e.is_corrupt()));
     assert!(
-        s.set_state(a, state(11), WriteMode::Reset)
+        s.set_state(a, uniform_state(11), WriteMode::Reset)
             .await
             .is_err_and(|e| e.is_corrupt())
     );
@@ -268,15 +266,15 @@ async fn pipelined_commits_report_each_outcome() {
     let Some((server, s)) = make().await else {
         return;
     };
-    s.set_state(2, state(100), WriteMode::Advance)
+    s.set_state(2, uniform_state(100), WriteMode::Advance)
         .await
         .expect("base");
     let good = Commit {
-        state: Some(state(5)),
+        state: Some(uniform_state(5)),
         ..Commit::default()
     };
     let stale = Commit {
-        state: Some(state(50)),
+        state: Some(uniform_state(50)),
         ..Commit::default()
     };
     let channel = Commit {
@@ -306,8 +304,11 @@ async fn pipelined_commits_report_each_outcome() {
         "later in the pipeline, account 1 is at 5 < 50: {:?}",
         results[3]
     );
-    assert_eq!(s.get_state(1).await.expect("read"), Some(state(50)));
-    assert_eq!(s.get_state(2).await.expect("read"), Some(state(100)));
+    assert_eq!(s.get_state(1).await.expect("read"), Some(uniform_state(50)));
+    assert_eq!(
+        s.get_state(2).await.expect("read"),
+        Some(uniform_state(100))
+    );
     assert_eq!(s.channels(3).await.expect("read"), BTreeMap::from([(8, 8)]));
     assert!(s.apply_many(&[]).await.expect("empty").is_empty());
 }
@@ -328,15 +329,7 @@ async fn separate_clients_racing_end_at_the_maximum() {
             for r in 0..rounds {
                 let v = r * clients + c + 1;
                 // Half of the time a batch of two, to exercise the pipeline path too.
-                let commit = Commit {
-                    state: Some(state(v)),
-                    channels: vec![ChannelCommit {
-                        channel_id: 1,
-                        pts: v,
-                        reset: false,
-                    }],
-                    ..Commit::default()
-                };
+                let commit = uniform_commit(v);
                 let results = if r % 2 == 0 {
                     vec![storage.apply(9, &commit).await]
                 } else {
@@ -363,6 +356,6 @@ async fn separate_clients_racing_end_at_the_maximum() {
     let reader = RedisStorage::connect(&server.url()).await.expect("connect");
     let max = clients * rounds;
     let snapshot = reader.load(9).await.expect("load");
-    assert_eq!(snapshot.state, Some(state(max)));
+    assert_eq!(snapshot.state, Some(uniform_state(max)));
     assert_eq!(snapshot.channels, BTreeMap::from([(1, max)]));
 }

@@ -9,27 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sync_storage::{ChannelCommit, Commit, Error, RedisConfig, RedisStorage, State, StateStorage};
+use common::uniform_commit;
+use sync_storage::{Error, RedisConfig, RedisStorage, StateStorage};
 use sync_testkit::redis_server::RedisServer;
 
 const ACCOUNT: i64 = 31;
-
-fn commit(v: i32) -> Commit {
-    Commit {
-        state: Some(State {
-            pts: v,
-            qts: v,
-            date: v,
-            seq: v,
-        }),
-        channels: vec![ChannelCommit {
-            channel_id: 1,
-            pts: v,
-            reset: false,
-        }],
-        ..Commit::default()
-    }
-}
 
 #[derive(Default)]
 struct Progress {
@@ -74,7 +58,7 @@ async fn server_killed_mid_run_loses_nothing_and_recovers() {
             let mut v = 1;
             let mut last_read = 0;
             while !progress.stop.load(Ordering::SeqCst) {
-                match storage.apply(ACCOUNT, &commit(v)).await {
+                match storage.apply(ACCOUNT, &uniform_commit(v)).await {
                     Ok(()) => {
                         progress.acked.store(v, Ordering::SeqCst);
                         v += 1;
@@ -171,7 +155,7 @@ async fn server_killed_mid_run_loses_nothing_and_recovers() {
 
     let last = progress.acked.load(Ordering::SeqCst);
     let snapshot = fresh.load(ACCOUNT).await.expect("load");
-    assert_eq!(snapshot.state, commit(last).state);
+    assert_eq!(snapshot.state, uniform_commit(last).state);
     assert_eq!(snapshot.channels.get(&1), Some(&last));
 }
 

@@ -648,8 +648,8 @@ pub fn core_scenario(data: &[u8]) -> Result<(), String> {
 /// returns the first failure with the file it came from. A missing or empty corpus is an
 /// error too: the corpus test must not pass by testing nothing.
 ///
-/// `corpus` is usually `fuzz/corpus/<target>` of the repository, found from a crate with
-/// `Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/<target>")`.
+/// `corpus` is usually `fuzz/corpus/<target>` of the repository: [`corpus`], and
+/// [`check_corpus`] runs it as a test.
 pub fn run_corpus(
     corpus: &Path,
     body: impl Fn(&[u8]) -> Result<(), String>,
@@ -669,4 +669,24 @@ pub fn run_corpus(
         body(&bytes).map_err(|message| format!("{}: {message}", path.display()))?;
     }
     Ok(files.len())
+}
+
+/// The checked-in corpus of the fuzz target `target`: `fuzz/corpus/<target>` of the
+/// repository, found from this crate's directory (so it exists only in a checkout).
+#[must_use]
+pub fn corpus(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+/// [`run_corpus`] over the [`corpus`] of `target`, as a test.
+///
+/// # Panics
+///
+/// With the first failure and the file it came from, or when the corpus is missing or empty.
+pub fn check_corpus(target: &str, body: impl Fn(&[u8]) -> Result<(), String>) {
+    if let Err(message) = run_corpus(&corpus(target), body) {
+        panic!("{message}");
+    }
 }

@@ -22,6 +22,8 @@
 //! - [`Network`] is that faulty network on its own, for drivers of their own (the runtime's
 //!   simulated producer uses it): what becomes of each push ([`Arrival`]s), and what it did
 //!   ([`Traffic`]).
+//! - [`lean`] is the leanest update type and a bare engine of it past its startup, for
+//!   measuring the engine itself.
 //! - [`redis_server`] starts a private `redis-server` for tests that need a real one.
 //! - [`fuzz`] holds the fuzz bodies that the cargo-fuzz targets (`fuzz/`), the property tests
 //!   and the corpus tests share: raw bytes in, the first broken rule out.
@@ -34,7 +36,7 @@
 //! | `faults.rs`, `network.rs` | [`Faults`], [`Network`]: what goes wrong between server and client |
 //! | `scenario/` | [`Scenario`]: `mod.rs` the builder and [`Report`], `run.rs` the virtual timeline, `requests.rs` the replies |
 //! | `oracle.rs` | [`Oracle`]: the judge |
-//! | `fuzz.rs`, `redis_server.rs`, `rng.rs`, `update.rs` | fuzz bodies, a private redis-server, the seeded [`Rng`], [`TestUpdate`] |
+//! | `fuzz.rs`, `lean.rs`, `redis_server.rs`, `rng.rs`, `update.rs` | fuzz bodies, a bare engine of a lean update, a private redis-server, the seeded [`Rng`], [`TestUpdate`] |
 //!
 //! # Example
 //!
@@ -55,6 +57,7 @@
 
 mod faults;
 pub mod fuzz;
+pub mod lean;
 pub mod network;
 mod oracle;
 pub mod redis_server;

@@ -2,8 +2,12 @@
 //! and the oracle holds.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
+use std::ops::Range;
 use std::time::Duration;
 
+use common::{cases, check};
 use proptest::prelude::*;
 use sync_testkit::{Faults, Limits, Report, Scenario};
 
@@ -20,6 +24,16 @@ fn run(scenario: Scenario) -> Report {
     }
 }
 
+/// One scenario per seed: 300 events over 4 channels, with `faults`.
+fn scenarios(seeds: Range<u64>, faults: &Faults) -> impl Iterator<Item = Scenario> + '_ {
+    seeds.map(move |seed| {
+        Scenario::new(seed)
+            .events(300)
+            .channels(4)
+            .faults(faults.clone())
+    })
+}
+
 /// Pushes the server never made, far-future or malformed: the far-future ones are discarded
 /// by the final answers, the malformed ones refused, none delivered.
 #[test]
@@ -28,11 +42,8 @@ fn absurd_pushes_are_never_delivered() {
         absurd_push: 0.3,
         ..Faults::none()
     };
-    for seed in 0..4 {
-        let report = run(Scenario::new(seed)
-            .events(300)
-            .channels(4)
-            .faults(faults.clone()));
+    for scenario in scenarios(0..4, &faults) {
+        let report = run(scenario);
         assert!(report.traffic.absurd > 20, "{report:?}");
         assert!(report.malformed_refused > 0, "{report:?}");
         assert_eq!(report.stats.pushes_refused, report.malformed_refused);
@@ -59,11 +70,8 @@ fn a_malformed_update_spoils_its_container_but_nothing_is_lost() {
         malformed_update: 0.5,
         ..Faults::none()
     };
-    for seed in 10..14 {
-        let report = run(Scenario::new(seed)
-            .events(300)
-            .channels(4)
-            .faults(faults.clone()));
+    for scenario in scenarios(10..14, &faults) {
+        let report = run(scenario);
         assert!(report.malformed_refused > 10, "{report:?}");
         assert_eq!(report.stats.pushes_refused, report.malformed_refused);
         assert!(report.stats.difference_requests > 2, "{report:?}");
@@ -79,11 +87,8 @@ fn pts_changed_loses_and_repeats_nothing() {
         pts_changed: 0.05,
         ..Faults::none()
     };
-    for seed in 20..24 {
-        let report = run(Scenario::new(seed)
-            .events(300)
-            .channels(4)
-            .faults(faults.clone()));
+    for scenario in scenarios(20..24, &faults) {
+        let report = run(scenario);
         assert!(report.traffic.pts_changed > 0, "{report:?}");
         assert!(report.stats.rebases > 0, "{report:?}");
         assert!(report.stats.get_state_requests > 0, "{report:?}");
@@ -97,13 +102,8 @@ fn pts_changed_with_other_faults() {
         pts_changed: 0.05,
         ..Faults::harsh()
     };
-    for seed in 30..34 {
-        let report = run(Scenario::new(seed)
-            .events(300)
-            .channels(4)
-            .faults(faults.clone())
-            .crashes(2)
-            .ack_delay(Duration::from_millis(100)));
+    for scenario in scenarios(30..34, &faults) {
+        let report = run(scenario.crashes(2).ack_delay(Duration::from_millis(100)));
         assert!(report.stats.rebases > 0, "{report:?}");
     }
 }
@@ -159,18 +159,6 @@ fn channel_too_long_with_crashes() {
     }
 }
 
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
     #![proptest_config(cases(128))]
 
@@ -198,10 +186,8 @@ proptest! {
             .limits(limits)
             .crashes(crashes)
             .ack_delay(Duration::from_millis(50));
-        match scenario.run() {
-            Ok(report) => prop_assert!(report.tail_requests <= report.tail_bound, "{report:?}"),
-            Err(violation) => return Err(TestCaseError::fail(format!("{violation}\n{scenario:?}"))),
-        }
+        let report = check(&scenario)?;
+        prop_assert!(report.tail_requests <= report.tail_bound, "{report:?}");
     }
 }
 

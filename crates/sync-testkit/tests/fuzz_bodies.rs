@@ -2,40 +2,20 @@
 //! random bytes from proptest, so the two kinds of testing share one input generator.
 #![allow(missing_docs)]
 
-use std::path::Path;
+mod common;
 
+use common::cases;
 use proptest::prelude::*;
 use sync_testkit::fuzz;
 
-fn run(target: &str, body: fn(&[u8]) -> Result<(), String>) {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    if let Err(message) = fuzz::run_corpus(&corpus, body) {
-        panic!("{message}");
-    }
-}
-
 #[test]
 fn core_inputs_corpus() {
-    run("core_inputs", fuzz::core_inputs);
+    fuzz::check_corpus("core_inputs", fuzz::core_inputs);
 }
 
 #[test]
 fn core_scenario_corpus() {
-    run("core_scenario", fuzz::core_scenario);
-}
-
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    fuzz::check_corpus("core_scenario", fuzz::core_scenario);
 }
 
 proptest! {

@@ -4,23 +4,14 @@
 //! `PROPTEST_CASES` raises the number of cases (e.g. `PROPTEST_CASES=10000 cargo xtask test`).
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
+use common::{cases, check};
 use proptest::prelude::*;
 use sync_core::EngineConfig;
 use sync_testkit::{Faults, Limits, Scenario, Workload};
-
-fn cases(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn faults() -> impl Strategy<Value = Faults> {
     (
@@ -79,13 +70,6 @@ fn config() -> impl Strategy<Value = EngineConfig> {
     )
 }
 
-fn check(scenario: Scenario) -> Result<(), TestCaseError> {
-    match scenario.run() {
-        Ok(_) => Ok(()),
-        Err(violation) => Err(TestCaseError::fail(format!("{violation}\n{scenario:?}"))),
-    }
-}
-
 proptest! {
     #![proptest_config(cases(256))]
 
@@ -99,7 +83,7 @@ proptest! {
         limits in limits(),
         config in config(),
     ) {
-        check(Scenario::new(seed).events(events).channels(channels).faults(faults).limits(limits).config(config))?;
+        check(&Scenario::new(seed).events(events).channels(channels).faults(faults).limits(limits).config(config))?;
     }
 
     /// Crashes at random points, restarting from the last committed state: nothing is lost,
@@ -113,7 +97,7 @@ proptest! {
         ack_delay in 0u64..400,
         faults in faults(),
     ) {
-        check(
+        check(&
             Scenario::new(seed)
                 .events(events)
                 .channels(channels)
@@ -133,7 +117,7 @@ proptest! {
     ) {
         let config = EngineConfig { max_buffered_per_sequence: per_sequence, max_buffered_total: total, ..EngineConfig::default() };
         let faults = Faults { reorder: 0.6, reorder_window: Duration::from_secs(3), ..Faults::moderate() };
-        check(Scenario::new(seed).events(400).channels(6).faults(faults).config(config))?;
+        check(&Scenario::new(seed).events(400).channels(6).faults(faults).config(config))?;
     }
 
     /// Every reply may first arrive corrupted: it is refused, changes nothing, and the correct
@@ -141,7 +125,7 @@ proptest! {
     #[test]
     fn malformed_replies_are_refused(seed in any::<u64>()) {
         let faults = Faults { corrupt_reply: 0.9, ..Faults::moderate() };
-        check(Scenario::new(seed).events(300).channels(5).faults(faults))?;
+        check(&Scenario::new(seed).events(300).channels(5).faults(faults))?;
     }
 }
 

@@ -1,10 +1,12 @@
 //! TL values built by hand, and a few by decoding hand-written bytes.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::time::Instant;
 
-use sync_core::{Batch, EngineConfig, Output, Request, State};
+use sync_core::{Batch, EngineConfig, Output, Request, State, Updates};
 use sync_grammers::tl::{self, Deserializable, Serializable};
-use sync_grammers::{TlEngine, TlEntities, TlUpdate};
+use sync_grammers::{Incoming, MentionedPeer, Refetch, TlEngine, TlEntities, TlUpdate};
 
 pub(crate) fn user_peer(user_id: i64) -> tl::enums::Peer {
     tl::types::PeerUser { user_id }.into()
@@ -223,4 +225,47 @@ pub(crate) fn pts_of(updates: &[tl::enums::Update]) -> Vec<i32> {
 
 pub(crate) fn entities(users: Vec<tl::enums::User>, chats: Vec<tl::enums::Chat>) -> TlEntities {
     TlEntities::new(users, chats)
+}
+
+/// A peer cache that knows a fixed set and records what it was asked.
+pub(crate) struct Cache {
+    known: HashSet<MentionedPeer>,
+    pub(crate) asked: RefCell<Vec<MentionedPeer>>,
+}
+
+impl Cache {
+    pub(crate) fn knowing(peers: &[MentionedPeer]) -> Self {
+        Self {
+            known: peers.iter().copied().collect(),
+            asked: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl sync_grammers::PeerCache for Cache {
+    fn is_known(&self, peer: MentionedPeer) -> bool {
+        self.asked.borrow_mut().push(peer);
+        self.known.contains(&peer)
+    }
+}
+
+/// The refetch that asks for the common difference only.
+pub(crate) fn common_refetch() -> Refetch {
+    Refetch {
+        common: true,
+        channels: vec![],
+    }
+}
+
+/// What a refetch kept back, and what it asks for; panics on anything else.
+pub(crate) fn withheld(
+    incoming: Incoming,
+) -> (
+    Option<Updates<TlUpdate, sync_grammers::TlEntities>>,
+    Refetch,
+) {
+    match incoming {
+        Incoming::NeedsDifference { rest, refetch } => (rest, refetch),
+        other => panic!("expected a refetch, got {other:?}"),
+    }
 }

@@ -5,6 +5,7 @@ mod common;
 mod difference;
 mod engine;
 mod envelope;
+mod mentions;
 mod peers;
 mod request;
 mod sequence;

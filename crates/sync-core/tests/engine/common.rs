@@ -12,8 +12,9 @@
 use std::time::{Duration, Instant};
 
 use sync_core::{
-    ChannelHash, Commit, Engine, EngineConfig, Entities, Output, Request, RequestKind, Sequence,
-    State, Update,
+    ChannelDifference, ChannelDifferenceKind, ChannelHash, Commit, Difference, Engine,
+    EngineConfig, Entities, Failure, Output, Request, RequestId, RequestKind, Sequence, State,
+    Update, Updates,
 };
 
 /// A lean update type covering every sequence.
@@ -156,6 +157,14 @@ impl Harness {
         }
     }
 
+    /// The request `id` failed with a plain retry (no flood wait); takes the outputs.
+    pub fn fail_retry(&mut self, id: RequestId) {
+        self.engine
+            .handle_failure(self.now, id, Failure::Retry { after: None })
+            .unwrap();
+        self.pump();
+    }
+
     pub fn push(&mut self, update: Up) {
         self.engine
             .handle_updates(self.now, sync_core::Updates::Short { update, date: 0 })
@@ -195,5 +204,61 @@ impl Harness {
 
     pub fn last_commit_state(&self) -> Option<State> {
         self.commits.iter().rev().find_map(|c| c.state)
+    }
+}
+
+/// How long the engine waits for a gap to fill before it asks for the difference.
+pub const GAP: Duration = Duration::from_millis(500);
+
+pub fn difference(updates: Vec<Up>, state: State) -> Difference<Up, Ents> {
+    Difference::Difference {
+        updates,
+        entities: Ents::default(),
+        state,
+        slice: false,
+    }
+}
+
+pub fn channel_difference(
+    channel_id: i64,
+    updates: Vec<Up>,
+    pts: i32,
+    is_final: bool,
+) -> ChannelDifference<Up, Ents> {
+    ChannelDifference {
+        channel_id,
+        kind: ChannelDifferenceKind::Difference {
+            updates,
+            entities: Ents::default(),
+            pts,
+            is_final,
+            timeout: None,
+        },
+    }
+}
+
+pub fn combined(updates: Vec<Up>, seq_start: i32, seq: i32) -> Updates<Up, Ents> {
+    Updates::Combined {
+        updates,
+        entities: Ents::default(),
+        date: 2_000,
+        seq_start,
+        seq,
+    }
+}
+
+/// An empty, final channel difference that tells the engine to poll again after `timeout`.
+pub fn empty_channel_difference(
+    channel_id: i64,
+    pts: i32,
+    timeout: Option<i32>,
+) -> ChannelDifference<Up, Ents> {
+    ChannelDifference {
+        channel_id,
+        kind: ChannelDifferenceKind::Empty {
+            pts,
+            is_final: true,
+            timeout,
+        },
     }
 }
