@@ -76,7 +76,7 @@
 //! | file | holds |
 //! | --- | --- |
 //! | `manager.rs` | [`Manager`]: construction, [`Manager::run`] (loading the stored state, building the engine, the dispatch and the writer), the shutdown sequence; [`Summary`], [`RunError`] |
-//! | `handle.rs` | [`ManagerHandle`] and the intake and control messages it sends; [`IntakeError`], [`ControlError`] |
+//! | `handle.rs` | [`ManagerHandle`] and the intake and control messages it sends; [`Pushed`], [`Stopped`], [`ControlError`] |
 //! | `driver.rs` | the loop: intake turns, commands, requests and their replies, timers, commits queued, stats published |
 //! | `dispatch.rs` | the events handed to `sync-events`, the observer that calls the [`Handler`] (and the task-local that marks its calls), the backlog and the acknowledgement of handled batches |
 //! | `writer.rs` | the storage writer: commits and access hashes, in order, retried |
@@ -186,7 +186,7 @@ pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
 pub use config::ManagerConfig;
-pub use handle::{ControlError, IntakeError, ManagerHandle};
+pub use handle::{ControlError, ManagerHandle, Pushed, Stopped};
 pub use handler::Handler;
 pub use manager::{Manager, RunError, Summary};
 pub use peer::{Peer, PeerKey};
