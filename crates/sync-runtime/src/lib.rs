@@ -4,8 +4,9 @@
 //! This is the piece a bot or client author uses. You supply three things:
 //!
 //! - an [`Api`]: `getState`, `getDifference` and `getChannelDifference` over your MTProto
-//!   client, with errors classified by [`ApiError`] ([`ApiError::rpc`] knows Telegram's
-//!   names: FLOOD_WAIT, CHANNEL_PRIVATE, AUTH_KEY_UNREGISTERED, …);
+//!   client, with errors classified by [`ApiError`] ([`ApiError::rpc`] and
+//!   [`ApiError::rpc_with_value`], for a name and its number apart as grammers has them, know
+//!   Telegram's names: FLOOD_WAIT, CHANNEL_PRIVATE, AUTH_KEY_UNREGISTERED, …);
 //! - a storage: any [`sync_storage::StateStorage`] + [`sync_storage::AccessHashStorage`]
 //!   (memory, the embedded file store, Redis);
 //! - a [`Handler`] for updates (and [`Notice`]s about skipped history), with a [`Peer`] key on
