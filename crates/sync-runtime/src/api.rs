@@ -105,6 +105,34 @@ pub trait Api: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ChannelDifference<Self::Update, Self::Entities>, ApiError>> + Send;
 }
 
+/// A shared client: the manager calls through the `Arc`, so one client can serve a manager and
+/// the rest of the application. (`&A` is not an `Api`: the manager's requests run on their own
+/// tasks and need `'static`.)
+impl<A: Api + ?Sized> Api for std::sync::Arc<A> {
+    type Update = A::Update;
+    type Entities = A::Entities;
+
+    fn get_state(&self) -> impl Future<Output = Result<State, ApiError>> + Send {
+        (**self).get_state()
+    }
+
+    fn get_difference(
+        &self,
+        request: DifferenceRequest,
+    ) -> impl Future<Output = Result<Difference<Self::Update, Self::Entities>, ApiError>> + Send
+    {
+        (**self).get_difference(request)
+    }
+
+    fn get_channel_difference(
+        &self,
+        request: ChannelDifferenceRequest,
+    ) -> impl Future<Output = Result<ChannelDifference<Self::Update, Self::Entities>, ApiError>> + Send
+    {
+        (**self).get_channel_difference(request)
+    }
+}
+
 /// The update type of an [`Api`].
 pub(crate) type UpdateOf<A> = <A as Api>::Update;
 /// The entities type of an [`Api`].

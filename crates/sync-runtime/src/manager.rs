@@ -103,8 +103,8 @@ where
         Self::with_config(account, api, storage, handler, ManagerConfig::default())
     }
 
-    /// The same with a [`ManagerConfig`]. Shared API clients and storages work too: the traits are
-    /// implemented for `Arc<_>`.
+    /// The same with a [`ManagerConfig`]. Shared API clients, storages and handlers work too:
+    /// [`Api`], the storage traits and [`Handler`] are implemented for `Arc<_>`.
     pub fn with_config(
         account: AccountId,
         api: A,

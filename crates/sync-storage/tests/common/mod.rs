@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod contract;
+pub mod lifecycle;
 pub mod model;
 
 /// The number of property-test cases: `PROPTEST_CASES`, or a small default so tests stay fast.
