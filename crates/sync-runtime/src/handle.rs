@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sync_core::{Affected, ChannelId, Updates};
+use sync_core::{Affected, ChannelId, State, Updates};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +95,8 @@ pub(crate) enum Control {
     Close(ChannelId),
     Forget(ChannelId),
     Refetch(ChannelId, oneshot::Sender<Result<(), sync_core::Error>>),
+    /// A channel's applied pts.
+    ChannelPts(ChannelId, oneshot::Sender<Option<i32>>),
     /// A `caught_up` call, with the shard of the handler it was made from, if any.
     CaughtUp(oneshot::Sender<()>, Option<usize>),
 }
@@ -107,6 +109,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// The engine's last published stats and idleness.
     pub(crate) engine: Mutex<(sync_core::Stats, bool)>,
+    /// The engine's last published applied state.
+    pub(crate) state: Mutex<Option<State>>,
     /// Set by a handle that dropped a push; the manager fetches the difference and clears it. Kept
     /// by [`Manager::with_cancellation`](crate::Manager::with_cancellation), so that earlier
     /// handles' drops are recovered.
@@ -331,6 +335,29 @@ impl<U, E> ManagerHandle<U, E> {
             runtime: self.shared.counters.snapshot(),
             idle,
         }
+    }
+
+    /// The common state the engine has applied (`pts`, `qts`, `seq`, `date` of what was
+    /// delivered to the dispatch, not necessarily handled or persisted yet), as of the
+    /// manager's last turn: published with the [`stats`](Self::stats). `None` before the
+    /// manager has a state (before it started, or until a first run's `getState` is
+    /// answered). After the manager stopped it keeps the last state.
+    pub fn state(&self) -> Option<State> {
+        *self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A tracked channel's applied pts, asked of the running manager; `None` for a channel it
+    /// does not track.
+    pub async fn channel_pts(&self, channel_id: ChannelId) -> Result<Option<i32>, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::ChannelPts(channel_id, reply))
+            .map_err(|_| ControlError::Stopped)?;
+        answer.await.map_err(|_| ControlError::Stopped)
     }
 
     /// True while [`Manager::run`](crate::Manager::run) is running.
