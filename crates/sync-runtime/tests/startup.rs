@@ -340,11 +340,13 @@ async fn corrupt_state_is_discarded_when_told_to_start_fresh() {
     run_once(&sim, &storage, handler.clone(), BadStatePolicy::StartFresh)
         .await
         .expect("started fresh");
-    let discarded = handler.discarded.lock().expect("lock");
-    assert!(
-        matches!(discarded.as_slice(), [BadState::Unreadable(error)] if error.is_corrupt()),
-        "{discarded:?}"
-    );
+    {
+        let discarded = handler.discarded.lock().expect("lock");
+        assert!(
+            matches!(discarded.as_slice(), [BadState::Unreadable(error)] if error.is_corrupt()),
+            "{discarded:?}"
+        );
+    }
     // Started from getState: nothing of before, the server's state stored, no channel kept;
     // access hashes stay.
     assert_eq!(handler.recorder.take(), Vec::new());
