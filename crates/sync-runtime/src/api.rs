@@ -105,6 +105,34 @@ pub trait Api: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ChannelDifference<Self::Update, Self::Entities>, ApiError>> + Send;
 }
 
+/// A shared client: the manager calls through the `Arc`, so one client can serve a manager and
+/// the rest of the application. (`&A` is not an `Api`: the manager's requests run on their own
+/// tasks and need `'static`.)
+impl<A: Api + ?Sized> Api for std::sync::Arc<A> {
+    type Update = A::Update;
+    type Entities = A::Entities;
+
+    fn get_state(&self) -> impl Future<Output = Result<State, ApiError>> + Send {
+        (**self).get_state()
+    }
+
+    fn get_difference(
+        &self,
+        request: DifferenceRequest,
+    ) -> impl Future<Output = Result<Difference<Self::Update, Self::Entities>, ApiError>> + Send
+    {
+        (**self).get_difference(request)
+    }
+
+    fn get_channel_difference(
+        &self,
+        request: ChannelDifferenceRequest,
+    ) -> impl Future<Output = Result<ChannelDifference<Self::Update, Self::Entities>, ApiError>> + Send
+    {
+        (**self).get_channel_difference(request)
+    }
+}
+
 /// The update type of an [`Api`].
 pub(crate) type UpdateOf<A> = <A as Api>::Update;
 /// The entities type of an [`Api`].
@@ -112,8 +140,9 @@ pub(crate) type EntitiesOf<A> = <A as Api>::Entities;
 
 /// Why a call failed, classified by what the manager should do about it.
 ///
-/// Build it from an RPC error with [`ApiError::rpc`], which knows Telegram's error names, or
-/// pick the variant directly for transport errors.
+/// Build it from an RPC error with [`ApiError::rpc`] (the name as Telegram sends it) or
+/// [`ApiError::rpc_with_value`] (the name and its number apart), which know Telegram's error
+/// names, or pick the variant directly for transport errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
@@ -127,7 +156,8 @@ pub enum ApiError {
         #[source]
         source: Option<BoxError>,
     },
-    /// `FLOOD_WAIT_N`: the call is retried after `after` (plus a little jitter).
+    /// `FLOOD_WAIT_N` and its relatives: the call is retried after `after` (plus a little
+    /// jitter).
     #[error("flood wait of {after:?}")]
     FloodWait {
         /// How long Telegram asked to wait.
@@ -142,8 +172,8 @@ pub enum ApiError {
         /// The RPC error name or a description.
         message: String,
     },
-    /// The authorization is gone (`AUTH_KEY_UNREGISTERED`, `SESSION_REVOKED`, `USER_DEACTIVATED`,
-    /// any 401): nothing can be fetched any more, and [`Manager::run`](crate::Manager::run)
+    /// The authorization is gone (`AUTH_KEY_UNREGISTERED`, `AUTH_KEY_DUPLICATED`, `SESSION_REVOKED`,
+    /// `USER_DEACTIVATED`, any 401): nothing can be fetched any more, and [`Manager::run`](crate::Manager::run)
     /// stops with [`RunError::Unauthorized`](crate::RunError::Unauthorized).
     #[error("authorization lost: {message}")]
     Unauthorized {
@@ -153,14 +183,17 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Classifies an RPC error by its code and name (`"FLOOD_WAIT_30"`, `"CHANNEL_PRIVATE"`, …).
+    /// Classifies an RPC error by its code and its name as Telegram sends it, with any number
+    /// joined on (`"FLOOD_WAIT_30"`, `"CHANNEL_PRIVATE"`, …). A trailing `_N` is split off as
+    /// the value, so this classifies exactly like [`rpc_with_value`](Self::rpc_with_value),
+    /// which takes the two apart (as grammers' `RpcError` has them):
     ///
     /// | error | class |
     /// | --- | --- |
-    /// | 401, `AUTH_KEY_*`, `SESSION_REVOKED`, `SESSION_EXPIRED`, `USER_DEACTIVATED*` | [`Unauthorized`](Self::Unauthorized) |
-    /// | `FLOOD_WAIT_N`, `FLOOD_PREMIUM_WAIT_N`, `SLOWMODE_WAIT_N` (420) | [`FloodWait`](Self::FloodWait) of N seconds |
+    /// | 401; `AUTH_KEY_UNREGISTERED`, `AUTH_KEY_INVALID`, `AUTH_KEY_DUPLICATED` (and any other `AUTH_KEY_*`); `SESSION_REVOKED`, `SESSION_EXPIRED`, `SESSION_PASSWORD_NEEDED`; `USER_DEACTIVATED`, `USER_DEACTIVATED_BAN` | [`Unauthorized`](Self::Unauthorized) |
+    /// | `FLOOD_WAIT_N`, `FLOOD_PREMIUM_WAIT_N`, `SLOWMODE_WAIT_N`, `FLOOD_TEST_PHONE_WAIT_N`, `TAKEOUT_INIT_DELAY_N`, and any other 420 with a value | [`FloodWait`](Self::FloodWait) of N seconds |
     /// | `CHANNEL_PRIVATE`, `CHANNEL_INVALID`, `CHANNEL_PUBLIC_GROUP_NA`, `CHAT_FORBIDDEN`, `USER_BANNED_IN_CHANNEL` | [`ChannelInaccessible`](Self::ChannelInaccessible) |
-    /// | anything else (500s, `PERSISTENT_TIMESTAMP_OUTDATED`, `TIMEOUT`, unknown 400s) | [`Transient`](Self::Transient) |
+    /// | anything else: 5xx and -503 timeouts, `PERSISTENT_TIMESTAMP_OUTDATED`, `TIMEOUT`, unknown 400s, a wait without its number | [`Transient`](Self::Transient) |
     ///
     /// ```
     /// use std::time::Duration;
@@ -171,19 +204,60 @@ impl ApiError {
     /// assert!(matches!(ApiError::rpc(401, "AUTH_KEY_UNREGISTERED"), ApiError::Unauthorized { .. }));
     /// assert!(matches!(ApiError::rpc(500, "PERSISTENT_TIMESTAMP_OUTDATED"), ApiError::Transient { .. }));
     /// ```
-    pub fn rpc(code: i32, name: &str) -> Self {
-        let message = format!("{code} {name}");
-        if let Some(seconds) = wait_seconds(name) {
+    pub fn rpc(code: i32, message: &str) -> Self {
+        let (name, value) = split_value(message);
+        Self::classify(code, name, value)
+    }
+
+    /// Classifies an RPC error whose number comes apart from its name, as grammers' `RpcError`
+    /// has them (`FLOOD_WAIT_31` is `name: "FLOOD_WAIT"`, `value: Some(31)`). Same classes as
+    /// [`rpc`](Self::rpc).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sync_runtime::ApiError;
+    ///
+    /// // With grammers: ApiError::rpc_with_value(e.code, &e.name, e.value)
+    /// let error = ApiError::rpc_with_value(420, "FLOOD_WAIT", Some(31));
+    /// assert!(matches!(error, ApiError::FloodWait { after } if after == Duration::from_secs(31)));
+    /// assert!(matches!(
+    ///     ApiError::rpc_with_value(406, "AUTH_KEY_DUPLICATED", None),
+    ///     ApiError::Unauthorized { .. }
+    /// ));
+    /// ```
+    pub fn rpc_with_value(code: i32, name: &str, value: Option<u32>) -> Self {
+        Self::classify(code, name, value)
+    }
+
+    /// The one classification behind [`rpc`](Self::rpc) and
+    /// [`rpc_with_value`](Self::rpc_with_value).
+    fn classify(code: i32, name: &str, value: Option<u32>) -> Self {
+        let message = match value {
+            Some(value) => format!("{code} {name}_{value}"),
+            None => format!("{code} {name}"),
+        };
+        let waits = matches!(
+            name,
+            "FLOOD_WAIT"
+                | "FLOOD_PREMIUM_WAIT"
+                | "SLOWMODE_WAIT"
+                | "FLOOD_TEST_PHONE_WAIT"
+                | "TAKEOUT_INIT_DELAY"
+        ) || code == 420;
+        if waits && let Some(seconds) = value {
             return Self::FloodWait {
-                after: Duration::from_secs(seconds),
+                after: Duration::from_secs(u64::from(seconds)),
             };
         }
         let unauthorized = code == 401
             || name.starts_with("AUTH_KEY_")
-            || name.starts_with("USER_DEACTIVATED")
             || matches!(
                 name,
-                "SESSION_REVOKED" | "SESSION_EXPIRED" | "SESSION_PASSWORD_NEEDED"
+                "SESSION_REVOKED"
+                    | "SESSION_EXPIRED"
+                    | "SESSION_PASSWORD_NEEDED"
+                    | "USER_DEACTIVATED"
+                    | "USER_DEACTIVATED_BAN"
             );
         if unauthorized {
             return Self::Unauthorized { message };
@@ -214,17 +288,22 @@ impl ApiError {
     }
 }
 
-/// The N of `FLOOD_WAIT_N` and its relatives.
-fn wait_seconds(name: &str) -> Option<u64> {
-    [
-        "FLOOD_WAIT_",
-        "FLOOD_PREMIUM_WAIT_",
-        "SLOWMODE_WAIT_",
-        "FLOOD_TEST_PHONE_WAIT_",
-    ]
-    .iter()
-    .find_map(|prefix| name.strip_prefix(prefix))
-    .and_then(|n| n.parse().ok())
+/// Splits a trailing `_N` off an RPC error name, as grammers does: `FLOOD_WAIT_31` is
+/// `("FLOOD_WAIT", Some(31))`; a name without a number is kept whole.
+fn split_value(message: &str) -> (&str, Option<u32>) {
+    match message.rsplit_once('_') {
+        Some((name, digits))
+            if !name.is_empty()
+                && !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            match digits.parse() {
+                Ok(value) => (name, Some(value)),
+                Err(_) => (message, None),
+            }
+        }
+        _ => (message, None),
+    }
 }
 
 #[cfg(test)]

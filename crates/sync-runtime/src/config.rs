@@ -50,6 +50,39 @@ pub struct ManagerConfig {
     /// Seed of the retry jitter; `None` picks one at random. Set it to make simulated runs
     /// repeatable.
     pub jitter_seed: Option<u64>,
+    /// At start from stored state, fetch what happened while the client was away (`true`,
+    /// the default: `getDifference` from the stored state, as Telegram asks), or skip it
+    /// (`false`: a bot that only answers what comes next). Skipping starts with `getState`,
+    /// as a first run does: nothing from before the start is delivered, the server's state is
+    /// committed as a reset, and the stored channels are kept at their stored pts (tracked,
+    /// not caught up; they catch up when the server says so or on a gap). grammers calls this
+    /// `catch_up`.
+    pub catch_up: bool,
+    /// What to do when the stored state cannot be used: storage reports it corrupt
+    /// ([`sync_storage::Error::Corrupt`]) or it holds invalid numbers (a negative pts, a bad
+    /// channel id). Default [`BadStatePolicy::Stop`]. Other load failures are not about the
+    /// state: an unavailable storage is retried, a configuration error stops the manager.
+    pub on_bad_state: BadStatePolicy,
+}
+
+/// What a [`Manager`](crate::Manager) does with stored state it cannot use (see
+/// [`ManagerConfig::on_bad_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BadStatePolicy {
+    /// [`Manager::run`](crate::Manager::run) returns
+    /// [`RunError::Storage`](crate::RunError::Storage) (corrupt) or
+    /// [`RunError::InvalidState`](crate::RunError::InvalidState) (invalid numbers) before
+    /// anything is fetched, and storage is left as it is for an operator to look at.
+    #[default]
+    Stop,
+    /// Throw the stored state away and start as on a first run: the manager logs a warning,
+    /// deletes the account's update state ([`StateStorage::delete`](sync_storage::StateStorage::delete);
+    /// access hashes are kept), tells the handler
+    /// ([`Handler::state_discarded`](crate::Handler::state_discarded)), and starts with
+    /// `getState`, whose state is committed as a reset. What happened while the client was
+    /// away is not delivered, and no channel is tracked until the application tracks them
+    /// again ([`ManagerHandle::track_channel`](crate::ManagerHandle::track_channel)).
+    StartFresh,
 }
 
 impl Default for ManagerConfig {
@@ -65,6 +98,8 @@ impl Default for ManagerConfig {
             shutdown_grace: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             jitter_seed: None,
+            catch_up: true,
+            on_bad_state: BadStatePolicy::Stop,
         }
     }
 }

@@ -365,6 +365,9 @@ where
             Control::Refetch(channel_id, reply) => {
                 let _ = reply.send(self.engine.request_channel_difference(channel_id));
             }
+            Control::ChannelPts(channel_id, reply) => {
+                let _ = reply.send(self.engine.channel_pts(channel_id));
+            }
             Control::CaughtUp(reply, shard) => {
                 self.engine.request_difference(now());
                 self.waiters.push((reply, shard));
@@ -620,6 +623,11 @@ where
             .engine
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = (stats, idle);
+        *self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.engine.state();
         if !self.waiters.is_empty() {
             let blocked = self.backlog.blocked();
             // Outside handlers: caught up and handled. Inside a handler on shard `s`: handed

@@ -5,27 +5,52 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sync_core::{Affected, ChannelId, Updates};
+use sync_core::{Affected, ChannelId, State, Updates};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::HANDLING;
 use crate::stats::{Counters, Stats};
 
-/// Why [`ManagerHandle::push`] (and its siblings, [`ManagerHandle::push_batch`] included)
-/// did not take a push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum IntakeError {
-    /// The intake is full: the push (or the whole batch) was dropped and counted, and the
-    /// manager fetches the difference once it has room, so nothing is lost. Nothing to do for
-    /// the caller.
-    #[error(
-        "the manager's intake is full; the push was dropped and will be recovered by a difference"
-    )]
-    Full,
-    /// The manager is not running (shut down, or stopped with an error).
-    #[error("the manager is not running")]
-    Stopped,
+/// What became of a push handed to [`ManagerHandle::push`] (or its siblings,
+/// [`ManagerHandle::push_batch`] included) while the manager runs.
+///
+/// Neither outcome needs the caller to do anything: a dropped push is counted in
+/// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped) and recovered by a
+/// difference. So `handle.push(updates)?;` is the usual call, and `?` only propagates
+/// [`Stopped`]. A reader that would rather slow down than have pushes dropped looks at it (or at
+/// [`ManagerHandle::queued`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pushed {
+    /// The push (or the whole batch) is in the intake.
+    Queued,
+    /// The intake was full: the push (or the whole batch) was dropped and counted, and the
+    /// manager fetches the difference once it has room, so nothing is lost.
+    Dropped,
+}
+
+impl Pushed {
+    /// True for [`Pushed::Queued`].
+    pub fn is_queued(self) -> bool {
+        self == Self::Queued
+    }
+
+    /// True for [`Pushed::Dropped`].
+    pub fn is_dropped(self) -> bool {
+        self == Self::Dropped
+    }
+}
+
+/// The manager is not running (shut down, or stopped with an error): the push was not taken,
+/// and no later one will be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, thiserror::Error)]
+#[error("the manager is not running")]
+pub struct Stopped;
+
+impl From<Stopped> for ControlError {
+    fn from(Stopped: Stopped) -> Self {
+        Self::Stopped
+    }
 }
 
 /// Why a channel command or [`ManagerHandle::caught_up`] failed.
@@ -70,6 +95,8 @@ pub(crate) enum Control {
     Close(ChannelId),
     Forget(ChannelId),
     Refetch(ChannelId, oneshot::Sender<Result<(), sync_core::Error>>),
+    /// A channel's applied pts.
+    ChannelPts(ChannelId, oneshot::Sender<Option<i32>>),
     /// A `caught_up` call, with the shard of the handler it was made from, if any.
     CaughtUp(oneshot::Sender<()>, Option<usize>),
 }
@@ -82,6 +109,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// The engine's last published stats and idleness.
     pub(crate) engine: Mutex<(sync_core::Stats, bool)>,
+    /// The engine's last published applied state.
+    pub(crate) state: Mutex<Option<State>>,
     /// Set by a handle that dropped a push; the manager fetches the difference and clears it. Kept
     /// by [`Manager::with_cancellation`](crate::Manager::with_cancellation), so that earlier
     /// handles' drops are recovered.
@@ -130,9 +159,10 @@ impl<U, E> std::fmt::Debug for ManagerHandle<U, E> {
 
 impl<U, E> ManagerHandle<U, E> {
     /// Hands a pushed `Updates` value to the manager. Never waits: when the intake is full
-    /// the push is dropped, counted, and recovered by a difference ([`IntakeError::Full`]), so
-    /// a network reader (or a handler) calling this can never be blocked by the manager.
-    pub fn push(&self, updates: Updates<U, E>) -> Result<(), IntakeError> {
+    /// the push is dropped, counted, and recovered by a difference ([`Pushed::Dropped`]), so
+    /// a network reader (or a handler) calling this can never be blocked by the manager. Fails
+    /// only when the manager is not running ([`Stopped`]).
+    pub fn push(&self, updates: Updates<U, E>) -> Result<Pushed, Stopped> {
         self.offer(Input::Updates(updates), 1)
     }
 
@@ -146,14 +176,15 @@ impl<U, E> ManagerHandle<U, E> {
     /// is empty (so a batch larger than the capacity is not refused for good; the intake then holds
     /// at most that batch). Otherwise the whole batch is dropped, counted in
     /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped), and recovered by a
-    /// difference ([`IntakeError::Full`]). An empty batch is accepted and does nothing.
-    pub fn push_batch(&self, batch: Vec<Updates<U, E>>) -> Result<(), IntakeError> {
+    /// difference ([`Pushed::Dropped`]). An empty batch is [`Pushed::Queued`] and does
+    /// nothing. Fails only when the manager is not running ([`Stopped`]).
+    pub fn push_batch(&self, batch: Vec<Updates<U, E>>) -> Result<Pushed, Stopped> {
         match batch.len() {
             0 => {
                 if self.intake.is_closed() {
-                    Err(IntakeError::Stopped)
+                    Err(Stopped)
                 } else {
-                    Ok(())
+                    Ok(Pushed::Queued)
                 }
             }
             n => self.offer(Input::Batch(batch), n),
@@ -169,21 +200,22 @@ impl<U, E> ManagerHandle<U, E> {
 
     /// The `pts` / `pts_count` returned by the application's own calls
     /// (`messages.affectedMessages`, `affectedHistory`, `channels.deleteMessages`, …): they
-    /// advance the sequence like an update.
-    pub fn push_affected(&self, affected: Affected) -> Result<(), IntakeError> {
+    /// advance the sequence like an update. Taken or dropped like a push.
+    pub fn push_affected(&self, affected: Affected) -> Result<Pushed, Stopped> {
         self.offer(Input::Affected(affected), 1)
     }
 
     /// The session was reset (`new_session_created`), or an update could not be decoded: the
-    /// manager fetches the difference.
-    pub fn session_reset(&self) -> Result<(), IntakeError> {
+    /// manager fetches the difference. Taken or dropped like a push (a dropped signal still
+    /// leads to a difference).
+    pub fn session_reset(&self) -> Result<Pushed, Stopped> {
         self.offer(Input::SessionReset, 1)
     }
 
     /// Queues `input`, which carries `pushes` pushes, if the intake has room for them.
-    fn offer(&self, input: Input<U, E>, pushes: usize) -> Result<(), IntakeError> {
+    fn offer(&self, input: Input<U, E>, pushes: usize) -> Result<Pushed, Stopped> {
         if self.intake.is_closed() {
-            return Err(IntakeError::Stopped);
+            return Err(Stopped);
         }
         let shared = &*self.shared;
         // Invariant (the intake is bounded): room is reserved before the message is sent and
@@ -202,16 +234,16 @@ impl<U, E> ManagerHandle<U, E> {
             // dropped, and the manager requests the difference after it sees the flag, so
             // the server answers from a moment that includes the dropped push.
             shared.overflowed.store(true, Ordering::Release);
-            return Err(IntakeError::Full);
+            return Ok(Pushed::Dropped);
         }
         match self.intake.send(input) {
             Ok(()) => {
                 shared.counters.pushes_accepted.add(pushes as u64);
-                Ok(())
+                Ok(Pushed::Queued)
             }
             Err(_) => {
                 shared.queued.fetch_sub(pushes, Ordering::AcqRel);
-                Err(IntakeError::Stopped)
+                Err(Stopped)
             }
         }
     }
@@ -303,6 +335,29 @@ impl<U, E> ManagerHandle<U, E> {
             runtime: self.shared.counters.snapshot(),
             idle,
         }
+    }
+
+    /// The common state the engine has applied (`pts`, `qts`, `seq`, `date` of what was
+    /// delivered to the dispatch, not necessarily handled or persisted yet), as of the
+    /// manager's last turn: published with the [`stats`](Self::stats). `None` before the
+    /// manager has a state (before it started, or until a first run's `getState` is
+    /// answered). After the manager stopped it keeps the last state.
+    pub fn state(&self) -> Option<State> {
+        *self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A tracked channel's applied pts, asked of the running manager; `None` for a channel it
+    /// does not track.
+    pub async fn channel_pts(&self, channel_id: ChannelId) -> Result<Option<i32>, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::ChannelPts(channel_id, reply))
+            .map_err(|_| ControlError::Stopped)?;
+        answer.await.map_err(|_| ControlError::Stopped)
     }
 
     /// True while [`Manager::run`](crate::Manager::run) is running.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sync_core::Notice;
 
 use crate::api::BoxError;
+use crate::manager::BadState;
 
 /// The application's update handler.
 ///
@@ -68,6 +69,17 @@ pub trait Handler<U, E>: Send + Sync + 'static {
         let _ = notice;
         ready(())
     }
+
+    /// The stored state could not be used and was thrown away, under
+    /// [`BadStatePolicy::StartFresh`](crate::BadStatePolicy::StartFresh): called once, at
+    /// start, before any update, with what was wrong. The manager starts from `getState`, so
+    /// what happened while the client was away is not delivered and no channel is tracked:
+    /// reload what the application shows and track its channels again. The default does
+    /// nothing (the manager has logged a warning).
+    fn state_discarded(&self, bad: BadState) -> impl Future<Output = ()> + Send {
+        let _ = bad;
+        ready(())
+    }
 }
 
 impl<U, E, H: Handler<U, E>> Handler<U, E> for Arc<H> {
@@ -81,5 +93,9 @@ impl<U, E, H: Handler<U, E>> Handler<U, E> for Arc<H> {
 
     fn notice(&self, notice: Notice) -> impl Future<Output = ()> + Send {
         (**self).notice(notice)
+    }
+
+    fn state_discarded(&self, bad: BadState) -> impl Future<Output = ()> + Send {
+        (**self).state_discarded(bad)
     }
 }

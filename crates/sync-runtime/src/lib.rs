@@ -4,8 +4,9 @@
 //! This is the piece a bot or client author uses. You supply three things:
 //!
 //! - an [`Api`]: `getState`, `getDifference` and `getChannelDifference` over your MTProto
-//!   client, with errors classified by [`ApiError`] ([`ApiError::rpc`] knows Telegram's
-//!   names: FLOOD_WAIT, CHANNEL_PRIVATE, AUTH_KEY_UNREGISTERED, …);
+//!   client, with errors classified by [`ApiError`] ([`ApiError::rpc`] and
+//!   [`ApiError::rpc_with_value`], for a name and its number apart as grammers has them, know
+//!   Telegram's names: FLOOD_WAIT, CHANNEL_PRIVATE, AUTH_KEY_UNREGISTERED, …);
 //! - a storage: any [`sync_storage::StateStorage`] + [`sync_storage::AccessHashStorage`]
 //!   (memory, the embedded file store, Redis);
 //! - a [`Handler`] for updates (and [`Notice`]s about skipped history), with a [`Peer`] key on
@@ -14,7 +15,10 @@
 //! Then the [`Manager`] does the rest:
 //!
 //! - **Start**: loads the stored state and catches up with `getDifference`, or calls
-//!   `getState` on the first run.
+//!   `getState` on the first run, or when told to skip the backlog
+//!   ([`ManagerConfig::catch_up`]). Stored state that cannot be used (corrupt, invalid) stops
+//!   the manager, or is thrown away and the account started afresh, as
+//!   [`ManagerConfig::on_bad_state`] says ([`BadStatePolicy`], [`Handler::state_discarded`]).
 //! - **Intake**: your network reader hands pushes to [`ManagerHandle::push`], or what one
 //!   read decoded to [`ManagerHandle::push_batch`] (one message through the intake for
 //!   the lot); neither ever waits. When the bounded intake (counted in pushes) is full the
@@ -50,8 +54,9 @@
 //!   [`Summary::abandoned`]), persists what was handled and makes [`Manager::run`] return.
 //! - **Observability**: `tracing` spans and events (gaps detected and resolved, differences
 //!   fetched, commits rejected), [`ManagerHandle::stats`] ([`Stats`]: the engine's counters
-//!   and the runtime's), and with the `metrics` feature the same counters through the
-//!   `metrics` facade.
+//!   and the runtime's), [`ManagerHandle::state`] (the applied state, published with the
+//!   stats) and [`ManagerHandle::channel_pts`], and with the `metrics` feature the same
+//!   counters through the `metrics` facade.
 //!
 //! Run one manager per account; many run side by side in one process.
 //!
@@ -75,8 +80,8 @@
 //!
 //! | file | holds |
 //! | --- | --- |
-//! | `manager.rs` | [`Manager`]: construction, [`Manager::run`] (loading the stored state, building the engine, the dispatch and the writer), the shutdown sequence; [`Summary`], [`RunError`] |
-//! | `handle.rs` | [`ManagerHandle`] and the intake and control messages it sends; [`IntakeError`], [`ControlError`] |
+//! | `manager.rs` | [`Manager`]: construction, [`Manager::run`] (loading the stored state, building the engine, the dispatch and the writer), the shutdown sequence; [`Summary`], [`RunError`], [`BadState`] |
+//! | `handle.rs` | [`ManagerHandle`] and the intake and control messages it sends; [`Pushed`], [`Stopped`], [`ControlError`] |
 //! | `driver.rs` | the loop: intake turns, commands, requests and their replies, timers, commits queued, stats published |
 //! | `dispatch.rs` | the events handed to `sync-events`, the observer that calls the [`Handler`] (and the task-local that marks its calls), the backlog and the acknowledgement of handled batches |
 //! | `writer.rs` | the storage writer: commits and access hashes, in order, retried |
@@ -84,7 +89,7 @@
 //! | `api.rs` | [`Api`], [`ApiError`], the request types, [`BoxError`] |
 //! | `handler.rs` | [`Handler`] (which also gets the engine's [`Notice`]s) |
 //! | `peer.rs` | [`Peer`], [`PeerKey`] |
-//! | `config.rs`, `stats.rs` | [`ManagerConfig`]; [`Stats`], [`RuntimeStats`] and the counters behind them |
+//! | `config.rs`, `stats.rs` | [`ManagerConfig`], [`BadStatePolicy`]; [`Stats`], [`RuntimeStats`] and the counters behind them |
 //! | `sim.rs` | `sim` (feature `testkit`) |
 //!
 //! # Example
@@ -185,10 +190,10 @@ mod writer;
 pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
-pub use config::ManagerConfig;
-pub use handle::{ControlError, IntakeError, ManagerHandle};
+pub use config::{BadStatePolicy, ManagerConfig};
+pub use handle::{ControlError, ManagerHandle, Pushed, Stopped};
 pub use handler::Handler;
-pub use manager::{Manager, RunError, Summary};
+pub use manager::{BadState, Manager, RunError, Summary};
 pub use peer::{Peer, PeerKey};
 pub use stats::{RuntimeStats, Stats};
 /// Re-exported from `sync-core`: what the handler learns besides updates.

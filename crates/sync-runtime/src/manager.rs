@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::api::{Api, EntitiesOf, UpdateOf};
 use crate::backoff::{Jitter, Policy};
-use crate::config::ManagerConfig;
+use crate::config::{BadStatePolicy, ManagerConfig};
 use crate::dispatch::{Dispatcher, MANAGER_IDS};
 use crate::driver::{Driver, now};
 use crate::handle::{Control, Input, ManagerHandle, Shared};
@@ -28,10 +28,14 @@ use crate::writer::Writer;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
-    /// The stored state could not be read at startup (and retrying would not help).
+    /// The stored state could not be read at startup, or deleted under
+    /// [`BadStatePolicy::StartFresh`](crate::BadStatePolicy::StartFresh) (and retrying would
+    /// not help). A corrupt state ends here only under
+    /// [`BadStatePolicy::Stop`](crate::BadStatePolicy::Stop).
     #[error("cannot load the stored state: {0}")]
     Storage(#[source] sync_storage::Error),
-    /// The stored state is invalid (negative numbers, a bad channel id).
+    /// The stored state is invalid (negative numbers, a bad channel id), under
+    /// [`BadStatePolicy::Stop`](crate::BadStatePolicy::Stop).
     #[error("the stored state is invalid: {0}")]
     InvalidState(#[source] sync_core::Error),
     /// The dispatch could not be built (zero shards or zero capacity in the [`ManagerConfig`]).
@@ -44,6 +48,30 @@ pub enum RunError {
         /// The error the API reported.
         message: String,
     },
+}
+
+/// What was wrong with stored state that could not be used (see
+/// [`ManagerConfig::on_bad_state`]): handed to
+/// [`Handler::state_discarded`](crate::Handler::state_discarded) when it was thrown away.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadState {
+    /// Storage could not read it: a stored value does not parse
+    /// ([`sync_storage::Error::Corrupt`]).
+    #[error("the stored state cannot be read: {0}")]
+    Unreadable(#[source] sync_storage::Error),
+    /// It was read, but holds invalid numbers (a negative pts, a bad channel id).
+    #[error("the stored state is invalid: {0}")]
+    Invalid(#[source] sync_core::Error),
+}
+
+impl From<BadState> for RunError {
+    fn from(bad: BadState) -> Self {
+        match bad {
+            BadState::Unreadable(error) => Self::Storage(error),
+            BadState::Invalid(error) => Self::InvalidState(error),
+        }
+    }
 }
 
 /// What a run did, returned by [`Manager::run`] after a clean shutdown.
@@ -103,8 +131,8 @@ where
         Self::with_config(account, api, storage, handler, ManagerConfig::default())
     }
 
-    /// The same with a [`ManagerConfig`]. Shared API clients and storages work too: the traits are
-    /// implemented for `Arc<_>`.
+    /// The same with a [`ManagerConfig`]. Shared API clients, storages and handlers work too:
+    /// [`Api`], the storage traits and [`Handler`] are implemented for `Arc<_>`.
     pub fn with_config(
         account: AccountId,
         api: A,
@@ -119,6 +147,7 @@ where
             id: MANAGER_IDS.fetch_add(1, Ordering::Relaxed),
             counters: Arc::new(Counters::new(account)),
             engine: Mutex::new((sync_core::Stats::default(), false)),
+            state: Mutex::new(None),
             overflowed: Arc::new(AtomicBool::new(false)),
             queued: Arc::new(AtomicUsize::new(0)),
             capacity: config.intake_capacity.max(1),
@@ -152,6 +181,7 @@ where
             id: self.shared.id,
             counters: Arc::clone(&self.shared.counters),
             engine: Mutex::new((sync_core::Stats::default(), false)),
+            state: Mutex::new(None),
             overflowed: Arc::clone(&self.shared.overflowed),
             queued: Arc::clone(&self.shared.queued),
             capacity: self.shared.capacity,
@@ -172,8 +202,9 @@ where
     /// cancellation token) or until the authorization is lost.
     ///
     /// Starts from the stored state (catching up with `getDifference`), or with `getState` on
-    /// the first run; then feeds pushes to the engine, executes its requests, dispatches its
-    /// deliveries and persists its commits. On shutdown it stops intake (commands and queued
+    /// the first run or when [`ManagerConfig::catch_up`] is off; stored state that cannot be
+    /// used is handled as [`ManagerConfig::on_bad_state`] says. Then feeds pushes to the
+    /// engine, executes its requests, dispatches its deliveries and persists its commits. On shutdown it stops intake (commands and queued
     /// pushes fail or are dropped; a later start fetches them by difference), abandons
     /// in-flight requests, and waits for the handlers to finish what was dispatched, for at
     /// most [`ManagerConfig::shutdown_grace`]; handlers still busy then are stopped (their tasks
@@ -193,27 +224,34 @@ where
         let counters = Arc::clone(&self.shared.counters);
         let mut jitter = Jitter::new(self.config.jitter_seed);
 
-        let Some(snapshot) = self.load(&cancel, &mut jitter).await? else {
-            return Ok(Summary {
-                stats: self.handle.stats(),
-                state: None,
-                persisted: true,
-                abandoned: 0,
-            });
+        let stopped = |handle: &ManagerHandle<_, _>| Summary {
+            stats: handle.stats(),
+            state: None,
+            persisted: true,
+            abandoned: 0,
         };
         let now = now();
-        let engine = match snapshot.state {
-            Some(state) => {
-                tracing::info!(
-                    ?state,
-                    channels = snapshot.channels.len(),
-                    "resuming from stored state"
-                );
-                Engine::from_state(self.config.engine.clone(), now, state, snapshot.channels)
-                    .map_err(RunError::InvalidState)?
+        let built = match self.load(&cancel, &mut jitter).await {
+            Ok(Some(snapshot)) => self.engine(now, snapshot).map_err(BadState::Invalid),
+            Ok(None) => return Ok(stopped(&self.handle)),
+            Err(RunError::Storage(error)) if error.is_corrupt() => Err(BadState::Unreadable(error)),
+            Err(error) => return Err(error),
+        };
+        let engine = match built {
+            Ok(engine) => engine,
+            Err(bad) if self.config.on_bad_state == BadStatePolicy::Stop => {
+                tracing::error!(%bad, "unusable stored state: stopping");
+                return Err(bad.into());
             }
-            None => {
-                tracing::info!("no stored state: starting with getState");
+            Err(bad) => {
+                tracing::warn!(%bad, "unusable stored state: deleting it and starting with getState");
+                if !self.forget(&cancel, &mut jitter).await? {
+                    return Ok(stopped(&self.handle));
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(stopped(&self.handle)),
+                    () = self.handler.state_discarded(bad) => {}
+                }
                 Engine::new(self.config.engine.clone(), now)
             }
         };
@@ -328,6 +366,71 @@ where
         match outcome {
             Ok(()) => Ok(summary),
             Err(message) => Err(RunError::Unauthorized { message }),
+        }
+    }
+
+    /// The engine for what storage holds: resuming from the stored state (or, without
+    /// [`ManagerConfig::catch_up`], starting from `getState` with the stored channels), or
+    /// starting from `getState` on a first run.
+    fn engine(
+        &self,
+        now: std::time::Instant,
+        snapshot: sync_storage::Snapshot,
+    ) -> Result<Engine<UpdateOf<A>, EntitiesOf<A>>, sync_core::Error> {
+        let config = self.config.engine.clone();
+        match snapshot.state {
+            Some(state) if self.config.catch_up => {
+                tracing::info!(
+                    ?state,
+                    channels = snapshot.channels.len(),
+                    "resuming from stored state"
+                );
+                Engine::from_state(config, now, state, snapshot.channels)
+            }
+            Some(state) => {
+                tracing::info!(
+                    ?state,
+                    channels = snapshot.channels.len(),
+                    "skipping the backlog: starting with getState"
+                );
+                // The stored state is not used; the channels are checked as they are tracked.
+                let mut engine = Engine::new(config, now);
+                for (channel_id, pts) in snapshot.channels {
+                    engine.track_channel(channel_id, pts)?;
+                }
+                Ok(engine)
+            }
+            None => {
+                tracing::info!("no stored state: starting with getState");
+                Ok(Engine::new(config, now))
+            }
+        }
+    }
+
+    /// Deletes the account's stored update state, retrying while storage is unavailable;
+    /// `false` if shut down first.
+    async fn forget(
+        &self,
+        cancel: &CancellationToken,
+        jitter: &mut Jitter,
+    ) -> Result<bool, RunError> {
+        let mut attempt = 0;
+        loop {
+            let error = tokio::select! {
+                () = cancel.cancelled() => return Ok(false),
+                deleted = self.storage.delete(self.account) => match deleted {
+                    Ok(()) => return Ok(true),
+                    Err(error) if error.is_unavailable() || error.is_ambiguous() => error,
+                    Err(error) => return Err(RunError::Storage(error)),
+                },
+            };
+            let delay = jitter.backoff(Policy::storage(&self.config), attempt);
+            attempt += 1;
+            tracing::warn!(%error, ?delay, "cannot delete the stored state; retrying");
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(false),
+                () = tokio::time::sleep(delay) => {}
+            }
         }
     }
 

@@ -29,7 +29,7 @@ use sync_testkit::{
 use tokio::time::Instant;
 
 use crate::api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
-use crate::handle::{IntakeError, ManagerHandle};
+use crate::handle::{ManagerHandle, Pushed};
 use sync_core::Notice;
 
 use crate::handler::Handler;
@@ -329,20 +329,29 @@ impl Producer {
                 if read.is_empty() {
                     continue;
                 }
-                // Kept for the server's books: a push the intake refuses is a lost push.
-                let copies = read.clone();
-                let handed = if self.batched {
-                    handle.push_batch(read)
-                } else {
-                    read.into_iter().try_for_each(|push| handle.push(push))
-                };
-                match handed {
-                    Ok(()) => {}
-                    Err(IntakeError::Full) => {
-                        report.intake_full += copies.len() as u64;
-                        api.with_server(|s| copies.iter().for_each(|push| s.push_lost(push)));
+                // Kept for the server's books: a push the intake drops is a lost push.
+                let lost: Vec<_> = if self.batched {
+                    let copies = read.clone();
+                    match handle.push_batch(read) {
+                        Ok(Pushed::Queued) => Vec::new(),
+                        Ok(Pushed::Dropped) => copies,
+                        Err(_) => break 'run,
                     }
-                    Err(IntakeError::Stopped) => break 'run,
+                } else {
+                    let mut lost = Vec::new();
+                    for push in read {
+                        let copy = push.clone();
+                        match handle.push(push) {
+                            Ok(Pushed::Queued) => {}
+                            Ok(Pushed::Dropped) => lost.push(copy),
+                            Err(_) => break 'run,
+                        }
+                    }
+                    lost
+                };
+                if !lost.is_empty() {
+                    report.intake_full += lost.len() as u64;
+                    api.with_server(|s| lost.iter().for_each(|push| s.push_lost(push)));
                 }
             }
         }

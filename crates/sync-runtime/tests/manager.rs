@@ -289,7 +289,7 @@ async fn a_full_intake_drops_whole_batches_and_recovers_them_by_difference() {
 #[test]
 fn the_intake_counts_pushes_and_takes_or_drops_whole_batches() {
     use sync_core::Updates;
-    use sync_runtime::{IntakeError, Manager};
+    use sync_runtime::{Manager, Pushed, Stopped};
     use sync_testkit::{Rng, TestUpdate};
 
     let push = |id: u64| Updates::Short {
@@ -329,12 +329,12 @@ fn the_intake_counts_pushes_and_takes_or_drops_whole_batches() {
                 handle.push_batch((0..n as u64).map(push).collect())
             };
             if fits {
-                assert_eq!(result, Ok(()), "seed {seed}");
+                assert_eq!(result, Ok(Pushed::Queued), "seed {seed}");
                 queued += n;
                 accepted += n as u64;
                 largest = largest.max(n);
             } else {
-                assert_eq!(result, Err(IntakeError::Full), "seed {seed}");
+                assert_eq!(result, Ok(Pushed::Dropped), "seed {seed}");
                 dropped += n as u64;
             }
             assert_eq!(handle.queued(), queued, "seed {seed}");
@@ -344,9 +344,9 @@ fn the_intake_counts_pushes_and_takes_or_drops_whole_batches() {
             assert_eq!(runtime.pushes_dropped, dropped, "seed {seed}");
         }
         drop(manager);
-        assert_eq!(handle.push_batch(vec![push(1)]), Err(IntakeError::Stopped));
-        assert_eq!(handle.push_batch(Vec::new()), Err(IntakeError::Stopped));
-        assert_eq!(handle.push(push(1)), Err(IntakeError::Stopped));
+        assert_eq!(handle.push_batch(vec![push(1)]), Err(Stopped));
+        assert_eq!(handle.push_batch(Vec::new()), Err(Stopped));
+        assert_eq!(handle.push(push(1)), Err(Stopped));
     }
 }
 

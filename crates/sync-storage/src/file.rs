@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sync_core::{ChannelId, Commit, State};
 
-use crate::{AccessHashStorage, AccountId, Error, Result, Snapshot, StateStorage, rules};
+use crate::{AccessHashStorage, AccountId, Error, Result, Snapshot, StateStorage, UserId, rules};
 
 const BACKEND: &str = "file";
 
@@ -18,6 +18,9 @@ const STATE: TableDefinition<'_, i64, (i32, i32, i32, i32)> = TableDefinition::n
 const CHANNELS: TableDefinition<'_, (i64, i64), i32> = TableDefinition::new("channel_pts");
 /// (account, channel) → access hash.
 const ACCESS_HASHES: TableDefinition<'_, (i64, i64), i64> = TableDefinition::new("access_hashes");
+/// (account, user) → access hash.
+const USER_ACCESS_HASHES: TableDefinition<'_, (i64, i64), i64> =
+    TableDefinition::new("user_access_hashes");
 
 /// Keeps the state in one file on disk with [redb]: for a single process that must survive
 /// restarts without an external service.
@@ -49,6 +52,8 @@ impl FileStorage {
             txn.open_table(STATE).map_err(|e| map_err(e.into()))?;
             txn.open_table(CHANNELS).map_err(|e| map_err(e.into()))?;
             txn.open_table(ACCESS_HASHES)
+                .map_err(|e| map_err(e.into()))?;
+            txn.open_table(USER_ACCESS_HASHES)
                 .map_err(|e| map_err(e.into()))?;
         }
         txn.commit().map_err(|e| map_err(e.into()))?;
@@ -200,6 +205,31 @@ impl StateStorage for FileStorage {
             Ok(Snapshot { state, channels })
         })
     }
+
+    fn delete(&self, account: AccountId) -> impl Future<Output = Result<()>> + Send {
+        self.run(move |db| {
+            // One write transaction: the state and every channel go together, or nothing does.
+            let txn = db.begin_write().map_err(e)?;
+            {
+                txn.open_table(STATE)
+                    .map_err(e)?
+                    .remove(account)
+                    .map_err(e)?;
+                remove_account(&mut txn.open_table(CHANNELS).map_err(e)?, account)?;
+            }
+            txn.commit().map_err(e)
+        })
+    }
+}
+
+/// Removes every `(account, _)` entry of a table keyed by account and id.
+fn remove_account<V: redb::Value + 'static>(
+    table: &mut redb::Table<'_, (i64, i64), V>,
+    account: AccountId,
+) -> Result<()> {
+    table
+        .retain_in((account, i64::MIN)..=(account, i64::MAX), |_, _| false)
+        .map_err(e)
 }
 
 impl AccessHashStorage for FileStorage {
@@ -228,6 +258,47 @@ impl AccessHashStorage for FileStorage {
                 for (channel, hash) in hashes {
                     table.insert((account, channel), hash).map_err(e)?;
                 }
+            }
+            txn.commit().map_err(e)
+        })
+    }
+
+    fn get_user_access_hash(
+        &self,
+        account: AccountId,
+        user: UserId,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(e)?;
+            let table = txn.open_table(USER_ACCESS_HASHES).map_err(e)?;
+            Ok(table.get((account, user)).map_err(e)?.map(|v| v.value()))
+        })
+    }
+
+    fn set_user_access_hashes(
+        &self,
+        account: AccountId,
+        hashes: &[(UserId, i64)],
+    ) -> impl Future<Output = Result<()>> + Send {
+        let hashes = hashes.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(e)?;
+            {
+                let mut table = txn.open_table(USER_ACCESS_HASHES).map_err(e)?;
+                for (user, hash) in hashes {
+                    table.insert((account, user), hash).map_err(e)?;
+                }
+            }
+            txn.commit().map_err(e)
+        })
+    }
+
+    fn delete_access_hashes(&self, account: AccountId) -> impl Future<Output = Result<()>> + Send {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(e)?;
+            {
+                remove_account(&mut txn.open_table(ACCESS_HASHES).map_err(e)?, account)?;
+                remove_account(&mut txn.open_table(USER_ACCESS_HASHES).map_err(e)?, account)?;
             }
             txn.commit().map_err(e)
         })

@@ -1,5 +1,5 @@
 //! Storage for a Telegram account's update state: the common `pts`, `qts`, `seq` and `date`,
-//! every channel's `pts`, and the channels' access hashes, keyed by account.
+//! every channel's `pts`, and the access hashes of channels and users, keyed by account.
 //!
 //! The sans-IO engine in `sync-core` emits [`Commit`]s (what to persist once the application
 //! has handled a batch) and learned access hashes; the runtime writes them through the two
@@ -21,7 +21,12 @@
 //!   or none is (a stale entry anywhere rejects the whole commit). Inside one commit,
 //!   `removed_channels` are applied first (their pts are forgotten, their access hashes kept),
 //!   then `state`, then `channels` in order.
-//! - **Access hashes are not sequences**: the last write wins.
+//! - **Access hashes are not sequences**: the last write wins. Channels' and users' hashes are
+//!   kept apart.
+//! - **Deleting is all or nothing**: [`StateStorage::delete`] forgets the account's common
+//!   state and channel pts together (the account then reads as never stored, and nothing is
+//!   stale any more); [`AccessHashStorage::delete_access_hashes`] forgets its access hashes.
+//!   To forget an account entirely (a logout), call both.
 //! - **Errors are typed** ([`Error`]): unavailable (not done), ambiguous (maybe done), stale
 //!   (refused on purpose), corrupt (a stored value does not parse), config.
 //!
@@ -119,6 +124,9 @@ pub use redis::{RedisConfig, RedisStorage};
 /// An account's identifier: the Telegram user id of the logged-in user or bot.
 pub type AccountId = i64;
 
+/// A user's identifier (whose access hash [`AccessHashStorage`] keeps).
+pub type UserId = i64;
+
 /// How a single-value write treats a value lower than the stored one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum WriteMode {
@@ -214,12 +222,23 @@ pub trait StateStorage: Send + Sync {
             Ok(Snapshot { state, channels })
         }
     }
+
+    /// Forgets the account's update state: its common state and every channel's pts, at once
+    /// (all or nothing). Afterwards the account reads as never stored, so the next start calls
+    /// `getState`, and any values may be written again (nothing is stale). For an account that
+    /// logged out, or whose stored state is to be thrown away. Other accounts and this
+    /// account's access hashes are untouched (forget those with
+    /// [`AccessHashStorage::delete_access_hashes`]). Deleting what is not stored succeeds.
+    fn delete(&self, account: AccountId) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// Stores the access hashes of an account's channels, needed to call channel methods.
+/// Stores the access hashes of an account's channels (needed to call channel methods) and
+/// users (needed to name a user in a call, and to tell a known user from one that must be
+/// fetched again). Channels and users are kept apart: a channel and a user with the same id
+/// have a hash each.
 ///
 /// These are not sequences: the last write wins. Callers must not store the hash of a "min"
-/// channel, which is not usable and would overwrite a good one.
+/// channel or user, which is not usable and would overwrite a good one.
 pub trait AccessHashStorage: Send + Sync {
     /// The channel's access hash, `None` if unknown.
     fn get_access_hash(
@@ -248,6 +267,38 @@ pub trait AccessHashStorage: Send + Sync {
         account: AccountId,
         hashes: &[(ChannelId, i64)],
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The user's access hash, `None` if unknown.
+    fn get_user_access_hash(
+        &self,
+        account: AccountId,
+        user: UserId,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Stores the user's access hash, replacing any stored one.
+    fn set_user_access_hash(
+        &self,
+        account: AccountId,
+        user: UserId,
+        access_hash: i64,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            self.set_user_access_hashes(account, &[(user, access_hash)])
+                .await
+        }
+    }
+
+    /// Stores many users' access hashes at once (as learned from one batch's `users`). All
+    /// are written together; for a user listed twice the later entry wins.
+    fn set_user_access_hashes(
+        &self,
+        account: AccountId,
+        hashes: &[(UserId, i64)],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Forgets every access hash of the account, channels' and users' (all or nothing).
+    /// Other accounts and this account's update state are untouched.
+    fn delete_access_hashes(&self, account: AccountId) -> impl Future<Output = Result<()>> + Send;
 }
 
 macro_rules! forward_impls {
@@ -274,6 +325,9 @@ macro_rules! forward_impls {
             fn load(&self, account: AccountId) -> impl Future<Output = Result<Snapshot>> + Send {
                 (**self).load(account)
             }
+            fn delete(&self, account: AccountId) -> impl Future<Output = Result<()>> + Send {
+                (**self).delete(account)
+            }
         }
 
         impl<S: AccessHashStorage + ?Sized> AccessHashStorage for $ty {
@@ -285,6 +339,18 @@ macro_rules! forward_impls {
             }
             fn set_access_hashes(&self, account: AccountId, hashes: &[(ChannelId, i64)]) -> impl Future<Output = Result<()>> + Send {
                 (**self).set_access_hashes(account, hashes)
+            }
+            fn get_user_access_hash(&self, account: AccountId, user: UserId) -> impl Future<Output = Result<Option<i64>>> + Send {
+                (**self).get_user_access_hash(account, user)
+            }
+            fn set_user_access_hash(&self, account: AccountId, user: UserId, access_hash: i64) -> impl Future<Output = Result<()>> + Send {
+                (**self).set_user_access_hash(account, user, access_hash)
+            }
+            fn set_user_access_hashes(&self, account: AccountId, hashes: &[(UserId, i64)]) -> impl Future<Output = Result<()>> + Send {
+                (**self).set_user_access_hashes(account, hashes)
+            }
+            fn delete_access_hashes(&self, account: AccountId) -> impl Future<Output = Result<()>> + Send {
+                (**self).delete_access_hashes(account)
             }
         }
     )*};

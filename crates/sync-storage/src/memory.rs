@@ -6,13 +6,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use sync_core::{ChannelId, Commit, State};
 
-use crate::{AccessHashStorage, AccountId, Result, Snapshot, StateStorage, rules};
+use crate::{AccessHashStorage, AccountId, Result, Snapshot, StateStorage, UserId, rules};
 
 #[derive(Debug, Default)]
 struct Account {
     state: Option<State>,
     channels: BTreeMap<ChannelId, i32>,
     access_hashes: HashMap<ChannelId, i64>,
+    user_access_hashes: HashMap<UserId, i64>,
 }
 
 /// Keeps everything in the process's memory: fast, shared by clones of an `Arc`, gone at exit.
@@ -100,6 +101,15 @@ impl StateStorage for MemoryStorage {
             channels: a.channels.clone(),
         })))
     }
+
+    fn delete(&self, account: AccountId) -> impl Future<Output = Result<()>> + Send {
+        let mut accounts = self.lock();
+        if let Some(stored) = accounts.get_mut(&account) {
+            stored.state = None;
+            stored.channels.clear();
+        }
+        ready(Ok(()))
+    }
 }
 
 impl AccessHashStorage for MemoryStorage {
@@ -121,6 +131,36 @@ impl AccessHashStorage for MemoryStorage {
         let mut accounts = self.lock();
         let stored = accounts.entry(account).or_default();
         stored.access_hashes.extend(hashes.iter().copied());
+        ready(Ok(()))
+    }
+
+    fn get_user_access_hash(
+        &self,
+        account: AccountId,
+        user: UserId,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send {
+        ready(Ok(
+            self.read(account, |a| a.user_access_hashes.get(&user).copied())
+        ))
+    }
+
+    fn set_user_access_hashes(
+        &self,
+        account: AccountId,
+        hashes: &[(UserId, i64)],
+    ) -> impl Future<Output = Result<()>> + Send {
+        let mut accounts = self.lock();
+        let stored = accounts.entry(account).or_default();
+        stored.user_access_hashes.extend(hashes.iter().copied());
+        ready(Ok(()))
+    }
+
+    fn delete_access_hashes(&self, account: AccountId) -> impl Future<Output = Result<()>> + Send {
+        let mut accounts = self.lock();
+        if let Some(stored) = accounts.get_mut(&account) {
+            stored.access_hashes.clear();
+            stored.user_access_hashes.clear();
+        }
         ready(Ok(()))
     }
 }

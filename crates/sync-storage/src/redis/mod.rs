@@ -8,7 +8,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use sync_core::{ChannelId, Commit, State};
 
-use crate::{AccessHashStorage, AccountId, Error, Result, Snapshot, StaleSequence, StateStorage};
+use crate::{
+    AccessHashStorage, AccountId, Error, Result, Snapshot, StaleSequence, StateStorage, UserId,
+};
 
 const BACKEND: &str = "redis";
 
@@ -27,9 +29,10 @@ pub struct RedisConfig {
     /// (feature `redis-tls`), or `redis+unix:///path/to.sock?user=…&pass=…`.
     pub url: String,
     /// Prefix of every key, so several applications can share a server. Keys are
-    /// `{prefix}:{<account>}:state`, `…:channels` and `…:access_hashes`: the braces make the
-    /// account id the Redis Cluster hash tag, so all of an account's keys share a slot and
-    /// the commit script (which touches two of them) is valid on a cluster. Must not contain
+    /// `{prefix}:{<account>}:state`, `…:channels`, `…:access_hashes` and
+    /// `…:user_access_hashes`: the braces make the account id the Redis Cluster hash tag, so
+    /// all of an account's keys share a slot and the commit script (which touches two of them)
+    /// and the multi-key `DEL`s of the deletes are valid on a cluster. Must not contain
     /// `{` or `}`. Default `tgsync`.
     pub prefix: String,
     /// How many times an operation that is safe to repeat is retried after a transient
@@ -72,9 +75,10 @@ impl RedisConfig {
 ///   values and only then writes; Redis runs scripts one at a time, so racing writers on one
 ///   account can never move a sequence backwards. No `WATCH`/`MULTI` is used: the one
 ///   multiplexed connection is shared by all callers.
-/// - **Layout.** Per account, three hashes under the prefix: `{prefix}:{<account>}:state`
-///   (fields `pts`, `qts`, `date`, `seq`), `…:channels` (channel id → pts) and
-///   `…:access_hashes` (channel id → hash); values are decimal strings. A value that does not
+/// - **Layout.** Per account, four hashes under the prefix: `{prefix}:{<account>}:state`
+///   (fields `pts`, `qts`, `date`, `seq`), `…:channels` (channel id → pts),
+///   `…:access_hashes` (channel id → hash) and `…:user_access_hashes` (user id → hash);
+///   values are decimal strings. A value that does not
 ///   parse is reported as [`Error::Corrupt`].
 /// - **Connection.** One [`ConnectionManager`] (a multiplexed connection that reconnects on
 ///   its own); clones of a `RedisStorage` share it.
@@ -83,6 +87,10 @@ impl RedisConfig {
 ///   cannot have reached the server (connection refused, server still loading): after an
 ///   unanswered send, repeating a commit could undo a newer writer's reset, so the caller
 ///   gets [`Error::Ambiguous`] and decides (reading the state back tells what happened).
+/// - **Deletes.** [`StateStorage::delete`] is one `DEL` of the state and channel hashes, and
+///   [`AccessHashStorage::delete_access_hashes`] one `DEL` of the two access-hash hashes: each
+///   atomic. Deleting the state is a write (retried only when it cannot have run, like a
+///   commit); deleting access hashes is retried like a read.
 /// - **Pipelining.** [`RedisStorage::apply_many`] sends many accounts' commits in one round
 ///   trip; [`AccessHashStorage::set_access_hashes`] is one `HSET`.
 ///
@@ -154,9 +162,46 @@ impl RedisStorage {
         format!("{}:{{{account}}}:channels", self.prefix)
     }
 
-    /// The key of the account's access hash hash.
+    /// The key of the account's access hash hash (channels).
     pub fn access_hashes_key(&self, account: AccountId) -> String {
         format!("{}:{{{account}}}:access_hashes", self.prefix)
+    }
+
+    /// The key of the account's user access hash hash.
+    pub fn user_access_hashes_key(&self, account: AccountId) -> String {
+        format!("{}:{{{account}}}:user_access_hashes", self.prefix)
+    }
+
+    /// Deletes `keys` in one `DEL` (atomic; all of an account's keys share a hash tag).
+    async fn del(&self, kind: Op, keys: [String; 2]) -> Result<()> {
+        self.with_retries(kind, "DEL", |mut connection| {
+            let keys = keys.clone();
+            async move {
+                redis::cmd("DEL")
+                    .arg(&keys[..])
+                    .query_async::<()>(&mut connection)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Writes `id → number` fields of one hash in one `HSET`: atomic, and safe to repeat (the
+    /// same values again), so retried like a read. For an id listed twice Redis keeps the later
+    /// value.
+    async fn hset_numbers(&self, key: String, entries: Vec<(i64, i64)>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.with_retries(Op::Read, "HSET", |mut connection| {
+            let mut command = redis::cmd("HSET");
+            command.arg(&key);
+            for (id, number) in &entries {
+                command.arg(id).arg(number);
+            }
+            async move { command.query_async::<()>(&mut connection).await }
+        })
+        .await
     }
 
     /// Applies many commits (of one or many accounts) in one round trip: a pipeline of
@@ -601,6 +646,11 @@ impl StateStorage for RedisStorage {
             channels: parse_hash(channels, &channels_key)?,
         })
     }
+
+    async fn delete(&self, account: AccountId) -> Result<()> {
+        let keys = [self.state_key(account), self.channels_key(account)];
+        self.del(Op::Write, keys).await
+    }
 }
 
 impl AccessHashStorage for RedisStorage {
@@ -614,24 +664,28 @@ impl AccessHashStorage for RedisStorage {
         account: AccountId,
         hashes: &[(ChannelId, i64)],
     ) -> impl Future<Output = Result<()>> + Send {
-        let hashes = hashes.to_vec();
-        async move {
-            if hashes.is_empty() {
-                return Ok(());
-            }
-            let key = self.access_hashes_key(account);
-            // One HSET: atomic, and safe to repeat (the same values again), so retried like a
-            // read. For a channel listed twice Redis keeps the later value.
-            self.with_retries(Op::Read, "HSET", |mut connection| {
-                let mut command = redis::cmd("HSET");
-                command.arg(&key);
-                for (channel, hash) in &hashes {
-                    command.arg(channel).arg(hash);
-                }
-                async move { command.query_async::<()>(&mut connection).await }
-            })
+        self.hset_numbers(self.access_hashes_key(account), hashes.to_vec())
+    }
+
+    async fn get_user_access_hash(&self, account: AccountId, user: UserId) -> Result<Option<i64>> {
+        self.hget_number(self.user_access_hashes_key(account), user)
             .await
-        }
+    }
+
+    fn set_user_access_hashes(
+        &self,
+        account: AccountId,
+        hashes: &[(UserId, i64)],
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.hset_numbers(self.user_access_hashes_key(account), hashes.to_vec())
+    }
+
+    async fn delete_access_hashes(&self, account: AccountId) -> Result<()> {
+        let keys = [
+            self.access_hashes_key(account),
+            self.user_access_hashes_key(account),
+        ];
+        self.del(Op::Read, keys).await
     }
 }
 

@@ -12,6 +12,13 @@ use sync_storage::{
     WriteMode,
 };
 
+// Through here so that `contract_suite!` finds every contract function in one place; a test
+// binary that does not run the suite does not use them.
+#[allow(unused_imports)]
+pub use super::lifecycle::{
+    delete_access_hashes_forgets_channels_and_users, delete_forgets_state_and_channels_only,
+    user_access_hashes_last_write_wins,
+};
 use super::model::{Model, commit_strategy, describe};
 
 /// What the suite needs of a backend.
@@ -38,6 +45,9 @@ macro_rules! contract_suite {
             load_matches_the_single_reads,
             concurrent_writers_end_at_the_maximum,
             random_commits_match_the_model,
+            delete_forgets_state_and_channels_only,
+            delete_access_hashes_forgets_channels_and_users,
+            user_access_hashes_last_write_wins,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {$(

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod contract;
+pub mod lifecycle;
 pub mod model;
 
 use sync_storage::{ChannelCommit, Commit, State};
