@@ -105,6 +105,8 @@
 //! assert_eq!((message.id, message.message.as_str()), (100, "hi"));
 //! ```
 
+#[cfg(feature = "client")]
+pub mod client;
 mod difference;
 mod entities;
 mod error;
@@ -114,7 +116,7 @@ mod request;
 mod update;
 
 pub use difference::{affected_history, affected_messages, channel_difference, difference, state};
-pub use entities::TlEntities;
+pub use entities::{EntityIndex, PeerEntity, TlEntities};
 pub use error::ConvertError;
 pub use incoming::{
     ChannelRefetch, Converter, Incoming, Refetch, TlEngine, TlUpdates, blank_message,
