@@ -294,6 +294,8 @@ fn the_pool_is_configured_not_to_retry() {
 struct Fake {
     scripted: Mutex<VecDeque<Result<Vec<u8>, InvocationError>>>,
     calls: Mutex<Vec<Call>>,
+    /// Messages the server stored after pts 10, one pts each: what `getDifference` returns.
+    stored: Mutex<Vec<tl::enums::Message>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -349,13 +351,7 @@ impl Fake {
                 unread_count: 0,
             })
             .to_bytes(),
-            Call::Difference(d) => {
-                tl::enums::updates::Difference::from(tl::types::updates::DifferenceEmpty {
-                    date: d.date,
-                    seq: 0,
-                })
-                .to_bytes()
-            }
+            Call::Difference(d) => self.difference(d.pts, d.date).to_bytes(),
             Call::ChannelDifference(d) => tl::enums::updates::ChannelDifference::from(
                 tl::types::updates::ChannelDifferenceEmpty {
                     r#final: true,
@@ -365,6 +361,33 @@ impl Fake {
             )
             .to_bytes(),
         })
+    }
+}
+
+impl Fake {
+    fn difference(&self, pts: i32, date: i32) -> tl::enums::updates::Difference {
+        let stored = self.stored.lock().unwrap();
+        let known = usize::try_from(pts - 10).unwrap();
+        if known >= stored.len() {
+            return tl::types::updates::DifferenceEmpty { date, seq: 0 }.into();
+        }
+        let top = 10 + i32::try_from(stored.len()).unwrap();
+        tl::types::updates::Difference {
+            new_messages: stored[known..].to_vec(),
+            new_encrypted_messages: Vec::new(),
+            other_updates: Vec::new(),
+            chats: Vec::new(),
+            users: Vec::new(),
+            state: tl::types::updates::State {
+                pts: top,
+                qts: 0,
+                date,
+                seq: 0,
+                unread_count: 0,
+            }
+            .into(),
+        }
+        .into()
     }
 }
 
@@ -819,4 +842,58 @@ async fn the_reader_ends_when_the_pool_closes_or_the_manager_stops() {
     assert_eq!(reader.await.unwrap(), ReaderEnd::Stopped);
     assert_eq!(summary.state.map(|s| s.pts), Some(11));
     drop(sender);
+}
+
+/// Pushes as a socket delivers them (serialized, decoded again), some lost, some twice, some
+/// out of order: every message is delivered once, in order, the lost ones from the difference.
+#[tokio::test]
+async fn pushes_from_bytes_with_faults_are_delivered_once_in_order() {
+    const MESSAGES: i32 = 40;
+    let running = start().await;
+    let pushes: Vec<Vec<u8>> = (1..=MESSAGES)
+        .map(|id| {
+            let message = crate::common::message(id, user_peer(7));
+            running
+                .fake
+                .stored
+                .lock()
+                .unwrap()
+                .push(message.clone().into());
+            let update = tl::types::UpdateNewMessage {
+                message: message.into(),
+                pts: 10 + id,
+                pts_count: 1,
+            };
+            container(update.into(), Vec::new()).to_bytes()
+        })
+        .collect();
+    let mut wire = Vec::new();
+    for (i, push) in pushes.into_iter().enumerate() {
+        match i % 7 {
+            3 => {}                                 // lost
+            5 => wire.extend([push.clone(), push]), // delivered twice
+            _ => wire.push(push),
+        }
+    }
+    for pair in wire.chunks_mut(2).step_by(3) {
+        pair.reverse(); // neighbours swapped
+    }
+    let converter = Converter::new(AllKnown);
+    for bytes in wire {
+        let updates = tl::enums::Updates::from_bytes(&bytes).unwrap();
+        feed(&running.handle, &converter, UpdatesLike::Updates(updates))
+            .await
+            .unwrap();
+    }
+    running.handle.caught_up().await.unwrap();
+    let (summary, delivered, _) = running.stop().await;
+    let ids: Vec<i32> = delivered
+        .iter()
+        .filter_map(|u| match u {
+            tl::enums::Update::NewMessage(m) => Some(m.message.id()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, (1..=MESSAGES).collect::<Vec<_>>());
+    assert_eq!(summary.state.map(|s| s.pts), Some(10 + MESSAGES));
 }
