@@ -44,7 +44,7 @@
 //! - `impl sync_runtime::Peer for TlUpdate` (`client::peer_key`): each update is handled in
 //!   order with the other updates of its chat.
 //!
-//! `examples/bot.rs` is a complete bot in about 40 lines of setup.
+//! `examples/bot.rs` is a complete bot: a dozen lines of setup and a handler.
 //!
 //! # Peers the application cannot resolve
 //!
