@@ -149,6 +149,11 @@ impl<C: PeerCache> Converter<C> {
         self
     }
 
+    /// The logged-in user's id, if [`Converter::with_self_id`] named it.
+    pub fn self_id(&self) -> Option<i64> {
+        self.self_id
+    }
+
     /// The peer cache.
     pub fn cache(&self) -> &C {
         &self.cache

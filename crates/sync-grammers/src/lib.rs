@@ -20,11 +20,31 @@
 //!
 //! | file | holds |
 //! | --- | --- |
-//! | `update.rs`, `entities.rs` | [`TlUpdate`] and its [`Sequence`](sync_core::Sequence) ([`sequence_of`]); [`TlEntities`] |
+//! | `update.rs`, `entities.rs` | [`TlUpdate`] and its [`Sequence`](sync_core::Sequence) ([`sequence_of`]); [`TlEntities`] and [`EntityIndex`] (users and chats by id) |
 //! | `incoming.rs` | pushed `Updates` into [`Incoming`] ([`Converter`]) |
 //! | `peers.rs` | [`MentionedPeer`], [`PeerCache`] and what a message mentions |
 //! | `difference.rs` | `updates.State`, `Difference`, `ChannelDifference`, affected messages |
 //! | `request.rs`, `error.rs` | the engine's requests as TL calls; typed errors |
+//! | `client/` (feature `client`) | `api.rs`: `GrammersApi`, `Invoke`, `api_error`, `connection_params`; `reader.rs`: `feed`, `run_reader`; `peer.rs`: `Peer for TlUpdate` |
+//!
+//! # The `client` feature
+//!
+//! Off by default, so that users of the bare adapter need neither tokio nor grammers-client.
+//! With it, the module `client` connects grammers-client 0.11 to a `sync-runtime` `Manager`,
+//! leaving nothing to write on the path from the socket to the handler:
+//!
+//! - `client::GrammersApi`: the manager's `Api` over `grammers_client::Client` (or any
+//!   `client::Invoke`, such as a fake transport), with grammers' `InvocationError` classified
+//!   by `client::api_error`. Build the sender pool with `client::connection_params()` (grammers'
+//!   `NoRetries` policy): the manager does the retrying, and waits out `FLOOD_WAIT` without
+//!   blocking anything else.
+//! - `client::run_reader` (and `client::feed` for one value): the raw `UpdatesLike` values of
+//!   `SenderPool::updates` into the manager, every variant (`Updates`, `ShortSentMessage`,
+//!   affected messages, invites, joins, closed connections, malformed updates).
+//! - `impl sync_runtime::Peer for TlUpdate` (`client::peer_key`): each update is handled in
+//!   order with the other updates of its chat.
+//!
+//! `examples/bot.rs` is a complete bot: a dozen lines of setup and a handler.
 //!
 //! # Peers the application cannot resolve
 //!
@@ -105,6 +125,8 @@
 //! assert_eq!((message.id, message.message.as_str()), (100, "hi"));
 //! ```
 
+#[cfg(feature = "client")]
+pub mod client;
 mod difference;
 mod entities;
 mod error;
@@ -114,7 +136,7 @@ mod request;
 mod update;
 
 pub use difference::{affected_history, affected_messages, channel_difference, difference, state};
-pub use entities::TlEntities;
+pub use entities::{EntityIndex, PeerEntity, TlEntities};
 pub use error::ConvertError;
 pub use incoming::{
     ChannelRefetch, Converter, Incoming, Refetch, TlEngine, TlUpdates, blank_message,
