@@ -24,10 +24,13 @@ pub struct ManagerConfig {
     /// Updates queued per shard. The manager never waits for a full shard: what does not fit
     /// waits in the manager's backlog, in order, and is handed over as the handlers make room.
     /// While the backlog holds more than `shards × shard_capacity` events (a handler is slow
-    /// or blocked), the manager still takes pushes off the intake but drops them (counted in
-    /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped)) and holds its
-    /// requests back, so memory stays bounded; once the backlog is back within that bound it
-    /// fetches the difference, which recovers the dropped pushes. Default 1,024.
+    /// or blocked), the manager holds its requests back and takes no more pushes: they wait in
+    /// the intake, where a reader watching [`ManagerHandle::queued`](crate::ManagerHandle::queued)
+    /// sees them and can hold back. Should the intake fill meanwhile, the manager empties it,
+    /// dropping those pushes (counted in
+    /// [`RuntimeStats::pushes_dropped`](crate::RuntimeStats::pushes_dropped)), so that whoever
+    /// waits for room gets it; once the backlog is back within its bound it fetches the
+    /// difference, which recovers them. Memory stays bounded either way. Default 1,024.
     pub shard_capacity: usize,
     /// Extra random delay added to a FLOOD_WAIT, up to this much, so that many accounts do not
     /// retry at the same instant. Default 1 s.

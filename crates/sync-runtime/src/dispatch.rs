@@ -112,9 +112,11 @@ pub(crate) struct Backlog<U, E> {
     queue: VecDeque<Outgoing<U, E>>,
     /// Events in `queue`.
     len: usize,
-    /// Past this many events in the backlog (`shards × shard_capacity`), pushes are dropped
-    /// at intake (and recovered by difference) and requests held back, so memory stays
-    /// bounded while a handler blocks.
+    /// Events handed over so far: how the manager tells a slow backlog from a stuck one.
+    handed: u64,
+    /// Past this many events in the backlog (`shards × shard_capacity`), pushes wait in the
+    /// intake (dropped, and recovered by difference, only if it fills) and requests are held
+    /// back, so memory stays bounded while a handler blocks.
     bound: usize,
     /// The shard the backlog's front event waits for, while it does.
     blocked: Option<usize>,
@@ -151,6 +153,7 @@ where
             counters,
             queue: VecDeque::new(),
             len: 0,
+            handed: 0,
             bound,
             blocked: None,
             room: None,
@@ -164,9 +167,15 @@ where
         &self.stream
     }
 
-    /// Whether the backlog is past its bound: pushes are dropped and requests held back.
+    /// Whether the backlog is past its bound: pushes wait in the intake and requests are held
+    /// back.
     pub(crate) fn backlogged(&self) -> bool {
         self.len > self.bound
+    }
+
+    /// How many events were handed to the dispatch so far.
+    pub(crate) fn handed(&self) -> u64 {
+        self.handed
     }
 
     /// Whether everything delivered was handed to the dispatch.
@@ -293,6 +302,7 @@ where
                     Ok(receipt) => {
                         front.receipt.merge(&receipt);
                         self.len -= 1;
+                        self.handed += 1;
                         if update {
                             self.counters.updates_dispatched.incr();
                         }

@@ -64,6 +64,9 @@ pub(crate) struct Driver<A: Api, S> {
     /// The writer's queue; `None` once closed at shutdown.
     writes: Option<mpsc::UnboundedSender<Write>>,
     requests: FuturesUnordered<BoxFuture<Done<UpdateOf<A>, EntitiesOf<A>>>>,
+    /// A full intake waiting on a backlog past its bound: when the watch ends, and how many
+    /// events the backlog had handed over when it began.
+    stall: Option<(Instant, u64)>,
     /// Requests held back while the backlog is past its bound.
     held: Vec<Request>,
     /// Channels of the pushes dropped while the backlog was past its bound: their differences
@@ -119,6 +122,7 @@ where
             writes: Some(writes),
             requests: FuturesUnordered::new(),
             held: Vec::new(),
+            stall: None,
             dropped_channels: HashSet::new(),
             attempts: HashMap::new(),
             hashes: HashMap::new(),
@@ -163,6 +167,10 @@ where
     /// small enough to keep timers and replies responsive.
     const INTAKE_BATCH: usize = 8_192;
 
+    /// How long a full intake waits on a backlog that hands nothing over before it is
+    /// emptied (see [`shed`](Self::shed)).
+    const STALL: Duration = Duration::from_secs(1);
+
     /// The main loop. Returns `Err` with a message when the authorization is lost.
     pub(crate) async fn run(
         &mut self,
@@ -193,7 +201,15 @@ where
                 }
                 () = &mut sleep, if deadline.is_some() => self.engine.handle_timeout(now()),
                 Some(command) = control.recv() => self.command(command),
-                Some(input) = intake.recv() => {
+                // Past its bound the backlog takes no more pushes: they wait in the intake,
+                // where a reader watching `queued` sees them and holds back.
+                () = self.shared.full.notified(), if self.backlog.backlogged() => {
+                    self.watch_stall();
+                }
+                () = stall_over(self.stall), if self.stall.is_some() => {
+                    self.stall_check(intake);
+                }
+                Some(input) = intake.recv(), if !self.backlog.backlogged() => {
                     // One reading of the clock per round: a round takes microseconds.
                     let mut now = now();
                     let mut taken = self.input(now, input);
@@ -252,9 +268,6 @@ where
         now: std::time::Instant,
         input: Input<UpdateOf<A>, EntitiesOf<A>>,
     ) -> usize {
-        if self.backlog.backlogged() {
-            return self.drop_input(input);
-        }
         match input {
             Input::Updates(updates) => {
                 self.push(now, updates);
@@ -281,6 +294,51 @@ where
                 1
             }
         }
+    }
+
+    /// Whether the intake is full.
+    fn intake_full(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) >= self.shared.capacity
+    }
+
+    /// The intake filled while the backlog is past its bound: watch whether the backlog is
+    /// slow (it hands events over meanwhile) or stuck (a handler blocks, perhaps one that
+    /// waits for room in this very intake).
+    fn watch_stall(&mut self) {
+        if self.stall.is_none() && self.intake_full() {
+            self.stall = Some((Instant::now() + Self::STALL, self.backlog.handed()));
+        }
+    }
+
+    /// A stall watch is over: a backlog that handed nothing over while the intake stayed
+    /// full is stuck, and the intake is emptied; otherwise the watch starts again if the
+    /// intake is still full.
+    fn stall_check(
+        &mut self,
+        intake: &mut mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+    ) {
+        let Some((_, handed)) = self.stall.take() else {
+            return;
+        };
+        if !self.backlog.backlogged() || !self.intake_full() {
+            return;
+        }
+        if self.backlog.handed() == handed {
+            self.shed(intake);
+        } else {
+            self.watch_stall();
+        }
+    }
+
+    /// The intake is full and the backlog stuck: empties the intake, dropping what it held, so
+    /// that a caller waiting for room (a handler, perhaps the very one whose shard holds the
+    /// backlog up) gets it.
+    fn shed(&mut self, intake: &mut mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>) {
+        let mut dropped = 0;
+        while let Ok(input) = intake.try_recv() {
+            dropped += self.drop_input(input);
+        }
+        self.release(dropped);
     }
 
     /// Drops an intake message while the backlog is past its bound: counted, and recovered by
@@ -688,5 +746,14 @@ fn log_difference<U, E>(id: RequestId, difference: &Difference<U, E>) {
             tracing::debug!(%id, updates = updates.len(), ?state, slice, "difference fetched");
         }
         Difference::TooLong { pts } => tracing::debug!(%id, pts, "difference fetched: too long"),
+    }
+}
+
+/// Waits until the stall watch `stall` is over; pending forever without one (the main loop
+/// only polls it when there is one).
+async fn stall_over(stall: Option<(Instant, u64)>) {
+    match stall {
+        Some((at, _)) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sync_core::{Affected, ChannelId, State, Updates};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::HANDLING;
@@ -119,6 +119,12 @@ pub(crate) struct Shared {
     /// when it receives. Bounded by `capacity` (see [`ManagerHandle::push_batch`]). Kept by
     /// [`Manager::with_cancellation`](crate::Manager::with_cancellation), like the intake itself.
     pub(crate) queued: Arc<AtomicUsize>,
+    /// Woken when a handle fills the intake or finds it full. While its dispatch backlog is
+    /// past its bound the manager leaves pushes in the intake (so a reader that watches
+    /// [`ManagerHandle::queued`] holds back instead of losing pushes), and only a full intake
+    /// makes it take and drop them, so nobody waits for room that never comes. Kept by
+    /// [`Manager::with_cancellation`](crate::Manager::with_cancellation), like `queued`.
+    pub(crate) full: Arc<Notify>,
     /// [`ManagerConfig::intake_capacity`](crate::ManagerConfig::intake_capacity), at least 1.
     pub(crate) capacity: usize,
     pub(crate) running: AtomicBool,
@@ -227,7 +233,8 @@ impl<U, E> ManagerHandle<U, E> {
                 let fits = queued == 0 || queued.saturating_add(pushes) <= shared.capacity;
                 fits.then(|| queued.saturating_add(pushes))
             });
-        if reserved.is_err() {
+        let Ok(before) = reserved else {
+            shared.full.notify_one();
             drop(input);
             shared.counters.pushes_dropped.add(pushes as u64);
             // Invariant (a dropped push is recovered): the flag is set after the push was
@@ -235,6 +242,9 @@ impl<U, E> ManagerHandle<U, E> {
             // the server answers from a moment that includes the dropped push.
             shared.overflowed.store(true, Ordering::Release);
             return Ok(Pushed::Dropped);
+        };
+        if before.saturating_add(pushes) >= shared.capacity {
+            shared.full.notify_one();
         }
         match self.intake.send(input) {
             Ok(()) => {

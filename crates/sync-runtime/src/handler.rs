@@ -28,8 +28,8 @@ use crate::manager::BadState;
 /// handler: awaiting its `caught_up` from the handler waits for the handler itself.
 ///
 /// A handler that blocks holds up its own shard's later updates (and, once the manager's
-/// backlog reaches that shard, the hand-over of everything after them: pushes are then dropped
-/// and recovered by a difference later). At shutdown the handlers get
+/// backlog reaches that shard, the hand-over of everything after them: pushes then wait in the
+/// intake, and are dropped and recovered by a difference later only if it fills). At shutdown the handlers get
 /// [`ManagerConfig::shutdown_grace`](crate::ManagerConfig::shutdown_grace) to finish, then
 /// they are stopped.
 ///

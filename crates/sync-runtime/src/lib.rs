@@ -40,9 +40,10 @@
 //!   never waits for the dispatch: what does not fit in a full shard waits in a backlog, in
 //!   delivery order, while the manager keeps serving pushes, commands, timers, replies and
 //!   shutdown, so a handler may await any [`ManagerHandle`] method. While the backlog is past
-//!   `shards × shard_capacity` (a handler is slow or stuck) pushes are still taken off the
-//!   intake but dropped and later recovered by a difference, and the engine's requests wait,
-//!   so memory stays bounded.
+//!   `shards × shard_capacity` (a handler is slow or stuck) the engine's requests wait and
+//!   pushes wait in the intake (a reader watching [`ManagerHandle::queued`] holds back); only a
+//!   full intake is emptied, its pushes dropped and later recovered by a difference, so memory
+//!   stays bounded and nobody waits for room forever.
 //! - **Persistence**: a batch is acknowledged to the engine only once every update in it was
 //!   handled (dispatched batches are acknowledged in order, from the dispatch receipts, with
 //!   one wake-up armed for the oldest), and the engine's commits trail those

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use sync_core::{Engine, State};
 use sync_events::ObserverPanic;
 use sync_storage::{AccessHashStorage, AccountId, StateStorage};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -150,6 +150,7 @@ where
             state: Mutex::new(None),
             overflowed: Arc::new(AtomicBool::new(false)),
             queued: Arc::new(AtomicUsize::new(0)),
+            full: Arc::new(Notify::new()),
             capacity: config.intake_capacity.max(1),
             running: AtomicBool::new(false),
             cancel: CancellationToken::new(),
@@ -184,6 +185,7 @@ where
             state: Mutex::new(None),
             overflowed: Arc::clone(&self.shared.overflowed),
             queued: Arc::clone(&self.shared.queued),
+            full: Arc::clone(&self.shared.full),
             capacity: self.shared.capacity,
             running: AtomicBool::new(false),
             cancel: token,
