@@ -17,6 +17,10 @@
 //! | difference | `updates.differenceEmpty` / `difference` / `differenceSlice` / `differenceTooLong` |
 //! | channel difference | `updates.channelDifferenceEmpty` / `channelDifference` / `channelDifferenceTooLong` (with its dialog) |
 //!
+//! The network drops, repeats, holds back and summarises pushes, adds absurd, malformed and
+//! `updatePtsChanged` ones (sync-testkit's `Network`); the transport fails requests
+//! (`FLOOD_WAIT_n`, RPC 500) and answers some with bytes that decode as nothing.
+//!
 //! Differences carry their events as `other_updates` with their numbers: `new_messages` have
 //! no pts, and Telegram's order between them and `other_updates` is not the numbering's, so
 //! the oracle could not judge their order.
@@ -69,7 +73,7 @@ fn split(id: u64) -> (i32, i32) {
 fn join(low: i32, high: i32) -> u64 {
     let low = u32::from_ne_bytes(low.to_ne_bytes());
     let high = u32::from_ne_bytes(high.to_ne_bytes());
-    u64::from(high) << 32 | u64::from(low)
+    (u64::from(high) << 32) | u64::from(low)
 }
 
 /// A message id for an event: its low half (the text carries the whole id).
@@ -469,6 +473,46 @@ struct World {
     rng: Rng,
     faults: Faults,
     report: Calls,
+    /// How often each constructor of a push or a reply was sent.
+    sent: BTreeMap<&'static str, u64>,
+}
+
+impl World {
+    fn sent(&mut self, constructor: &'static str) {
+        *self.sent.entry(constructor).or_default() += 1;
+    }
+}
+
+fn push_name(updates: &tl::enums::Updates) -> &'static str {
+    use tl::enums::Updates as T;
+    match updates {
+        T::TooLong => "updatesTooLong",
+        T::UpdateShortMessage(_) => "updateShortMessage",
+        T::UpdateShortChatMessage(_) => "updateShortChatMessage",
+        T::UpdateShort(_) => "updateShort",
+        T::Combined(_) => "updatesCombined",
+        T::Updates(_) => "updates",
+        T::UpdateShortSentMessage(_) => "updateShortSentMessage",
+    }
+}
+
+fn difference_name(difference: &tl::enums::updates::Difference) -> &'static str {
+    use tl::enums::updates::Difference as D;
+    match difference {
+        D::Empty(_) => "updates.differenceEmpty",
+        D::Difference(_) => "updates.difference",
+        D::Slice(_) => "updates.differenceSlice",
+        D::TooLong(_) => "updates.differenceTooLong",
+    }
+}
+
+fn channel_difference_name(difference: &tl::enums::updates::ChannelDifference) -> &'static str {
+    use tl::enums::updates::ChannelDifference as D;
+    match difference {
+        D::Empty(_) => "updates.channelDifferenceEmpty",
+        D::Difference(_) => "updates.channelDifference",
+        D::TooLong(_) => "updates.channelDifferenceTooLong",
+    }
 }
 
 /// What the transport was asked and what went wrong with it.
@@ -533,7 +577,9 @@ impl Transport {
             tl::functions::updates::GetDifference::CONSTRUCTOR_ID => {
                 let call = tl::functions::updates::GetDifference::from_bytes(body).unwrap();
                 let difference = server.get_difference(call.pts, call.qts, call.pts_total_limit);
-                render_difference(server, &difference).to_bytes()
+                let reply = render_difference(server, &difference);
+                world.sent(difference_name(&reply));
+                reply.to_bytes()
             }
             tl::functions::updates::GetChannelDifference::CONSTRUCTOR_ID => {
                 let call = tl::functions::updates::GetChannelDifference::from_bytes(body).unwrap();
@@ -546,7 +592,11 @@ impl Transport {
                     call.pts,
                     call.limit,
                 ) {
-                    Ok(difference) => render_channel_difference(server, &difference).to_bytes(),
+                    Ok(difference) => {
+                        let reply = render_channel_difference(server, &difference);
+                        world.sent(channel_difference_name(&reply));
+                        reply.to_bytes()
+                    }
                     Err(ChannelRefusal::Invalid | ChannelRefusal::BadAccessHash) => {
                         world.report.channel_refusals += 1;
                         return Err(rpc(400, "CHANNEL_INVALID".into()));
@@ -624,6 +674,9 @@ struct Run {
     events: u64,
     faults: Faults,
     users: Users,
+    /// The server's answers capped small ([`tight_limits`]), and the client letting the
+    /// server choose the size of a difference and asking for few channel events at once.
+    tight: bool,
 }
 
 #[derive(Debug)]
@@ -631,6 +684,17 @@ struct Outcome {
     delivered: u64,
     calls: Calls,
     traffic: sync_testkit::Traffic,
+    sent: BTreeMap<&'static str, u64>,
+}
+
+/// Answers small enough that a few lost pushes make slices, and a silence too-long answers.
+fn tight_limits() -> Limits {
+    Limits {
+        difference_limit: 8,
+        difference_too_long_after: 60,
+        channel_too_long_after: 10,
+        ..Limits::default()
+    }
 }
 
 async fn run(setup: Run) -> Outcome {
@@ -639,14 +703,20 @@ async fn run(setup: Run) -> Outcome {
         events,
         faults,
         users,
+        tight,
     } = setup;
+    let limits = if tight {
+        tight_limits()
+    } else {
+        Limits::default()
+    };
     let server = Server::new(
         seed,
         Workload {
             channels: 8,
             ..Workload::default()
         },
-        Limits::default(),
+        limits,
     );
     let start = server.state();
     let channels: Vec<(i64, i32)> = server.channel_states().collect();
@@ -659,6 +729,7 @@ async fn run(setup: Run) -> Outcome {
         rng: Rng::new(seed ^ 0x0A91_C0DE),
         faults: faults.clone(),
         report: Calls::default(),
+        sent: BTreeMap::new(),
     })));
 
     // Storage as a client that loaded its dialogs.
@@ -682,11 +753,15 @@ async fn run(setup: Run) -> Outcome {
         account: account.clone(),
         latency: Duration::from_millis(40),
     };
-    let config = ManagerConfig {
+    let mut config = ManagerConfig {
         jitter_seed: Some(seed),
         shards: 4,
         ..ManagerConfig::default()
     };
+    if tight {
+        config.engine.pts_total_limit = None;
+        config.engine.channel_difference_limit = 4;
+    }
     let manager = Manager::with_config(
         ACCOUNT,
         GrammersApi::new(transport),
@@ -724,7 +799,9 @@ async fn run(setup: Run) -> Outcome {
             let mut world = account.lock();
             let push = world.server.produce();
             for arrival in network.send(&mut rng, &mut world.server, push) {
-                let bytes = render_push(&world.server, &arrival.updates, users).to_bytes();
+                let push = render_push(&world.server, &arrival.updates, users);
+                world.sent(push_name(&push));
+                let bytes = push.to_bytes();
                 sent += 1;
                 transit.insert((now + arrival.after, sent), bytes);
             }
@@ -766,6 +843,7 @@ async fn run(setup: Run) -> Outcome {
         delivered: world.delivered,
         calls: world.report,
         traffic: network.traffic(),
+        sent: std::mem::take(&mut world.sent),
     }
 }
 
@@ -795,20 +873,77 @@ fn every_event_survives_its_tl_form() {
     assert!(seen > 500);
 }
 
-/// The moderate fault mix, a few seeds, with the user known to the cache or not.
+/// One run, bounded on the virtual clock: a run that does not end within an hour of it is a
+/// failure, not a hang.
+async fn bounded(setup: Run) -> Outcome {
+    let seed = setup.seed;
+    tokio::time::timeout(Duration::from_secs(3_600), run(setup))
+        .await
+        .unwrap_or_else(|_| panic!("seed {seed}: the run did not end"))
+}
+
+/// The moderate and harsh fault mixes, a few seeds each, with the user known to the cache or
+/// not, and with the server's default and tight answer limits.
 #[tokio::test(start_paused = true)]
 async fn tl_pushes_and_replies_pass_the_oracle() {
-    for seed in 1..=3 {
-        for users in [Users::Full, Users::SometimesMin] {
-            let outcome = run(Run {
-                seed,
-                events: 400,
-                faults: Faults::moderate(),
-                users,
-            })
-            .await;
-            assert!(outcome.delivered > 0, "seed {seed}: nothing delivered");
-            eprintln!("seed {seed} {users:?}: {outcome:?}");
+    let mixes = [("moderate", Faults::moderate()), ("harsh", Faults::harsh())];
+    let mut sent: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut calls = Calls::default();
+    let mut traffic = sync_testkit::Traffic::default();
+    for seed in 1..=4 {
+        for (name, faults) in &mixes {
+            for users in [Users::Full, Users::SometimesMin] {
+                for tight in [false, true] {
+                    let outcome = bounded(Run {
+                        seed: seed * 100 + name.len() as u64,
+                        events: 500,
+                        faults: faults.clone(),
+                        users,
+                        tight,
+                    })
+                    .await;
+                    assert!(outcome.delivered > 0, "seed {seed}: nothing delivered");
+                    for (constructor, count) in outcome.sent {
+                        *sent.entry(constructor).or_default() += count;
+                    }
+                    calls.calls += outcome.calls.calls;
+                    calls.failed += outcome.calls.failed;
+                    calls.corrupted += outcome.calls.corrupted;
+                    traffic.lost += outcome.traffic.lost;
+                    traffic.duplicated += outcome.traffic.duplicated;
+                    traffic.too_long += outcome.traffic.too_long;
+                    traffic.malformed += outcome.traffic.malformed;
+                    traffic.absurd += outcome.traffic.absurd;
+                    traffic.pts_changed += outcome.traffic.pts_changed;
+                }
+            }
         }
     }
+    // Every constructor the rendering knows was sent, and every fault happened.
+    for constructor in [
+        "updatesTooLong",
+        "updateShortMessage",
+        "updateShort",
+        "updates",
+        "updatesCombined",
+        "updates.differenceEmpty",
+        "updates.difference",
+        "updates.differenceSlice",
+        "updates.differenceTooLong",
+        "updates.channelDifferenceEmpty",
+        "updates.channelDifference",
+        "updates.channelDifferenceTooLong",
+    ] {
+        assert!(sent.contains_key(constructor), "{constructor} never sent");
+    }
+    assert!(calls.failed > 0 && calls.corrupted > 0, "{calls:?}");
+    assert!(
+        traffic.lost > 0
+            && traffic.duplicated > 0
+            && traffic.too_long > 0
+            && traffic.malformed > 0
+            && traffic.absurd > 0
+            && traffic.pts_changed > 0,
+        "{traffic:?}"
+    );
 }
