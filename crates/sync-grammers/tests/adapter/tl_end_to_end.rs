@@ -21,9 +21,11 @@
 //! `updatePtsChanged` ones (sync-testkit's `Network`); the transport fails requests
 //! (`FLOOD_WAIT_n`, RPC 500) and answers some with bytes that decode as nothing.
 //!
-//! Differences carry their events as `other_updates` with their numbers: `new_messages` have
-//! no pts, and Telegram's order between them and `other_updates` is not the numbering's, so
-//! the oracle could not judge their order.
+//! A difference carries its leading messages as `new_messages`, which have no pts (the handler
+//! gives them back their place from the server's log, unless the server sent them as the latest
+//! messages of a `channelDifferenceTooLong`), and the rest as `other_updates` with their
+//! numbers: Telegram's order between the two lists is not the numbering's, so only a prefix can
+//! go first and still be judged in order.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -299,14 +301,24 @@ fn render_difference(
             state,
             slice,
         } => {
-            let other_updates = updates
+            // The leading messages as `new_messages` (without their pts, as Telegram sends
+            // them), the rest as `other_updates`: the order stays the numbering's.
+            let leading = updates
+                .iter()
+                .take_while(|u| matches!(u.sequence, Sequence::Common { pts_count: 1, .. }))
+                .count();
+            let new_messages = updates[..leading]
+                .iter()
+                .map(|u| text_message(u.id, user_peer(USER), date))
+                .collect();
+            let other_updates = updates[leading..]
                 .iter()
                 .map(|u| render_update(server, u, date))
                 .collect();
             let users = vec![user(USER, Some(USER_HASH), false)];
             if *slice {
                 tl::types::updates::DifferenceSlice {
-                    new_messages: Vec::new(),
+                    new_messages,
                     new_encrypted_messages: Vec::new(),
                     other_updates,
                     chats: chats(entities),
@@ -316,7 +328,7 @@ fn render_difference(
                 .into()
             } else {
                 tl::types::updates::Difference {
-                    new_messages: Vec::new(),
+                    new_messages,
                     new_encrypted_messages: Vec::new(),
                     other_updates,
                     chats: chats(entities),
@@ -579,6 +591,18 @@ impl Transport {
                 let difference = server.get_difference(call.pts, call.qts, call.pts_total_limit);
                 let reply = render_difference(server, &difference);
                 world.sent(difference_name(&reply));
+                if let tl::enums::updates::Difference::Difference(tl::types::updates::Difference {
+                    new_messages,
+                    ..
+                })
+                | tl::enums::updates::Difference::Slice(tl::types::updates::DifferenceSlice {
+                    new_messages,
+                    ..
+                }) = &reply
+                    && !new_messages.is_empty()
+                {
+                    world.sent("new_messages");
+                }
                 reply.to_bytes()
             }
             tl::functions::updates::GetChannelDifference::CONSTRUCTOR_ID => {
@@ -637,9 +661,17 @@ struct Judge(Account);
 
 impl Handler<TlUpdate, TlEntities> for Judge {
     async fn handle(&self, update: TlUpdate, _: Arc<[TlEntities]>) -> Result<(), BoxError> {
-        let event = event_of(&update);
+        let mut event = event_of(&update);
         let mut world = self.0.lock();
         let world = &mut *world;
+        // A message of a difference: its place is the one the server logged.
+        if event.sequence == Sequence::Unordered
+            && world.server.delivery(event.id) == Some(Delivery::Durable)
+            && !world.server.is_latest_message(event.id)
+            && let Some(logged) = world.server.event(event.id)
+        {
+            event = logged;
+        }
         world.delivered += 1;
         if world.violation.is_some() {
             return Ok(());
@@ -930,6 +962,7 @@ async fn tl_pushes_and_replies_pass_the_oracle() {
         "updates.difference",
         "updates.differenceSlice",
         "updates.differenceTooLong",
+        "new_messages",
         "updates.channelDifferenceEmpty",
         "updates.channelDifference",
         "updates.channelDifferenceTooLong",
