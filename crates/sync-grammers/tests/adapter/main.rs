@@ -12,3 +12,5 @@ mod mentions;
 mod peers;
 mod request;
 mod sequence;
+#[cfg(feature = "client")]
+mod tl_end_to_end;
