@@ -2,7 +2,7 @@
 //! commands, the engine's requests and their replies, timers, commits handed to the writer,
 //! and the stats published for the handles.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use sync_core::{
-    Affected, ChannelDifference, ChannelId, Difference, Engine, Failure, Notice, Output, Request,
-    RequestId, RequestKind, Sequence, State, Update, Updates,
+    ChannelDifference, ChannelId, Difference, Engine, Failure, Notice, Output, Request, RequestId,
+    RequestKind, State, Updates,
 };
 use sync_events::EventStream;
 use sync_storage::{AccessHashStorage, AccountId, StateStorage};
@@ -69,9 +69,6 @@ pub(crate) struct Driver<A: Api, S> {
     stall: Option<(Instant, u64)>,
     /// Requests held back while the backlog is past its bound.
     held: Vec<Request>,
-    /// Channels of the pushes dropped while the backlog was past its bound: their differences
-    /// are fetched with the common one once there is room.
-    dropped_channels: HashSet<ChannelId>,
     /// Consecutive failures per target, for the backoff; cleared on success.
     attempts: HashMap<Target, u32>,
     /// Access hashes learned this run (storage is read on a miss).
@@ -123,7 +120,6 @@ where
             requests: FuturesUnordered::new(),
             held: Vec::new(),
             stall: None,
-            dropped_channels: HashSet::new(),
             attempts: HashMap::new(),
             hashes: HashMap::new(),
             jitter,
@@ -244,7 +240,14 @@ where
                 self.shared.counters.intake_recoveries.incr();
                 tracing::debug!("pushes were dropped at intake: fetching the difference");
                 self.engine.request_difference(now());
-                for channel_id in std::mem::take(&mut self.dropped_channels) {
+                let channels = std::mem::take(
+                    &mut *self
+                        .shared
+                        .dropped_channels
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                for channel_id in channels {
                     // A channel forgotten meanwhile has nothing to fetch.
                     let _ = self.engine.request_channel_difference(channel_id);
                 }
@@ -341,37 +344,12 @@ where
         self.release(dropped);
     }
 
-    /// Drops an intake message while the backlog is past its bound: counted, and recovered by
-    /// the difference (and the differences of the channels it carried) once there is room.
+    /// Drops an intake message while the backlog is stuck: counted, and recovered by the
+    /// difference (and the differences of the channels it carried) once there is room.
     fn drop_input(&mut self, input: Input<UpdateOf<A>, EntitiesOf<A>>) -> usize {
         let pushes = input.pushes();
-        match &input {
-            Input::Updates(updates) => self.note_channels(updates),
-            Input::Batch(batch) => batch.iter().for_each(|u| self.note_channels(u)),
-            Input::Affected(Affected::Channel { channel_id, .. }) => {
-                self.dropped_channels.insert(*channel_id);
-            }
-            Input::Affected(_) | Input::SessionReset => {}
-        }
-        drop(input);
-        self.shared.counters.pushes_dropped.add(pushes as u64);
-        self.shared.overflowed.store(true, Ordering::Release);
+        input.drop_recovered(&self.shared);
         pushes
-    }
-
-    /// Remembers the channels a dropped push carried updates of.
-    fn note_channels(&mut self, updates: &Updates<UpdateOf<A>, EntitiesOf<A>>) {
-        let mut note = |update: &UpdateOf<A>| match update.sequence() {
-            Sequence::Channel { channel_id, .. } | Sequence::ChannelTooLong { channel_id, .. } => {
-                self.dropped_channels.insert(channel_id);
-            }
-            _ => {}
-        };
-        match updates {
-            Updates::Short { update, .. } => note(update),
-            Updates::Combined { updates, .. } => updates.iter().for_each(note),
-            Updates::TooLong => {}
-        }
     }
 
     /// Sends the requests held back, once the backlog is within its bound.

@@ -2,10 +2,11 @@
 //! intake (pushes, bounded) and the control channel (commands, never dropped), the state it
 //! shares with the manager, and its errors.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sync_core::{Affected, ChannelId, State, Updates};
+use sync_core::{Affected, ChannelId, Sequence, State, Update, Updates};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +85,48 @@ impl<U, E> Input<U, E> {
     }
 }
 
+impl<U: Update, E> Input<U, E> {
+    /// Drops the message, counted, and arranges its recovery: the manager fetches the
+    /// difference, and the difference of every channel the message named (a common
+    /// difference does not bring channel updates back).
+    ///
+    /// Invariant (a dropped push is recovered): the flag is set after the push was dropped,
+    /// and the manager requests the differences after it sees the flag, so the server
+    /// answers from a moment that includes the dropped push.
+    pub(crate) fn drop_recovered(self, shared: &Shared) {
+        let pushes = self.pushes();
+        {
+            let mut channels = shared
+                .dropped_channels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut note = |update: &U| match update.sequence() {
+                Sequence::Channel { channel_id, .. }
+                | Sequence::ChannelTooLong { channel_id, .. } => {
+                    channels.insert(channel_id);
+                }
+                _ => {}
+            };
+            let mut note_push = |updates: &Updates<U, E>| match updates {
+                Updates::Short { update, .. } => note(update),
+                Updates::Combined { updates, .. } => updates.iter().for_each(&mut note),
+                Updates::TooLong => {}
+            };
+            match &self {
+                Self::Updates(updates) => note_push(updates),
+                Self::Batch(batch) => batch.iter().for_each(note_push),
+                Self::Affected(Affected::Channel { channel_id, .. }) => {
+                    channels.insert(*channel_id);
+                }
+                Self::Affected(_) | Self::SessionReset => {}
+            }
+        }
+        drop(self);
+        shared.counters.pushes_dropped.add(pushes as u64);
+        shared.overflowed.store(true, Ordering::Release);
+    }
+}
+
 /// A command that must not be dropped, through the unbounded control channel.
 pub(crate) enum Control {
     Track(
@@ -125,6 +168,9 @@ pub(crate) struct Shared {
     /// makes it take and drop them, so nobody waits for room that never comes. Kept by
     /// [`Manager::with_cancellation`](crate::Manager::with_cancellation), like `queued`.
     pub(crate) full: Arc<Notify>,
+    /// The channels the dropped pushes named: their differences are fetched with the common
+    /// one. Kept by [`Manager::with_cancellation`](crate::Manager::with_cancellation).
+    pub(crate) dropped_channels: Arc<Mutex<HashSet<ChannelId>>>,
     /// [`ManagerConfig::intake_capacity`](crate::ManagerConfig::intake_capacity), at least 1.
     pub(crate) capacity: usize,
     pub(crate) running: AtomicBool,
@@ -163,7 +209,7 @@ impl<U, E> std::fmt::Debug for ManagerHandle<U, E> {
     }
 }
 
-impl<U, E> ManagerHandle<U, E> {
+impl<U: Update, E> ManagerHandle<U, E> {
     /// Hands a pushed `Updates` value to the manager. Never waits: when the intake is full
     /// the push is dropped, counted, and recovered by a difference ([`Pushed::Dropped`]), so
     /// a network reader (or a handler) calling this can never be blocked by the manager. Fails
@@ -235,12 +281,7 @@ impl<U, E> ManagerHandle<U, E> {
             });
         let Ok(before) = reserved else {
             shared.full.notify_one();
-            drop(input);
-            shared.counters.pushes_dropped.add(pushes as u64);
-            // Invariant (a dropped push is recovered): the flag is set after the push was
-            // dropped, and the manager requests the difference after it sees the flag, so
-            // the server answers from a moment that includes the dropped push.
-            shared.overflowed.store(true, Ordering::Release);
+            input.drop_recovered(shared);
             return Ok(Pushed::Dropped);
         };
         if before.saturating_add(pushes) >= shared.capacity {
