@@ -29,9 +29,11 @@
 mod api;
 mod peer;
 mod reader;
+mod storage;
 
 pub use api::{GrammersApi, Invoke, api_error, connection_params};
 pub use peer::{key_of, peer_key};
 pub use reader::{ReaderEnd, TlHandle, feed, run_reader};
+pub use storage::SessionStorage;
 /// Re-exported from `sync-runtime`: the manager is not running.
 pub use sync_runtime::Stopped;
