@@ -29,11 +29,13 @@
 mod api;
 mod peer;
 mod reader;
+mod session_peers;
 mod storage;
 
 pub use api::{GrammersApi, Invoke, api_error, connection_params};
 pub use peer::{key_of, peer_key};
-pub use reader::{ReaderEnd, TlHandle, feed, run_reader};
+pub use reader::{ReaderEnd, TlHandle, feed, feed_session, run_reader, run_session_reader};
+pub use session_peers::{LearnPeers, SessionPeers};
 pub use storage::SessionStorage;
 /// Re-exported from `sync-runtime`: the manager is not running.
 pub use sync_runtime::Stopped;

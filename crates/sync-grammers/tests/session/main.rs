@@ -5,4 +5,5 @@
 // sync-storage's contract suite, shared with its own backends' tests.
 #[path = "../../../sync-storage/tests/common/mod.rs"]
 mod common;
+mod peers;
 mod storage;
