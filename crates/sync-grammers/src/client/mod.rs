@@ -9,6 +9,10 @@
 //!   `SenderPool::updates`, into the manager's [`TlHandle`];
 //! - `impl` [`Peer`](sync_runtime::Peer) `for` [`TlUpdate`](crate::TlUpdate): updates are
 //!   handled in order per chat ([`peer_key`]);
+//! - [`SessionStorage`]: the manager's storage over the grammers `Session` the client uses
+//!   (its update state and peer cache);
+//! - [`SessionPeers`]: the unknown-peer check answered by that session, for
+//!   [`run_session_reader`] (and [`feed_session`]) and [`GrammersApi::with_peers`];
 //! - [`EntityIndex`](crate::EntityIndex) (also without the feature): the users and chats of a
 //!   delivered batch by id.
 //!
