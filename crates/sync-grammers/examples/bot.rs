@@ -6,18 +6,21 @@
 //! ```
 //!
 //! Without those three variables it prints what it needs and exits with code 2. Ctrl-C shuts
-//! it down cleanly. The session and the update state live in memory: a restart logs in again
-//! and starts from the server's current state.
+//! it down cleanly. The update state and the peers are kept in grammers' session
+//! ([`SessionStorage`], [`SessionPeers`]); the session lives in memory here, so a restart logs
+//! in again and starts from the server's current state. With a `SqliteSession` instead, a
+//! restart would resume where it stopped.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::Arc;
 
 use grammers_client::{Client, SenderPool};
 use grammers_session::storages::MemorySession;
-use sync_grammers::client::{GrammersApi, connection_params, run_reader};
-use sync_grammers::{AllKnown, Converter, EntityIndex, PeerEntity, TlEntities, TlUpdate, tl};
+use sync_grammers::client::{
+    GrammersApi, SessionPeers, SessionStorage, connection_params, run_session_reader,
+};
+use sync_grammers::{Converter, EntityIndex, PeerEntity, TlEntities, TlUpdate, tl};
 use sync_runtime::{BoxError, Handler, Manager};
-use sync_storage::MemoryStorage;
 
 /// Prints each new message with its sender's name.
 struct Printer;
@@ -59,17 +62,21 @@ async fn main() -> Result<(), BoxError> {
     // grammers' connection, without its own retries: the manager retries (and schedules
     // FLOOD_WAIT without blocking anything else).
     let session = Arc::new(MemorySession::default());
-    let pool = SenderPool::with_configuration(session, api_id.parse()?, connection_params());
+    let pool =
+        SenderPool::with_configuration(Arc::clone(&session), api_id.parse()?, connection_params());
     let client = Client::new(pool.handle);
     let network = tokio::spawn(pool.runner.run());
     let me = client.bot_sign_in(&token, &api_hash).await?.raw.id();
 
-    // The manager, fed from the sender pool's raw updates.
-    let storage = Arc::new(MemoryStorage::new());
-    let manager = Manager::new(me, GrammersApi::new(client), storage, Printer);
+    // The manager, storing into the session and fed from the sender pool's raw updates; a
+    // message from a peer the session does not know is fetched again by difference.
+    let storage = SessionStorage::new(Arc::clone(&session), me);
+    let peers = SessionPeers::new(session);
+    let api = GrammersApi::new(client).with_peers(peers.clone());
+    let manager = Manager::new(me, api, storage, Printer);
     let handle = manager.handle();
-    let converter = Converter::new(AllKnown).with_self_id(me);
-    tokio::spawn(run_reader(pool.updates, handle.clone(), converter));
+    let converter = Converter::new(peers).with_self_id(me);
+    tokio::spawn(run_session_reader(pool.updates, handle.clone(), converter));
     let run = tokio::spawn(manager.run());
 
     tokio::signal::ctrl_c().await?;

@@ -26,18 +26,28 @@ impl TlEntities {
 
     /// True when these entities hold the user with a usable (non-min) access hash.
     pub fn has_full_user(&self, user_id: i64) -> bool {
-        self.users.iter().any(|user| match user {
-            tl::enums::User::User(u) => u.id == user_id && !u.min && u.access_hash.is_some(),
-            tl::enums::User::Empty(_) => false,
-        })
+        has_full_user(&self.users, user_id)
     }
 
     /// True when these entities hold the channel with a usable (non-min) access hash.
     pub fn has_full_channel(&self, channel_id: i64) -> bool {
-        self.chats.iter().any(|chat| {
-            channel_hash(chat).is_some_and(|hash| hash.channel_id == channel_id && !hash.min)
-        })
+        has_full_channel(&self.chats, channel_id)
     }
+}
+
+/// True when `users` hold the user with a usable (non-min) access hash.
+pub(crate) fn has_full_user(users: &[tl::enums::User], user_id: i64) -> bool {
+    users.iter().any(|user| match user {
+        tl::enums::User::User(u) => u.id == user_id && !u.min && u.access_hash.is_some(),
+        tl::enums::User::Empty(_) => false,
+    })
+}
+
+/// True when `chats` hold the channel with a usable (non-min) access hash.
+pub(crate) fn has_full_channel(chats: &[tl::enums::Chat], channel_id: i64) -> bool {
+    chats.iter().any(|chat| {
+        channel_hash(chat).is_some_and(|hash| hash.channel_id == channel_id && !hash.min)
+    })
 }
 
 impl Entities for TlEntities {
@@ -55,7 +65,7 @@ impl Entities for TlEntities {
 }
 
 /// The access hash a chat carries, if it is a channel.
-fn channel_hash(chat: &tl::enums::Chat) -> Option<ChannelHash> {
+pub(crate) fn channel_hash(chat: &tl::enums::Chat) -> Option<ChannelHash> {
     match chat {
         tl::enums::Chat::Channel(c) => Some(ChannelHash {
             channel_id: c.id,

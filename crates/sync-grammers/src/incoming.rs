@@ -1,5 +1,6 @@
 //! Pushed `Updates` values turned into the engine's envelope.
 
+use std::cell::RefCell;
 use std::time::Instant;
 
 use grammers_tl_types as tl;
@@ -8,7 +9,7 @@ use sync_core::{Affected, ChannelId, Engine, Sequence, Update, Updates};
 use crate::decode;
 use crate::entities::TlEntities;
 use crate::error::ConvertError;
-use crate::peers::{AllKnown, PeerCache, Resolver};
+use crate::peers::{AllKnown, MentionedPeer, PeerCache, Resolver};
 use crate::update::TlUpdate;
 
 /// The engine type this adapter feeds.
@@ -261,9 +262,72 @@ impl<C: PeerCache> Converter<C> {
     fn resolver<'a>(&'a self, entities: Option<&'a TlEntities>) -> Resolver<'a, C> {
         Resolver {
             cache: &self.cache,
-            entities,
+            users: entities.map_or(&[], |e| &e.users),
+            chats: entities.map_or(&[], |e| &e.chats),
             self_id: self.self_id,
         }
+    }
+
+    /// The peers [`Converter::updates`] would ask the [`PeerCache`] about in `updates` and
+    /// that it does not know: those of the message updates it could withhold, less the
+    /// container's full users and channels and the own user. Each is listed once, in the
+    /// order first met.
+    ///
+    /// For a cache that can answer fully only asynchronously (a database, grammers'
+    /// `Session`): look these up before converting, remember the known ones in the cache,
+    /// then convert. Nothing is listed when every peer is known, which is the common case.
+    ///
+    /// ```
+    /// use grammers_tl_types as tl;
+    /// use sync_grammers::{Converter, MentionedPeer};
+    ///
+    /// let converter = Converter::new(|peer| peer == MentionedPeer::User(7));
+    /// let from = |user_id| tl::types::UpdateShortMessage {
+    ///     out: false, mentioned: false, media_unread: false, silent: false,
+    ///     id: 1, user_id, message: "hi".into(), pts: 2, pts_count: 1, date: 3,
+    ///     fwd_from: None, via_bot_id: None, reply_to: None, entities: None, ttl_period: None,
+    /// };
+    /// assert!(converter.unknown_peers(&from(7).into()).is_empty());
+    /// assert_eq!(converter.unknown_peers(&from(8).into()), [MentionedPeer::User(8)]);
+    /// ```
+    pub fn unknown_peers(&self, updates: &tl::enums::Updates) -> Vec<MentionedPeer> {
+        use tl::enums::Updates as T;
+        let missing = RefCell::new(Vec::new());
+        // Answers "known" to every peer, so that the check visits them all, and notes those
+        // the cache does not know.
+        let recorder = |peer: MentionedPeer| {
+            if !self.cache.is_known(peer) {
+                let mut missing = missing.borrow_mut();
+                if !missing.contains(&peer) {
+                    missing.push(peer);
+                }
+            }
+            true
+        };
+        let scan =
+            |users: &[tl::enums::User], chats: &[tl::enums::Chat], update: &tl::enums::Update| {
+                if withholdable(crate::sequence_of(update)) {
+                    let resolver = Resolver {
+                        cache: &recorder,
+                        users,
+                        chats,
+                        self_id: self.self_id,
+                    };
+                    resolver.update_known(update);
+                }
+            };
+        match updates {
+            T::UpdateShortMessage(m) => scan(&[], &[], &short_message(m.clone(), self.self_id)),
+            T::UpdateShortChatMessage(m) => scan(&[], &[], &short_chat_message(m.clone())),
+            T::UpdateShort(short) => scan(&[], &[], &short.update),
+            T::Combined(c) => c.updates.iter().for_each(|u| scan(&c.users, &c.chats, u)),
+            T::Updates(u) => u
+                .updates
+                .iter()
+                .for_each(|update| scan(&u.users, &u.chats, update)),
+            T::TooLong | T::UpdateShortSentMessage(_) => {}
+        }
+        missing.into_inner()
     }
 
     fn short_update(&self, update: TlUpdate, date: i32) -> Incoming {

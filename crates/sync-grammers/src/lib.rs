@@ -25,7 +25,7 @@
 //! | `peers.rs` | [`MentionedPeer`], [`PeerCache`] and what a message mentions |
 //! | `difference.rs` | `updates.State`, `Difference`, `ChannelDifference`, affected messages |
 //! | `request.rs`, `error.rs` | the engine's requests as TL calls; typed errors |
-//! | `client/` (feature `client`) | `api.rs`: `GrammersApi`, `Invoke`, `api_error`, `connection_params`; `reader.rs`: `feed`, `run_reader`; `peer.rs`: `Peer for TlUpdate` |
+//! | `client/` (feature `client`) | `api.rs`: `GrammersApi`, `Invoke`, `api_error`, `connection_params`; `reader.rs`: `feed`, `run_reader`, `feed_session`, `run_session_reader`; `peer.rs`: `Peer for TlUpdate`; `storage.rs`: `SessionStorage`; `session_peers.rs`: `SessionPeers`, `LearnPeers` |
 //!
 //! # The `client` feature
 //!
@@ -43,6 +43,19 @@
 //!   affected messages, invites, joins, closed connections, malformed updates).
 //! - `impl sync_runtime::Peer for TlUpdate` (`client::peer_key`): each update is handled in
 //!   order with the other updates of its chat.
+//! - `client::SessionStorage`: the manager's storage (`sync-storage`'s `StateStorage` and
+//!   `AccessHashStorage`) over the grammers `Session` the client already uses, for the account
+//!   it is logged into: the common state and each channel's pts are grammers' `UpdatesState`,
+//!   access hashes its peer cache. An application leaving grammers' own update handling keeps
+//!   its session file and resumes where grammers stopped. Each commit is one
+//!   `set_update_state` call (atomic as far as the session's write is); batches of access
+//!   hashes are not atomic, and a session cannot forget peers (see its docs).
+//! - `client::SessionPeers`: the unknown-peer check ([`PeerCache`]) answered by the session.
+//!   The check is synchronous and `Session::peer` is not, so the reader for it,
+//!   `client::run_session_reader` (`client::feed_session`), first learns each push's full
+//!   users and channels and asks the session about the peers still unknown
+//!   ([`Converter::unknown_peers`]), then converts; `GrammersApi::with_peers` learns the
+//!   entities of every difference. What is learned is written into the session too.
 //!
 //! `examples/bot.rs` is a complete bot: a dozen lines of setup and a handler.
 //!

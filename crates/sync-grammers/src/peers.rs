@@ -2,7 +2,7 @@
 
 use grammers_tl_types as tl;
 
-use crate::entities::TlEntities;
+use crate::entities::{has_full_channel, has_full_user};
 
 /// A peer that needs an access hash before the application can act on it.
 ///
@@ -54,7 +54,9 @@ impl PeerCache for AllKnown {
 /// Resolves peers against the own user, a container's entities, then the application's cache.
 pub(crate) struct Resolver<'a, C> {
     pub(crate) cache: &'a C,
-    pub(crate) entities: Option<&'a TlEntities>,
+    /// The container's users and chats (empty for short updates).
+    pub(crate) users: &'a [tl::enums::User],
+    pub(crate) chats: &'a [tl::enums::Chat],
     /// The logged-in user ([`Converter::with_self_id`](crate::Converter::with_self_id)):
     /// always known, without asking the cache.
     pub(crate) self_id: Option<i64>,
@@ -65,10 +67,10 @@ impl<C: PeerCache> Resolver<'_, C> {
         if matches!(peer, MentionedPeer::User(id) if Some(id) == self.self_id) {
             return true;
         }
-        let in_entities = self.entities.is_some_and(|e| match peer {
-            MentionedPeer::User(id) => e.has_full_user(id),
-            MentionedPeer::Channel(id) => e.has_full_channel(id),
-        });
+        let in_entities = match peer {
+            MentionedPeer::User(id) => has_full_user(self.users, id),
+            MentionedPeer::Channel(id) => has_full_channel(self.chats, id),
+        };
         in_entities || self.cache.is_known(peer)
     }
 

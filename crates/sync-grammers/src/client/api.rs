@@ -5,9 +5,12 @@ use std::future::Future;
 
 use grammers_mtsender::{ConnectionParams, InvocationError, NoRetries, RpcError};
 use grammers_tl_types as tl;
-use sync_core::{ChannelDifference, Difference, Request, RequestId, RequestKind, State};
+use sync_core::{
+    ChannelDifference, ChannelDifferenceKind, Difference, Request, RequestId, RequestKind, State,
+};
 use sync_runtime::{Api, ApiError, ChannelDifferenceRequest, DifferenceRequest};
 
+use super::session_peers::LearnPeers;
 use crate::entities::TlEntities;
 use crate::error::ConvertError;
 use crate::request::{TlRequest, request};
@@ -91,20 +94,44 @@ impl<I: Invoke> Invoke for std::sync::Arc<I> {
 /// The client's own calls (sending messages, …) then see `FLOOD_WAIT` as an error as well;
 /// an application that wants grammers to sleep through those must build a second sender pool
 /// for them, since the policy is per pool.
+///
+/// # Peers from differences
+///
+/// Built [`with_peers`](GrammersApi::with_peers) a [`SessionPeers`](super::SessionPeers), it
+/// hands the users and chats of every difference to it ([`LearnPeers`]) before the manager
+/// gets the difference, so that the peers a difference resolved are known to the reader's
+/// unknown-peer check from then on.
 #[derive(Debug, Clone)]
-pub struct GrammersApi<I> {
+pub struct GrammersApi<I, L = ()> {
     client: I,
+    peers: L,
 }
 
 impl<I: Invoke> GrammersApi<I> {
     /// An [`Api`] invoking through `client`.
     pub fn new(client: I) -> Self {
-        Self { client }
+        Self { client, peers: () }
     }
+}
 
+impl<I: Invoke, L: LearnPeers> GrammersApi<I, L> {
     /// The client it invokes through.
     pub fn client(&self) -> &I {
         &self.client
+    }
+
+    /// The same API, handing the entities of every difference to `peers` (see
+    /// [Peers from differences](GrammersApi#peers-from-differences)).
+    pub fn with_peers<P: LearnPeers>(self, peers: P) -> GrammersApi<I, P> {
+        GrammersApi {
+            client: self.client,
+            peers,
+        }
+    }
+
+    /// What learns the entities of every difference.
+    pub fn peers(&self) -> &L {
+        &self.peers
     }
 }
 
@@ -127,7 +154,7 @@ fn engine_request(kind: RequestKind) -> Request {
     }
 }
 
-impl<I: Invoke> Api for GrammersApi<I> {
+impl<I: Invoke, L: LearnPeers> Api for GrammersApi<I, L> {
     type Update = TlUpdate;
     type Entities = TlEntities;
 
@@ -155,7 +182,11 @@ impl<I: Invoke> Api for GrammersApi<I> {
             unreachable!("getDifference needs no access hash")
         };
         let reply = self.client.invoke(&call).await.map_err(api_error)?;
-        Ok(crate::difference(reply))
+        let difference = crate::difference(reply);
+        if let Difference::Difference { entities, .. } = &difference {
+            self.peers.learn_peers(entities).await;
+        }
+        Ok(difference)
     }
 
     async fn get_channel_difference(
@@ -174,7 +205,13 @@ impl<I: Invoke> Api for GrammersApi<I> {
             unreachable!("the access hash is given")
         };
         let reply = self.client.invoke(&call).await.map_err(api_error)?;
-        crate::channel_difference(r.channel_id, reply).map_err(convert_error)
+        let difference = crate::channel_difference(r.channel_id, reply).map_err(convert_error)?;
+        if let ChannelDifferenceKind::Difference { entities, .. }
+        | ChannelDifferenceKind::TooLong { entities, .. } = &difference.kind
+        {
+            self.peers.learn_peers(entities).await;
+        }
+        Ok(difference)
     }
 }
 

@@ -9,6 +9,10 @@
 //!   `SenderPool::updates`, into the manager's [`TlHandle`];
 //! - `impl` [`Peer`](sync_runtime::Peer) `for` [`TlUpdate`](crate::TlUpdate): updates are
 //!   handled in order per chat ([`peer_key`]);
+//! - [`SessionStorage`]: the manager's storage over the grammers `Session` the client uses
+//!   (its update state and peer cache);
+//! - [`SessionPeers`]: the unknown-peer check answered by that session, for
+//!   [`run_session_reader`] (and [`feed_session`]) and [`GrammersApi::with_peers`];
 //! - [`EntityIndex`](crate::EntityIndex) (also without the feature): the users and chats of a
 //!   delivered batch by id.
 //!
@@ -29,9 +33,13 @@
 mod api;
 mod peer;
 mod reader;
+mod session_peers;
+mod storage;
 
 pub use api::{GrammersApi, Invoke, api_error, connection_params};
 pub use peer::{key_of, peer_key};
-pub use reader::{ReaderEnd, TlHandle, feed, run_reader};
+pub use reader::{ReaderEnd, TlHandle, feed, feed_session, run_reader, run_session_reader};
+pub use session_peers::{LearnPeers, SessionPeers};
+pub use storage::SessionStorage;
 /// Re-exported from `sync-runtime`: the manager is not running.
 pub use sync_runtime::Stopped;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use grammers_session::Session;
 use grammers_session::updates::UpdatesLike;
 use grammers_tl_types as tl;
 use sync_runtime::{ControlError, ManagerHandle, Stopped};
@@ -11,6 +12,8 @@ use crate::entities::TlEntities;
 use crate::incoming::{ChannelRefetch, Converter, Incoming, TlUpdates};
 use crate::peers::PeerCache;
 use crate::update::TlUpdate;
+
+use super::session_peers::SessionPeers;
 
 /// The handle of a manager over TL updates (one built with a
 /// [`GrammersApi`](super::GrammersApi)).
@@ -173,32 +176,128 @@ const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 ///
 /// Take the receiver from [`SenderPool::updates`](grammers_mtsender::SenderPool) and spawn this
 /// next to the manager; do not also call grammers' `Client::stream_updates`, which runs
-/// grammers' own message box over the same channel.
+/// grammers' own message box over the same channel. With a [`SessionPeers`] cache, use
+/// [`run_session_reader`], which also asks the session about unknown peers.
 pub async fn run_reader<C: PeerCache>(
-    mut receiver: mpsc::Receiver<UpdatesLike>,
+    receiver: mpsc::Receiver<UpdatesLike>,
     handle: TlHandle,
     converter: Converter<C>,
 ) -> ReaderEnd {
-    let shutdown = handle.cancellation_token();
-    let mut check = tokio::time::interval(LIVENESS_CHECK);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reader = Reader::new(receiver, handle);
     loop {
-        let next = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return ReaderEnd::Stopped,
-            next = receiver.recv() => next,
-            _ = check.tick() => {
-                if manager_gone(&handle) {
-                    return ReaderEnd::Stopped;
-                }
-                continue;
-            }
+        let updates = match reader.next().await {
+            Ok(updates) => updates,
+            Err(end) => return end,
         };
-        let Some(updates) = next else {
-            return ReaderEnd::Closed;
-        };
-        if feed(&handle, &converter, updates).await.is_err() {
+        if feed(&reader.handle, &converter, updates).await.is_err() {
             return ReaderEnd::Stopped;
+        }
+    }
+}
+
+/// [`feed`] with the unknown-peer check answered by a grammers session ([`SessionPeers`]):
+/// first the pushed container's full users and channels are learned (and written into the
+/// session), then every peer it mentions that is still unknown
+/// ([`Converter::unknown_peers`]) is asked of the session; only then is it converted and fed.
+/// A message from a user the session knows is delivered; one from a user it does not know
+/// either is withheld and its sequence fetched as a difference (whose entities a
+/// [`GrammersApi::with_peers`](super::GrammersApi::with_peers) teaches the cache).
+///
+/// Session errors do not stop the feed: a failed lookup leaves the peer unknown.
+pub async fn feed_session<S: Session>(
+    handle: &TlHandle,
+    converter: &Converter<SessionPeers<S>>,
+    updates: UpdatesLike,
+) -> Result<(), Stopped> {
+    if let Some(container) = container_of(&updates) {
+        let peers = converter.cache();
+        if let Some((users, chats)) = entities_of(container) {
+            // A failed write still leaves the peers known in memory.
+            let _written = peers.learn_lists(users, chats).await;
+        }
+        let unknown = converter.unknown_peers(container);
+        if !unknown.is_empty() {
+            // A failed lookup leaves its peer unknown: the update is fetched by difference.
+            let _known = peers.resolve(&unknown).await;
+        }
+    }
+    feed(handle, converter, updates).await
+}
+
+/// [`run_reader`] feeding with [`feed_session`]: the reader for a converter over
+/// [`SessionPeers`].
+pub async fn run_session_reader<S: Session>(
+    receiver: mpsc::Receiver<UpdatesLike>,
+    handle: TlHandle,
+    converter: Converter<SessionPeers<S>>,
+) -> ReaderEnd {
+    let mut reader = Reader::new(receiver, handle);
+    loop {
+        let updates = match reader.next().await {
+            Ok(updates) => updates,
+            Err(end) => return end,
+        };
+        if feed_session(&reader.handle, &converter, updates)
+            .await
+            .is_err()
+        {
+            return ReaderEnd::Stopped;
+        }
+    }
+}
+
+/// The `Updates` container a raw value carries, if it is one the converter checks.
+fn container_of(updates: &UpdatesLike) -> Option<&tl::enums::Updates> {
+    match updates {
+        UpdatesLike::Updates(updates) => Some(updates),
+        UpdatesLike::InvitedUsers(invited) => Some(&invited.updates),
+        UpdatesLike::ChatInviteJoinResult(joined) => Some(&joined.updates),
+        _ => None,
+    }
+}
+
+/// A container's users and chats.
+fn entities_of(updates: &tl::enums::Updates) -> Option<(&[tl::enums::User], &[tl::enums::Chat])> {
+    match updates {
+        tl::enums::Updates::Updates(u) => Some((&u.users, &u.chats)),
+        tl::enums::Updates::Combined(c) => Some((&c.users, &c.chats)),
+        _ => None,
+    }
+}
+
+/// The receiving end of both readers: the next raw value, or why to stop.
+struct Reader {
+    receiver: mpsc::Receiver<UpdatesLike>,
+    handle: TlHandle,
+    check: tokio::time::Interval,
+}
+
+impl Reader {
+    fn new(receiver: mpsc::Receiver<UpdatesLike>, handle: TlHandle) -> Self {
+        let mut check = tokio::time::interval(LIVENESS_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            receiver,
+            handle,
+            check,
+        }
+    }
+
+    async fn next(&mut self) -> Result<UpdatesLike, ReaderEnd> {
+        let shutdown = self.handle.cancellation_token();
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Err(ReaderEnd::Stopped),
+                next = self.receiver.recv() => next,
+                _ = self.check.tick() => {
+                    if manager_gone(&self.handle) {
+                        return Err(ReaderEnd::Stopped);
+                    }
+                    continue;
+                }
+            };
+            return next.ok_or(ReaderEnd::Closed);
         }
     }
 }
