@@ -161,7 +161,7 @@ pub use panic::{ObserverPanic, PanicPhase};
 pub use receipt::Receipt;
 pub use route::{Event, shard_for_event, shard_for_key};
 pub use stats::{ShardStats, Stats};
-pub use stream::{Builder, EventStream, Room};
+pub use stream::{Builder, EventStream, Room, TrySent};
 pub use worker::{ShardWorker, WorkerThreads, Workers};
 
 /// A pair is routed by its first element: `(key, payload)`.

@@ -256,6 +256,58 @@ impl<E: Event> EventStream<E> {
         }
     }
 
+    /// Sends as much of a batch as there is room for, never waiting whatever the policy: the
+    /// events are grouped by shard and each shard takes, under one lock, the longest prefix
+    /// of its group that fits, so the events of one key keep their order. What was not taken
+    /// comes back in [`TrySent::unsent`] (grouped by shard, each group in order) with the
+    /// first shard that was full; counted in [`ShardStats::rejected`].
+    ///
+    /// With [`room`](Self::room), it lets a sender that must never block hand over large
+    /// batches at the cost of a few lock round-trips, and wait for room next to its other
+    /// work.
+    pub fn try_send_batch(&self, events: impl IntoIterator<Item = E>) -> TrySent<E> {
+        let parts = self.partition(events);
+        let mut sent = TrySent {
+            receipt: Receipt::default(),
+            unsent: Vec::new(),
+            full: None,
+            closed: false,
+        };
+        if self.inner.shards.is_empty() {
+            let events: Vec<E> = parts.into_iter().flatten().collect();
+            match self.discard(events) {
+                Ok(receipt) => sent.receipt = receipt,
+                Err(error) => {
+                    sent.closed = true;
+                    sent.unsent = error.unsent;
+                }
+            }
+            return sent;
+        }
+        for (index, mut part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let shard = &self.inner.shards[index];
+            let pushed = shard.push(&mut part, self.inner.capacity, None);
+            if pushed.closed {
+                sent.closed = true;
+            } else if let Some(position) = pushed.position {
+                sent.receipt.mark(index, position, pushed.accepted);
+            }
+            if !part.is_empty() {
+                if !pushed.closed {
+                    shard
+                        .rejected
+                        .fetch_add(part.len() as u64, Ordering::Relaxed);
+                    sent.full.get_or_insert(index);
+                }
+                sent.unsent.append(&mut part);
+            }
+        }
+        sent
+    }
+
     /// Resolves once `shard`'s queue has room for one more event, or the stream is shut down
     /// (a shard that does not exist, as in the no-op stream, has room at once). With
     /// [`try_send`](Self::try_send) it lets a sender that must never block on the stream wait
@@ -641,4 +693,18 @@ impl<E> Drop for Room<'_, E> {
             shard.unregister_sender(id);
         }
     }
+}
+
+/// What [`EventStream::try_send_batch`] did: what it accepted, and what it hands back.
+#[derive(Debug)]
+#[must_use]
+pub struct TrySent<E> {
+    /// What was accepted; handled when [`EventStream::is_handled`] says so.
+    pub receipt: Receipt,
+    /// The events not accepted, grouped by shard, each group in its order.
+    pub unsent: Vec<E>,
+    /// The first shard that was full, if one was.
+    pub full: Option<usize>,
+    /// True when the stream is shut down: nothing more will be accepted.
+    pub closed: bool,
 }

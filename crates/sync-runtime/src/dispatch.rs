@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use sync_core::{Batch, BatchId, Engine, Entities, Update};
-use sync_events::{AsyncObserver, Event, EventStream, NotHandled, Receipt, SendError, SendFailure};
+use sync_events::{AsyncObserver, Event, EventStream, NotHandled, Receipt};
 
 use sync_core::Notice;
 
@@ -21,9 +21,9 @@ use crate::stats::Counters;
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 tokio::task_local! {
-    /// Set by the dispatch around every handler call: the [`Shared::id`](crate::handle::Shared::id)
-    /// of the manager and the shard the handler runs on. Lets `caught_up` tell a call from inside a
-    /// handler, which must not wait for its own update to be handled.
+    /// Set for each dispatch worker's task: the [`Shared::id`](crate::handle::Shared::id) of
+    /// the manager and the shard whose handler calls the task makes. Lets `caught_up` tell a
+    /// call from inside a handler, which must not wait for its own update to be handled.
     pub(crate) static HANDLING: (u64, usize);
 }
 
@@ -56,10 +56,6 @@ impl<U: Send + 'static, E: Send + Sync + 'static> Event for Dispatch<U, E> {
 pub(crate) struct Dispatcher<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) counters: Arc<Counters>,
-    /// The manager's [`Shared::id`](crate::handle::Shared::id) and this shard, set in [`HANDLING`]
-    /// around handler calls.
-    pub(crate) manager: u64,
-    pub(crate) shard: usize,
 }
 
 impl<U, E, H> AsyncObserver<Dispatch<U, E>> for Dispatcher<H>
@@ -69,18 +65,16 @@ where
     H: Handler<U, E>,
 {
     async fn handle(&mut self, event: Dispatch<U, E>) {
-        let here = (self.manager, self.shard);
         match event {
             Dispatch::Update {
                 update, entities, ..
             } => {
-                let handled = HANDLING.scope(here, self.handler.handle(update, entities));
-                if let Err(error) = handled.await {
+                if let Err(error) = self.handler.handle(update, entities).await {
                     self.counters.handler_errors.incr();
                     tracing::warn!(%error, "update handler failed; the update counts as handled");
                 }
             }
-            Dispatch::Notice(notice) => HANDLING.scope(here, self.handler.notice(notice)).await,
+            Dispatch::Notice(notice) => self.handler.notice(notice).await,
         }
     }
 }
@@ -241,7 +235,7 @@ where
 
     /// Hands a notice to the dispatch, in order with the updates delivered before it.
     pub(crate) fn notify(&mut self, notice: Notice) {
-        self.enqueue(None, VecDeque::from([Dispatch::Notice(notice)]));
+        self.enqueue(None, std::iter::once(Dispatch::Notice(notice)));
     }
 
     /// Hands a batch to the dispatch and arranges its acknowledgement once handled.
@@ -257,26 +251,83 @@ where
             entities,
         } = batch;
         let entities: Arc<[E]> = entities.into();
-        let events = updates
-            .into_iter()
-            .map(|update| Dispatch::Update {
-                key: update.peer(),
-                update,
-                entities: Arc::clone(&entities),
-            })
-            .collect();
+        let events = updates.into_iter().map(|update| Dispatch::Update {
+            key: update.peer(),
+            update,
+            entities: Arc::clone(&entities),
+        });
         self.enqueue(Some(id), events);
     }
 
-    /// Appends to the backlog and hands over what fits.
-    fn enqueue(&mut self, batch: Option<BatchId>, events: VecDeque<Dispatch<U, E>>) {
-        self.len += events.len();
-        self.queue.push_back(Outgoing {
+    /// Hands over what fits and keeps the rest in the backlog, behind what waits there already.
+    /// With nothing waiting (the usual case) the events go straight to the dispatch, without
+    /// passing through the backlog's queue.
+    fn enqueue(
+        &mut self,
+        batch: Option<BatchId>,
+        events: impl ExactSizeIterator<Item = Dispatch<U, E>>,
+    ) {
+        let mut outgoing = Outgoing {
             batch,
-            events,
+            events: VecDeque::new(),
             receipt: Receipt::default(),
-        });
-        self.flush();
+        };
+        if !self.queue.is_empty() || self.blocked.is_some() {
+            outgoing.events = events.collect();
+            self.len += outgoing.events.len();
+            self.queue.push_back(outgoing);
+            return self.flush();
+        }
+        let offered = events.len();
+        self.len += offered;
+        if self.hand_over(&mut outgoing, offered, events) {
+            self.finished(outgoing);
+        } else {
+            self.queue.push_back(outgoing);
+        }
+    }
+
+    /// Offers `events` (`offered` of them) of `outgoing` to the dispatch; what is not taken
+    /// goes back into `outgoing`, and `room` is armed for the shard that was full. Returns
+    /// whether everything was taken.
+    fn hand_over(
+        &mut self,
+        outgoing: &mut Outgoing<U, E>,
+        offered: usize,
+        events: impl IntoIterator<Item = Dispatch<U, E>>,
+    ) -> bool {
+        let sent = self.stream.try_send_batch(events);
+        outgoing.receipt.merge(&sent.receipt);
+        let accepted = offered - sent.unsent.len();
+        self.len -= accepted;
+        self.handed += accepted as u64;
+        if outgoing.batch.is_some() {
+            self.counters.updates_dispatched.add(accepted as u64);
+        }
+        if sent.unsent.is_empty() {
+            return true;
+        }
+        outgoing.events = sent.unsent.into();
+        if sent.closed {
+            // Only once the dispatch is shut down: what is left stays unacknowledged, so a
+            // restart delivers it again.
+            tracing::error!(
+                left = self.len,
+                "dispatch closed; the rest of the backlog is not dispatched"
+            );
+        } else if let Some(shard) = sent.full {
+            self.blocked = Some(shard);
+            let stream = self.stream.clone();
+            self.room = Some(Box::pin(async move { stream.room(shard).await }));
+        }
+        false
+    }
+
+    /// Everything of `outgoing` was handed over: a batch now waits for its acknowledgement.
+    fn finished(&mut self, outgoing: Outgoing<U, E>) {
+        if let Some(id) = outgoing.batch {
+            self.dispatched.push_back((id, outgoing.receipt));
+        }
     }
 
     /// The blocked shard has room: hand the backlog over again.
@@ -286,59 +337,23 @@ where
         self.flush();
     }
 
-    /// Hands the backlog to the dispatch in order, without waiting: stops at the first event
-    /// whose shard is full and arms `room` for that shard. Does nothing while blocked (the
-    /// front goes first: events of one peer stay in order, and batches are acknowledged in
-    /// order).
+    /// Hands the backlog to the dispatch in order, without waiting: the front batch goes over
+    /// in one [`try_send_batch`](EventStream::try_send_batch) (a lock per shard it touches);
+    /// if a shard cannot take all of its part, the rest waits and `room` is armed for that
+    /// shard. Does nothing while blocked (the front goes first: events of one peer stay in
+    /// order, and batches are acknowledged in order).
     fn flush(&mut self) {
         if self.blocked.is_some() {
             return;
         }
-        while let Some(front) = self.queue.front_mut() {
-            while let Some(event) = front.events.pop_front() {
-                let shard = self.stream.shard_of(&event);
-                let update = matches!(event, Dispatch::Update { .. });
-                match self.stream.try_send(event) {
-                    Ok(receipt) => {
-                        front.receipt.merge(&receipt);
-                        self.len -= 1;
-                        self.handed += 1;
-                        if update {
-                            self.counters.updates_dispatched.incr();
-                        }
-                    }
-                    Err(SendError {
-                        failure: SendFailure::Full,
-                        mut unsent,
-                        ..
-                    }) => {
-                        if let Some(event) = unsent.pop() {
-                            front.events.push_front(event);
-                        }
-                        self.blocked = Some(shard);
-                        let stream = self.stream.clone();
-                        self.room = Some(Box::pin(async move { stream.room(shard).await }));
-                        return;
-                    }
-                    Err(error) => {
-                        // Only once the dispatch is shut down: what is left stays
-                        // unacknowledged, so a restart delivers it again.
-                        tracing::error!(failure = ?error.failure, left = self.len, "dispatch closed; the rest of the backlog is not dispatched");
-                        if let Some(event) = error.unsent.into_iter().next() {
-                            front.events.push_front(event);
-                        }
-                        return;
-                    }
-                }
+        while let Some(mut front) = self.queue.pop_front() {
+            let offered = front.events.len();
+            let events = std::mem::take(&mut front.events);
+            if !self.hand_over(&mut front, offered, events) {
+                self.queue.push_front(front);
+                return;
             }
-            if let Some(Outgoing {
-                batch: Some(id),
-                receipt,
-                ..
-            }) = self.queue.pop_front()
-            {
-                self.dispatched.push_back((id, receipt));
-            }
+            self.finished(front);
         }
     }
 

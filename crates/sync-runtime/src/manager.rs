@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::api::{Api, EntitiesOf, UpdateOf};
 use crate::backoff::{Jitter, Policy};
 use crate::config::{BadStatePolicy, ManagerConfig};
-use crate::dispatch::{Dispatcher, MANAGER_IDS};
+use crate::dispatch::{Dispatcher, HANDLING, MANAGER_IDS};
 use crate::driver::{Driver, now};
 use crate::handle::{Control, Input, ManagerHandle, Shared};
 use crate::handler::Handler;
@@ -270,16 +270,19 @@ where
                 panics.handler_panics.incr();
                 tracing::error!(%panic, "update handler panicked");
             })
-            .build_async(|shard| Dispatcher {
+            .build_async(|_shard| Dispatcher {
                 handler: Arc::clone(&self.handler),
                 counters: Arc::clone(&counters),
-                manager: self.shared.id,
-                shard,
             })
             .map_err(RunError::Dispatch)?;
         let mut worker_tasks = JoinSet::new();
+        // Each worker task runs with this manager and its shard in `HANDLING`, so that a
+        // handler's calls on the handle know they come from inside a handler (set once per
+        // task rather than around every call).
+        let manager = self.shared.id;
         workers.spawn_with(|worker| {
-            worker_tasks.spawn(worker);
+            let here = (manager, worker.shard());
+            worker_tasks.spawn(HANDLING.scope(here, worker));
         });
 
         let (writes, queue) = mpsc::unbounded_channel();

@@ -128,3 +128,41 @@ fn room_resolves_once_the_worker_makes_room_and_forgets_itself_when_dropped() {
     assert_eq!(pin!(stream.room(0)).poll(&mut cx), Poll::Ready(()));
     assert_eq!(pin!(stream.room(7)).poll(&mut cx), Poll::Ready(()));
 }
+
+#[test]
+fn try_send_batch_takes_what_fits_and_hands_back_the_rest_in_order() {
+    let g = gated(2, Overflow::Block);
+    // Event 0 is in the observer's hands: room for 2 of these 4.
+    let sent = g.stream.try_send_batch([(0, 1), (0, 2), (0, 3), (0, 4)]);
+    assert_eq!(sent.receipt.accepted(), 2);
+    assert_eq!(sent.unsent, vec![(0, 3), (0, 4)]);
+    assert_eq!((sent.full, sent.closed), (Some(0), false));
+    assert!(!g.stream.is_handled(&sent.receipt));
+    g.go.send(()).expect("gate"); // event 0 done: the worker takes 1 and 2
+    let again = g.stream.try_send_batch(sent.unsent);
+    assert!(again.unsent.is_empty() || again.full == Some(0));
+    let rest = again.unsent;
+    let stats = g.stream.stats().total();
+    assert!(stats.rejected >= 2, "{stats:?}");
+    if !rest.is_empty() {
+        g.stream.send_batch(rest).expect("accepted");
+    }
+    let log = g.finish();
+    assert_eq!(events(&log), vec![0, 1, 2, 3, 4]);
+    // After shutdown nothing is taken, and the batch comes back whole.
+    let closed = g_closed();
+    let sent = closed.try_send_batch([(0, 5), (0, 6)]);
+    assert!(sent.closed);
+    assert_eq!(sent.unsent, vec![(0, 5), (0, 6)]);
+}
+
+/// A stream of one shard, shut down.
+fn g_closed() -> sync_events::EventStream<(u8, u64)> {
+    let (stream, workers) = sync_events::Builder::new()
+        .shards(1)
+        .build(|_| sync_events::Noop)
+        .expect("valid");
+    stream.shutdown();
+    drop(workers);
+    stream
+}
