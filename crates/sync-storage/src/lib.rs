@@ -107,7 +107,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod memory;
-mod rules;
+pub mod rules;
 
 #[cfg(feature = "file")]
 mod file;

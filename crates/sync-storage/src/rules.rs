@@ -1,5 +1,7 @@
 //! The write rules every backend enforces, written once for the Rust backends (the Redis
 //! backend repeats them in its Lua script, `redis/commit.lua`, which must stay in step).
+//! Public so that a backend written elsewhere enforces the same contract: check a commit
+//! with [`plan`], then apply the [`Plan`] in one write.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +12,7 @@ use crate::{AccountId, Error, Result, StaleSequence};
 /// Rejects `new` when it would move `pts`, `qts` or `seq` of `stored` backwards, unless the
 /// write is a forced reset. Equal values pass, so repeating a write is harmless. `date` is not
 /// checked: it is the server time of the stored sequences and always travels with them.
-pub(crate) fn check_state(
+pub fn check_state(
     account: AccountId,
     stored: Option<State>,
     new: State,
@@ -37,7 +39,7 @@ pub(crate) fn check_state(
 }
 
 /// Rejects a channel pts that would move backwards, unless the write is a forced reset.
-pub(crate) fn check_channel(
+pub fn check_channel(
     account: AccountId,
     channel: ChannelId,
     stored: Option<i32>,
@@ -57,11 +59,11 @@ pub(crate) fn check_channel(
 
 /// What a commit turns into once every check has passed: the writes to make.
 #[derive(Debug, Default)]
-pub(crate) struct Plan {
+pub struct Plan {
     /// The new common state, if the commit sets one.
-    pub(crate) state: Option<State>,
+    pub state: Option<State>,
     /// The final value of every channel the commit touches: `None` deletes it.
-    pub(crate) channels: BTreeMap<ChannelId, Option<i32>>,
+    pub channels: BTreeMap<ChannelId, Option<i32>>,
 }
 
 /// Checks a whole commit against the stored values and returns the writes to make, or the
@@ -72,7 +74,7 @@ pub(crate) struct Plan {
 /// `channels` in order, each checked against the value left by the steps before it (so a
 /// channel removed and set in one commit is stored fresh, and a duplicate entry is checked
 /// against the earlier one).
-pub(crate) fn plan(
+pub fn plan(
     account: AccountId,
     commit: &Commit,
     stored_state: Option<State>,

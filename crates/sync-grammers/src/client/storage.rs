@@ -11,7 +11,7 @@ use grammers_session::types::{
 };
 use sync_core::{ChannelId, Commit, State};
 use sync_storage::{
-    AccessHashStorage, AccountId, BackendError, Error, Result, StaleSequence, StateStorage, UserId,
+    AccessHashStorage, AccountId, BackendError, Error, Result, StateStorage, UserId,
 };
 use tokio::sync::Mutex;
 
@@ -216,43 +216,16 @@ fn channel_map(stored: &UpdatesState) -> BTreeMap<ChannelId, i32> {
 /// channels first, then the state, then each channel in order, as the storage contract says.
 fn plan(account: AccountId, stored: &UpdatesState, commit: &Commit) -> Result<UpdatesState> {
     let mut channels = channel_map(stored);
-    for channel in &commit.removed_channels {
-        channels.remove(channel);
+    let checked = sync_storage::rules::plan(account, commit, common_state(stored), |channel| {
+        Ok(channels.get(&channel).copied())
+    })?;
+    for (channel, pts) in checked.channels {
+        match pts {
+            Some(pts) => channels.insert(channel, pts),
+            None => channels.remove(&channel),
+        };
     }
-    let mut state = common_state(stored);
-    if let Some(new) = commit.state {
-        if let (Some(old), false) = (state, commit.state_reset) {
-            for (sequence, stored, attempted) in [
-                (StaleSequence::Pts, old.pts, new.pts),
-                (StaleSequence::Qts, old.qts, new.qts),
-                (StaleSequence::Seq, old.seq, new.seq),
-            ] {
-                if attempted < stored {
-                    return Err(Error::Stale {
-                        account,
-                        sequence,
-                        stored,
-                        attempted,
-                    });
-                }
-            }
-        }
-        state = Some(new);
-    }
-    for entry in &commit.channels {
-        if let Some(&stored) = channels.get(&entry.channel_id)
-            && !entry.reset
-            && entry.pts < stored
-        {
-            return Err(Error::Stale {
-                account,
-                sequence: StaleSequence::Channel(entry.channel_id),
-                stored,
-                attempted: entry.pts,
-            });
-        }
-        channels.insert(entry.channel_id, entry.pts);
-    }
+    let state = checked.state.or_else(|| common_state(stored));
     let state = state.unwrap_or_default();
     Ok(UpdatesState {
         pts: state.pts,
