@@ -61,14 +61,7 @@ pub fn request(request: &Request, hashes: &impl AccessHashes) -> Result<TlReques
             qts,
             date,
             pts_total_limit,
-        } => TlRequest::GetDifference(tl::functions::updates::GetDifference {
-            pts,
-            pts_limit: None,
-            pts_total_limit,
-            date: date.max(1),
-            qts,
-            qts_limit: None,
-        }),
+        } => TlRequest::GetDifference(get_difference(pts, qts, date, pts_total_limit)),
         RequestKind::GetChannelDifference {
             channel_id,
             pts,
@@ -79,18 +72,46 @@ pub fn request(request: &Request, hashes: &impl AccessHashes) -> Result<TlReques
                 .ok_or(ConvertError::MissingAccessHash(channel_id))?;
             TlRequest::GetChannelDifference {
                 channel_id,
-                request: tl::functions::updates::GetChannelDifference {
-                    force: false,
-                    channel: tl::types::InputChannel {
-                        channel_id,
-                        access_hash,
-                    }
-                    .into(),
-                    filter: tl::enums::ChannelMessagesFilter::Empty,
-                    pts,
-                    limit,
-                },
+                request: get_channel_difference(channel_id, access_hash, pts, limit),
             }
         }
     })
+}
+
+/// `updates.getDifference` from the local `pts`, `qts` and `date` (a `date` of 0 is sent as 1:
+/// Telegram refuses 0).
+pub(crate) fn get_difference(
+    pts: i32,
+    qts: i32,
+    date: i32,
+    pts_total_limit: Option<i32>,
+) -> tl::functions::updates::GetDifference {
+    tl::functions::updates::GetDifference {
+        pts,
+        pts_limit: None,
+        pts_total_limit,
+        date: date.max(1),
+        qts,
+        qts_limit: None,
+    }
+}
+
+/// `updates.getChannelDifference` with `force = false` and an empty filter.
+pub(crate) fn get_channel_difference(
+    channel_id: i64,
+    access_hash: i64,
+    pts: i32,
+    limit: i32,
+) -> tl::functions::updates::GetChannelDifference {
+    tl::functions::updates::GetChannelDifference {
+        force: false,
+        channel: tl::types::InputChannel {
+            channel_id,
+            access_hash,
+        }
+        .into(),
+        filter: tl::enums::ChannelMessagesFilter::Empty,
+        pts,
+        limit,
+    }
 }

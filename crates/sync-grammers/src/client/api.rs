@@ -5,15 +5,13 @@ use std::future::Future;
 
 use grammers_mtsender::{ConnectionParams, InvocationError, NoRetries, RpcError};
 use grammers_tl_types as tl;
-use sync_core::{
-    ChannelDifference, ChannelDifferenceKind, Difference, Request, RequestId, RequestKind, State,
-};
+use sync_core::{ChannelDifference, ChannelDifferenceKind, Difference, State};
 use sync_runtime::{Api, ApiError, ChannelDifferenceRequest, DifferenceRequest};
 
 use super::session_peers::LearnPeers;
 use crate::entities::TlEntities;
 use crate::error::ConvertError;
-use crate::request::{TlRequest, request};
+use crate::request::{get_channel_difference, get_difference};
 use crate::update::TlUpdate;
 
 /// What [`GrammersApi`] needs of a client: invoke one TL function and return its result.
@@ -146,14 +144,6 @@ pub fn connection_params() -> ConnectionParams {
     }
 }
 
-/// The engine's request for a manager's call, to build it with the adapter's [`request`].
-fn engine_request(kind: RequestKind) -> Request {
-    Request {
-        id: RequestId(0),
-        kind,
-    }
-}
-
 impl<I: Invoke, L: LearnPeers> Api for GrammersApi<I, L> {
     type Update = TlUpdate;
     type Entities = TlEntities;
@@ -171,16 +161,7 @@ impl<I: Invoke, L: LearnPeers> Api for GrammersApi<I, L> {
         &self,
         r: DifferenceRequest,
     ) -> Result<Difference<TlUpdate, TlEntities>, ApiError> {
-        let kind = RequestKind::GetDifference {
-            pts: r.pts,
-            qts: r.qts,
-            date: r.date,
-            pts_total_limit: r.pts_total_limit,
-        };
-        let no_hashes = |_| None;
-        let Ok(TlRequest::GetDifference(call)) = request(&engine_request(kind), &no_hashes) else {
-            unreachable!("getDifference needs no access hash")
-        };
+        let call = get_difference(r.pts, r.qts, r.date, r.pts_total_limit);
         let reply = self.client.invoke(&call).await.map_err(api_error)?;
         let difference = crate::difference(reply);
         if let Difference::Difference { entities, .. } = &difference {
@@ -193,17 +174,7 @@ impl<I: Invoke, L: LearnPeers> Api for GrammersApi<I, L> {
         &self,
         r: ChannelDifferenceRequest,
     ) -> Result<ChannelDifference<TlUpdate, TlEntities>, ApiError> {
-        let kind = RequestKind::GetChannelDifference {
-            channel_id: r.channel_id,
-            pts: r.pts,
-            limit: r.limit,
-        };
-        let hash = |_| Some(r.access_hash);
-        let Ok(TlRequest::GetChannelDifference { request: call, .. }) =
-            request(&engine_request(kind), &hash)
-        else {
-            unreachable!("the access hash is given")
-        };
+        let call = get_channel_difference(r.channel_id, r.access_hash, r.pts, r.limit);
         let reply = self.client.invoke(&call).await.map_err(api_error)?;
         let difference = crate::channel_difference(r.channel_id, reply).map_err(convert_error)?;
         if let ChannelDifferenceKind::Difference { entities, .. }
