@@ -47,6 +47,7 @@ impl fmt::Display for StaleSequence {
 /// | [`Ambiguous`](Error::Ambiguous) | maybe | re-read, or re-send a write that is safe to repeat |
 /// | [`Stale`](Error::Stale) | no, on purpose | someone stored a newer position: reload it |
 /// | [`Corrupt`](Error::Corrupt) | no | a stored value does not parse: an operator must look |
+/// | [`Fenced`](Error::Fenced) | no, on purpose | another owner took the account's lease: stop |
 /// | [`Config`](Error::Config) | no | fix the configuration |
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -96,6 +97,20 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// The write carried a fencing token that is no longer the account's current one:
+    /// another owner acquired the account's lease since (see [`crate::lease`]). Nothing was
+    /// changed; the writer is no longer the owner and must stop.
+    #[error(
+        "account {account} is owned by a newer lease (token {current}); token {token} is fenced off"
+    )]
+    Fenced {
+        /// Whose lease.
+        account: AccountId,
+        /// The token the write carried.
+        token: u64,
+        /// The account's current token.
+        current: u64,
+    },
     /// The backend was configured wrongly (a bad URL, a bad key prefix).
     #[error("invalid storage configuration: {0}")]
     Config(String),
@@ -115,6 +130,11 @@ impl Error {
     /// True for [`Error::Stale`].
     pub fn is_stale(&self) -> bool {
         matches!(self, Self::Stale { .. })
+    }
+
+    /// True for [`Error::Fenced`].
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Fenced { .. })
     }
 
     /// True for [`Error::Corrupt`].

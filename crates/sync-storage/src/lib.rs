@@ -27,8 +27,12 @@
 //!   state and channel pts together (the account then reads as never stored, and nothing is
 //!   stale any more); [`AccessHashStorage::delete_access_hashes`] forgets its access hashes.
 //!   To forget an account entirely (a logout), call both.
+//! - **One owner per account** ([`LeaseStorage`], see [`lease`]): a lease with a fencing
+//!   token that grows with every new owner; a commit carrying a token that was fenced off is
+//!   refused ([`Error::Fenced`]) and changes nothing.
 //! - **Errors are typed** ([`Error`]): unavailable (not done), ambiguous (maybe done), stale
-//!   (refused on purpose), corrupt (a stored value does not parse), config.
+//!   (refused on purpose), fenced (another owner took over), corrupt (a stored value does not
+//!   parse), config.
 //!
 //! # Backends
 //!
@@ -44,6 +48,8 @@
 //! | --- | --- |
 //! | `lib.rs` | the traits, [`Snapshot`], [`AccountId`] |
 //! | `rules.rs` | the write rules every Rust backend enforces (monotonic unless reset) |
+//! | `lease.rs` | account ownership: [`LeaseStorage`], [`Lease`], [`FencingToken`], the clocks |
+//! | `registry.rs` | a fleet's accounts and live members: [`RegistryStorage`] |
 //! | `memory.rs`, `file.rs`, `redis/` | the backends (`redis/commit.lua` repeats the rules server-side; `load.lua` reads a snapshot) |
 //! | `error.rs` | [`Error`] and [`StaleSequence`] |
 //! | `fuzzing.rs` | fuzz bodies for stored-value decoding |
@@ -106,7 +112,9 @@ pub use sync_core::{ChannelCommit, ChannelId, Commit, State};
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lease;
 mod memory;
+pub mod registry;
 pub mod rules;
 
 #[cfg(feature = "file")]
@@ -117,9 +125,11 @@ mod redis;
 pub use error::{BackendError, Error, Result, StaleSequence};
 #[cfg(feature = "file")]
 pub use file::FileStorage;
+pub use lease::{Acquired, FencingToken, Lease, LeaseInfo, LeaseStorage};
 pub use memory::MemoryStorage;
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisStorage};
+pub use registry::RegistryStorage;
 
 /// An account's identifier: the Telegram user id of the logged-in user or bot.
 pub type AccountId = i64;
@@ -357,3 +367,48 @@ macro_rules! forward_impls {
 }
 
 forward_impls!(&S, Arc<S>);
+
+macro_rules! forward_lease_impls {
+    ($($ty:ty),*) => {$(
+        impl<S: LeaseStorage + ?Sized> LeaseStorage for $ty {
+            fn acquire(&self, account: AccountId, owner: &str, ttl: std::time::Duration) -> impl Future<Output = Result<Acquired>> + Send {
+                (**self).acquire(account, owner, ttl)
+            }
+            fn renew(&self, lease: &Lease) -> impl Future<Output = Result<()>> + Send {
+                (**self).renew(lease)
+            }
+            fn renew_many(&self, leases: &[Lease]) -> impl Future<Output = Result<Vec<Result<()>>>> + Send {
+                (**self).renew_many(leases)
+            }
+            fn release(&self, lease: &Lease) -> impl Future<Output = Result<()>> + Send {
+                (**self).release(lease)
+            }
+            fn lease_holder(&self, account: AccountId) -> impl Future<Output = Result<Option<LeaseInfo>>> + Send {
+                (**self).lease_holder(account)
+            }
+            fn apply_fenced(&self, account: AccountId, token: FencingToken, commit: &Commit) -> impl Future<Output = Result<()>> + Send {
+                (**self).apply_fenced(account, token, commit)
+            }
+        }
+
+        impl<S: RegistryStorage + ?Sized> RegistryStorage for $ty {
+            fn register(&self, accounts: &[AccountId]) -> impl Future<Output = Result<()>> + Send {
+                (**self).register(accounts)
+            }
+            fn unregister(&self, accounts: &[AccountId]) -> impl Future<Output = Result<()>> + Send {
+                (**self).unregister(accounts)
+            }
+            fn registered(&self) -> impl Future<Output = Result<Vec<AccountId>>> + Send {
+                (**self).registered()
+            }
+            fn heartbeat(&self, member: &str, ttl: std::time::Duration) -> impl Future<Output = Result<Vec<String>>> + Send {
+                (**self).heartbeat(member, ttl)
+            }
+            fn leave(&self, member: &str) -> impl Future<Output = Result<()>> + Send {
+                (**self).leave(member)
+            }
+        }
+    )*};
+}
+
+forward_lease_impls!(&S, Arc<S>);
