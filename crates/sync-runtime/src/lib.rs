@@ -182,6 +182,7 @@ mod dispatch;
 mod driver;
 mod handle;
 mod handler;
+mod lease;
 mod manager;
 mod peer;
 mod stats;
@@ -194,6 +195,7 @@ pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceReque
 pub use config::{BadStatePolicy, ManagerConfig};
 pub use handle::{ControlError, ManagerHandle, Pushed, Stopped};
 pub use handler::Handler;
+pub use lease::{LeaseConfig, LeaseLoss, unique_owner};
 pub use manager::{BadState, Manager, RunError, Summary};
 pub use peer::{Peer, PeerKey};
 pub use stats::{RuntimeStats, Stats};
