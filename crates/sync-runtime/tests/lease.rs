@@ -333,7 +333,12 @@ async fn a_fenced_off_owner_stops_and_commits_nothing() {
     assert!(intruder.token > token);
     let at_takeover = storage.load(ACCOUNT).await.expect("load");
 
-    let error = run.await.expect("join").expect_err("must stop");
+    // Bounded on the paused clock: an owner that is never fenced off would run forever.
+    let error = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("the fenced-off owner kept running")
+        .expect("join")
+        .expect_err("must stop");
     producing.abort();
     let RunError::LeaseLost { loss, .. } = error else {
         panic!("unexpected error {error}");
