@@ -180,6 +180,8 @@ mod backoff;
 mod config;
 mod dispatch;
 mod driver;
+#[cfg(feature = "metrics")]
+mod facade;
 mod handle;
 mod handler;
 mod manager;
@@ -191,7 +193,7 @@ mod writer;
 pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
-pub use config::{BadStatePolicy, ManagerConfig};
+pub use config::{BadStatePolicy, ManagerConfig, MetricsConfig};
 pub use handle::{ControlError, ManagerHandle, Pushed, Stopped};
 pub use handler::Handler;
 pub use manager::{BadState, Manager, RunError, Summary};

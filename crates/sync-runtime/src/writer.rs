@@ -8,7 +8,7 @@ use sync_storage::{AccessHashStorage, AccountId, Error, StateStorage};
 use tokio::sync::mpsc;
 
 use crate::backoff::{Jitter, Policy};
-use crate::stats::Counters;
+use crate::stats::{Counters, Timer};
 
 /// One write, queued in the order the engine asked for it.
 #[derive(Debug)]
@@ -94,14 +94,15 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
                 }
             }
             if let Some(commit) = commit.filter(|c| !c.is_empty()) {
+                let timer = Timer::start();
                 let written = self
                     .retry("commit", |storage, account| {
                         let commit = commit.clone();
                         async move { storage.apply(account, &commit).await }
                     })
                     .await;
+                self.counters.commit_ended(timer, written, commits);
                 if written {
-                    self.counters.commits_written.add(commits);
                     tracing::trace!(state = ?commit.state, channels = commit.channels.len(), "commit written");
                 }
             }
