@@ -183,7 +183,7 @@ where
         let (control_tx, control) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             id: MANAGER_IDS.fetch_add(1, Ordering::Relaxed),
-            counters: Arc::new(Counters::new(account)),
+            counters: Arc::new(Counters::new(account, &config.metrics)),
             engine: Mutex::new((sync_core::Stats::default(), false)),
             state: Mutex::new(None),
             overflowed: Arc::new(AtomicBool::new(false)),

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::backoff::{Jitter, Policy};
 use crate::lease::{Fence, LeaseLoss};
-use crate::stats::Counters;
+use crate::stats::{Counters, Timer};
 
 /// One write, queued in the order the engine asked for it.
 #[derive(Debug)]
@@ -98,6 +98,7 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
             }
             if let Some(commit) = commit.filter(|c| !c.is_empty()) {
                 let fence = self.fence.clone();
+                let timer = Timer::start();
                 let written = self
                     .retry("commit", |storage, account| {
                         let commit = commit.clone();
@@ -115,8 +116,8 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
                         }
                     })
                     .await;
+                self.counters.commit_ended(timer, written, commits);
                 if written {
-                    self.counters.commits_written.add(commits);
                     tracing::trace!(state = ?commit.state, channels = commit.channels.len(), "commit written");
                 }
             }
