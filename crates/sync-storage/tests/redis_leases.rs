@@ -8,32 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::lease::{LONG, Time};
+use common::lease::{LONG, ServerTime};
 use common::uniform_commit;
 use sync_storage::{
-    AccountId, Acquired, Error, FencingToken, Lease, LeaseStorage, RedisConfig, RedisStorage,
-    RegistryStorage, StateStorage,
+    Acquired, Error, FencingToken, Lease, LeaseStorage, RedisConfig, RedisStorage, RegistryStorage,
+    StateStorage,
 };
 use sync_testkit::redis_server::RedisServer;
-
-/// Time on the server: a lease is ended by deleting its key (what its expiry does), a ttl is
-/// waited out for real.
-struct ServerTime {
-    server: Arc<RedisServer>,
-    storage: RedisStorage,
-}
-
-impl Time for ServerTime {
-    async fn expire_lease(&self, account: AccountId) {
-        let key = self.storage.lease_key(account);
-        let reply = self.server.raw(&["DEL", &key]);
-        assert!(reply.starts_with(':'), "DEL {key}: {reply}");
-    }
-
-    async fn outlive(&self, ttl: Duration) {
-        tokio::time::sleep(ttl + Duration::from_millis(10)).await;
-    }
-}
 
 async fn make_leases() -> Option<((), RedisStorage, ServerTime)> {
     let server = Arc::new(RedisServer::start()?);
