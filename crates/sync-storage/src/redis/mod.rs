@@ -90,7 +90,10 @@ impl RedisConfig {
 /// - **Layout.** Per account, four hashes under the prefix: `{prefix}:{<account>}:state`
 ///   (fields `pts`, `qts`, `date`, `seq`), `…:channels` (channel id → pts),
 ///   `…:access_hashes` (channel id → hash) and `…:user_access_hashes` (user id → hash);
-///   values are decimal strings. A value that does not
+///   for its lease, `…:lease` (hash `owner`, `token`, with a `PX` expiry) and `…:fence`
+///   (the last token, a counter without expiry); for the fleet, `{prefix}:{registry}:accounts`
+///   (set) and `{prefix}:{registry}:members` (sorted set scored by the end of each
+///   heartbeat, server milliseconds). Values are decimal strings. A value that does not
 ///   parse is reported as [`Error::Corrupt`].
 /// - **Connection.** One [`ConnectionManager`] (a multiplexed connection that reconnects on
 ///   its own); clones of a `RedisStorage` share it.
