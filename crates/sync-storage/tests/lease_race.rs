@@ -9,6 +9,8 @@
 //! `redis` (32 cases each: every step is an fsync or a round trip); `PROPTEST_CASES` sets all.
 
 mod common;
+#[cfg(feature = "redis")]
+mod server_time;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -240,7 +242,7 @@ async fn redis_racing_owners_match_the_model() {
     let s = sync_storage::RedisStorage::connect(&server.url())
         .await
         .expect("connect");
-    let time = common::lease::ServerTime {
+    let time = server_time::ServerTime {
         server,
         storage: s.clone(),
     };

@@ -4,12 +4,14 @@
 //! and garbage in the lease keys.
 
 mod common;
+mod server_time;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::lease::{LONG, ServerTime};
+use common::lease::LONG;
 use common::uniform_commit;
+use server_time::ServerTime;
 use sync_storage::{
     Acquired, Error, FencingToken, Lease, LeaseStorage, RedisConfig, RedisStorage, RegistryStorage,
     StateStorage,

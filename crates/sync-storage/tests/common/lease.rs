@@ -42,29 +42,6 @@ impl Time for Manual {
     }
 }
 
-/// Time on a Redis server: a lease is ended by deleting its key (what its expiry does), a
-/// ttl is waited out for real.
-#[cfg(feature = "redis")]
-pub struct ServerTime {
-    /// The server the storage talks to.
-    pub server: std::sync::Arc<sync_testkit::redis_server::RedisServer>,
-    /// The storage, for its key names.
-    pub storage: sync_storage::RedisStorage,
-}
-
-#[cfg(feature = "redis")]
-impl Time for ServerTime {
-    async fn expire_lease(&self, account: AccountId) {
-        let key = self.storage.lease_key(account);
-        let reply = self.server.raw(&["DEL", &key]);
-        assert!(reply.starts_with(':'), "DEL {key}: {reply}");
-    }
-
-    async fn outlive(&self, ttl: Duration) {
-        tokio::time::sleep(ttl + Duration::from_millis(10)).await;
-    }
-}
-
 /// A ttl no test outlives unless it lets time pass on purpose.
 pub const LONG: Duration = Duration::from_secs(600);
 /// A ttl a test waits out (on Redis, for real).
