@@ -8,9 +8,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use sync_core::{ChannelId, Commit, State};
 
+use crate::lease::FencingToken;
 use crate::{
     AccessHashStorage, AccountId, Error, Result, Snapshot, StaleSequence, StateStorage, UserId,
 };
+
+mod lease;
 
 const BACKEND: &str = "redis";
 
@@ -18,6 +21,10 @@ const BACKEND: &str = "redis";
 const COMMIT_LUA: &str = include_str!("commit.lua");
 /// The Lua source of the consistent startup read.
 const LOAD_LUA: &str = include_str!("load.lua");
+/// The Lua source of the lease operations (see the comments in it for its invariants).
+const LEASE_LUA: &str = include_str!("lease.lua");
+/// The Lua source of a registry member's heartbeat.
+const HEARTBEAT_LUA: &str = include_str!("heartbeat.lua");
 
 /// How to reach Redis and how to lay out and retry things there.
 ///
@@ -31,8 +38,13 @@ pub struct RedisConfig {
     /// Prefix of every key, so several applications can share a server. Keys are
     /// `{prefix}:{<account>}:state`, `…:channels`, `…:access_hashes` and
     /// `…:user_access_hashes`: the braces make the account id the Redis Cluster hash tag, so
-    /// all of an account's keys share a slot and the commit script (which touches two of them)
-    /// and the multi-key `DEL`s of the deletes are valid on a cluster. Must not contain
+    /// all of an account's keys share a slot and the commit script (which touches two of them,
+    /// three when fenced) and the multi-key `DEL`s of the deletes are valid on a cluster.
+    /// Leases add `{prefix}:{<account>}:lease` (a hash `owner`, `token` with a `PX` expiry)
+    /// and `{prefix}:{<account>}:fence` (the account's last fencing token, a counter that
+    /// never expires); the fleet registry is `{prefix}:{registry}:accounts` (a set of
+    /// account ids) and `{prefix}:{registry}:members` (a sorted set, member → end of its
+    /// heartbeat in server milliseconds), one slot for the two. Must not contain
     /// `{` or `}`. Default `tgsync`.
     pub prefix: String,
     /// How many times an operation that is safe to repeat is retried after a transient
@@ -78,7 +90,10 @@ impl RedisConfig {
 /// - **Layout.** Per account, four hashes under the prefix: `{prefix}:{<account>}:state`
 ///   (fields `pts`, `qts`, `date`, `seq`), `…:channels` (channel id → pts),
 ///   `…:access_hashes` (channel id → hash) and `…:user_access_hashes` (user id → hash);
-///   values are decimal strings. A value that does not
+///   for its lease, `…:lease` (hash `owner`, `token`, with a `PX` expiry) and `…:fence`
+///   (the last token, a counter without expiry); for the fleet, `{prefix}:{registry}:accounts`
+///   (set) and `{prefix}:{registry}:members` (sorted set scored by the end of each
+///   heartbeat, server milliseconds). Values are decimal strings. A value that does not
 ///   parse is reported as [`Error::Corrupt`].
 /// - **Connection.** One [`ConnectionManager`] (a multiplexed connection that reconnects on
 ///   its own); clones of a `RedisStorage` share it.
@@ -91,8 +106,22 @@ impl RedisConfig {
 ///   [`AccessHashStorage::delete_access_hashes`] one `DEL` of the two access-hash hashes: each
 ///   atomic. Deleting the state is a write (retried only when it cannot have run, like a
 ///   commit); deleting access hashes is retried like a read.
-/// - **Pipelining.** [`RedisStorage::apply_many`] sends many accounts' commits in one round
-///   trip; [`AccessHashStorage::set_access_hashes`] is one `HSET`.
+/// - **Pipelining.** [`RedisStorage::apply_many`] (and [`RedisStorage::apply_many_fenced`])
+///   sends many accounts' commits in one round trip; [`AccessHashStorage::set_access_hashes`]
+///   is one `HSET`; [`LeaseStorage::renew_many`](crate::LeaseStorage::renew_many) is one
+///   pipeline of renewals.
+/// - **Leases** ([`LeaseStorage`](crate::LeaseStorage)): each operation is one run of
+///   `redis/lease.lua` on the account's `…:lease` and `…:fence` keys, timed by the server
+///   (`PEXPIRE`, `PTTL`), never by a client clock. The fence is a counter with no expiry that
+///   no delete touches, so a token never goes back. A fenced commit is the commit script with
+///   the fence as a third key and the token as a last argument: the token is checked in the
+///   same script as the sequences. Acquiring is retried only when it cannot have run (a repeat
+///   would bump the token again: harmless, but the caller should know), else
+///   [`Error::Ambiguous`]; renewing and releasing are safe to repeat and retried like reads.
+/// - **Registry** ([`RegistryStorage`](crate::RegistryStorage)): `SADD`/`SREM`/`SMEMBERS` on
+///   `{prefix}:{registry}:accounts`; the heartbeat is `redis/heartbeat.lua`, which scores the
+///   member by the server's `TIME` plus its ttl in `{prefix}:{registry}:members` and prunes
+///   the ended beats in the same step.
 ///
 /// The client talks to one server (or a primary); the key layout is ready for Redis Cluster,
 /// but a cluster client is not wired in.
@@ -104,6 +133,8 @@ pub struct RedisStorage {
     retry_delay: Duration,
     commit: Script,
     load: Script,
+    lease: Script,
+    heartbeat: Script,
 }
 
 impl std::fmt::Debug for RedisStorage {
@@ -149,6 +180,8 @@ impl RedisStorage {
             retry_delay: config.retry_delay,
             commit: Script::new(COMMIT_LUA),
             load: Script::new(LOAD_LUA),
+            lease: Script::new(LEASE_LUA),
+            heartbeat: Script::new(HEARTBEAT_LUA),
         })
     }
 
@@ -170,6 +203,26 @@ impl RedisStorage {
     /// The key of the account's user access hash hash.
     pub fn user_access_hashes_key(&self, account: AccountId) -> String {
         format!("{}:{{{account}}}:user_access_hashes", self.prefix)
+    }
+
+    /// The key of the account's lease (a hash `owner`, `token`, expiring with the lease).
+    pub fn lease_key(&self, account: AccountId) -> String {
+        format!("{}:{{{account}}}:lease", self.prefix)
+    }
+
+    /// The key of the account's fence: its last fencing token, a counter that never expires.
+    pub fn fence_key(&self, account: AccountId) -> String {
+        format!("{}:{{{account}}}:fence", self.prefix)
+    }
+
+    /// The key of the registry's set of accounts.
+    pub fn registry_accounts_key(&self) -> String {
+        format!("{}:{{registry}}:accounts", self.prefix)
+    }
+
+    /// The key of the registry's sorted set of live members.
+    pub fn registry_members_key(&self) -> String {
+        format!("{}:{{registry}}:members", self.prefix)
     }
 
     /// Deletes `keys` in one `DEL` (atomic; all of an account's keys share a hash tag).
@@ -209,19 +262,75 @@ impl RedisStorage {
     /// [`StateStorage::apply`]; the outer error is for the transport (nothing is known to
     /// be applied), the inner results say how each commit fared, in order.
     pub async fn apply_many(&self, commits: &[(AccountId, &Commit)]) -> Result<Vec<Result<()>>> {
-        let mut results: Vec<Option<Result<()>>> = commits.iter().map(|_| None).collect();
-        // Two rounds at most: the second only re-sends the commits the server rejected with
+        let commits: Vec<_> = commits
+            .iter()
+            .map(|&(account, commit)| (account, None, commit))
+            .collect();
+        self.commit_many(&commits).await
+    }
+
+    /// [`RedisStorage::apply_many`] for fenced commits: each applies only if its token is its
+    /// account's current one, as with
+    /// [`LeaseStorage::apply_fenced`](crate::LeaseStorage::apply_fenced) (a refused one is
+    /// [`Error::Fenced`] in its place), still in one round trip.
+    pub async fn apply_many_fenced(
+        &self,
+        commits: &[(AccountId, FencingToken, &Commit)],
+    ) -> Result<Vec<Result<()>>> {
+        let commits: Vec<_> = commits
+            .iter()
+            .map(|&(account, token, commit)| (account, Some(token), commit))
+            .collect();
+        self.commit_many(&commits).await
+    }
+
+    async fn commit_many(
+        &self,
+        commits: &[(AccountId, Option<FencingToken>, &Commit)],
+    ) -> Result<Vec<Result<()>>> {
+        let replies = self
+            .eval_pipeline(&self.commit, Op::Write, commits.len(), |pipe, i| {
+                let (account, token, commit) = commits[i];
+                pipe.arg(if token.is_some() { 3 } else { 2 })
+                    .arg(self.state_key(account))
+                    .arg(self.channels_key(account));
+                if token.is_some() {
+                    pipe.arg(self.fence_key(account));
+                }
+                pipe.arg(commit_args(commit));
+                if let Some(token) = token {
+                    pipe.arg(token.0);
+                }
+            })
+            .await?;
+        Ok(commits
+            .iter()
+            .zip(replies)
+            .map(|(&(account, token, _), reply)| commit_outcome(account, token, reply?))
+            .collect())
+    }
+
+    /// Runs `script` `count` times in one pipeline of `EVALSHA`s, `add(pipe, i)` appending the
+    /// number of keys, the keys and the arguments of run `i`. The outer error is for the
+    /// transport; the inner results are each run's reply or its error, in order.
+    async fn eval_pipeline(
+        &self,
+        script: &Script,
+        kind: Op,
+        count: usize,
+        add: impl Fn(&mut redis::Pipeline, usize),
+    ) -> Result<Vec<Result<Value>>> {
+        let mut results: Vec<Option<Result<Value>>> = (0..count).map(|_| None).collect();
+        // Two rounds at most: the second only re-sends the runs the server rejected with
         // NOSCRIPT (its script cache was empty, e.g. after a restart), which never ran.
         for round in 0..2 {
-            let pending: Vec<usize> = (0..commits.len())
-                .filter(|&i| results[i].is_none())
-                .collect();
+            let pending: Vec<usize> = (0..count).filter(|&i| results[i].is_none()).collect();
             if pending.is_empty() {
                 break;
             }
             if round > 0 {
                 let mut connection = self.connection.clone();
-                self.commit
+                script
                     .load_async(&mut connection)
                     .await
                     .map_err(|e| classify(e, Op::Read, "SCRIPT LOAD"))?;
@@ -229,32 +338,24 @@ impl RedisStorage {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in &pending {
-                let (account, commit) = commits[i];
-                pipe.cmd("EVALSHA")
-                    .arg(self.commit.get_hash())
-                    .arg(2)
-                    .arg(self.state_key(account))
-                    .arg(self.channels_key(account))
-                    .arg(commit_args(commit));
+                pipe.cmd("EVALSHA").arg(script.get_hash());
+                add(&mut pipe, i);
             }
             let replies: Vec<Value> = self
-                .with_retries(Op::Write, "EVALSHA pipeline", |mut connection| {
+                .with_retries(kind, "EVALSHA pipeline", |mut connection| {
                     let pipe = pipe.clone();
                     async move { pipe.query_async(&mut connection).await }
                 })
                 .await?;
             for (&i, reply) in pending.iter().zip(replies) {
-                let (account, _) = commits[i];
                 results[i] = match reply {
                     Value::ServerError(error)
                         if error.kind() == Some(ServerErrorKind::NoScript) && round == 0 =>
                     {
                         None
                     }
-                    Value::ServerError(error) => {
-                        Some(Err(classify(error.into(), Op::Write, "EVALSHA")))
-                    }
-                    reply => Some(commit_outcome(account, reply)),
+                    Value::ServerError(error) => Some(Err(classify(error.into(), kind, "EVALSHA"))),
+                    reply => Some(Ok(reply)),
                 };
             }
         }
@@ -399,11 +500,19 @@ fn len_arg(len: usize) -> i64 {
     i64::try_from(len).unwrap_or(i64::MAX)
 }
 
-/// Reads the commit script's answer.
-fn commit_outcome(account: AccountId, reply: Value) -> Result<()> {
+/// Reads the commit script's answer (`token`: what a fenced commit carried).
+fn commit_outcome(account: AccountId, token: Option<FencingToken>, reply: Value) -> Result<()> {
     let parts = strings(&reply).ok_or_else(|| corrupt("commit script reply", &reply))?;
     match parts.as_slice() {
         [ok] if ok == "ok" => Ok(()),
+        [tag, current] if tag == "fenced" => match (token, current.parse()) {
+            (Some(token), Ok(current)) => Err(Error::Fenced {
+                account,
+                token: token.0,
+                current,
+            }),
+            _ => Err(corrupt("commit script reply", &reply)),
+        },
         [tag, sequence, stored, attempted] if tag == "stale" => {
             let sequence = match sequence.as_str() {
                 "pts" => Some(StaleSequence::Pts),
@@ -622,7 +731,7 @@ impl StateStorage for RedisStorage {
                     async move { invocation.invoke_async(&mut connection).await }
                 })
                 .await?;
-            commit_outcome(account, reply)
+            commit_outcome(account, None, reply)
         }
     }
 
@@ -787,7 +896,7 @@ mod tests {
     #[test]
     fn script_replies_are_read() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        assert!(commit_outcome(1, Value::Array(vec![bulk("ok")])).is_ok());
+        assert!(commit_outcome(1, None, Value::Array(vec![bulk("ok")])).is_ok());
         let stale = Value::Array(vec![
             bulk("stale"),
             bulk("channel:77"),
@@ -795,7 +904,7 @@ mod tests {
             bulk("9"),
         ]);
         assert!(matches!(
-            commit_outcome(1, stale),
+            commit_outcome(1, None, stale),
             Err(Error::Stale {
                 sequence: StaleSequence::Channel(77),
                 stored: 10,
@@ -803,7 +912,18 @@ mod tests {
                 ..
             })
         ));
-        assert!(commit_outcome(1, Value::Int(1)).is_err_and(|e| e.is_corrupt()));
+        assert!(commit_outcome(1, None, Value::Int(1)).is_err_and(|e| e.is_corrupt()));
+        let fenced = Value::Array(vec![bulk("fenced"), bulk("7")]);
+        assert!(matches!(
+            commit_outcome(1, Some(FencingToken(6)), fenced.clone()),
+            Err(Error::Fenced {
+                account: 1,
+                token: 6,
+                current: 7
+            })
+        ));
+        // Only a fenced commit can be refused as fenced.
+        assert!(commit_outcome(1, None, fenced).is_err_and(|e| e.is_corrupt()));
     }
 
     #[test]
