@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sync_core::Commit;
-use sync_storage::{Acquired, AccountId, FencingToken, Lease, LeaseStorage};
+use sync_storage::{AccountId, Acquired, FencingToken, Lease, LeaseStorage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -137,7 +137,9 @@ impl<S: LeaseStorage + 'static> Fencing for Arc<S> {
         commit: Commit,
     ) -> BoxFuture<sync_storage::Result<()>> {
         let storage = Arc::clone(self);
-        Box::pin(async move { LeaseStorage::apply_fenced(&*storage, account, token, &commit).await })
+        Box::pin(
+            async move { LeaseStorage::apply_fenced(&*storage, account, token, &commit).await },
+        )
     }
 }
 

@@ -189,6 +189,7 @@ mod dispatch;
 mod driver;
 #[cfg(feature = "metrics")]
 mod facade;
+mod fleet;
 mod handle;
 mod handler;
 mod lease;
@@ -202,6 +203,7 @@ pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
 pub use config::{BadStatePolicy, ManagerConfig, MetricsConfig};
+pub use fleet::{AccountFactory, Fleet, FleetConfig, FleetError, FleetHandle, FleetStats, assign};
 pub use handle::{ControlError, ManagerHandle, Pushed, Stopped};
 pub use handler::Handler;
 pub use lease::{LeaseConfig, LeaseLoss, unique_owner};

@@ -308,7 +308,9 @@ where
             None => (None, None),
             Some(Ownership::Given(fence)) => (Some(fence), None),
             Some(Ownership::Own(config, fencing)) => {
-                let Some(held) = self.standby(&config, &fencing, &cancel, &mut jitter).await?
+                let Some(held) = self
+                    .standby(&config, &fencing, &cancel, &mut jitter)
+                    .await?
                 else {
                     return Ok(self.stopped());
                 };
@@ -352,8 +354,12 @@ where
             .await;
             match released {
                 Ok(Ok(())) => tracing::info!(%token, "account lease released"),
-                Ok(Err(error)) => tracing::warn!(%error, "account lease not released: it expires on its own"),
-                Err(_) => tracing::warn!("account lease not released in time: it expires on its own"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "account lease not released: it expires on its own")
+                }
+                Err(_) => {
+                    tracing::warn!("account lease not released in time: it expires on its own")
+                }
             }
         }
         outcome
@@ -417,7 +423,11 @@ where
 
     /// Loads the state, builds the engine, the dispatch and the writer, runs the driver until
     /// shutdown and shuts down in order.
-    async fn serve(&mut self, fence: Option<Fence>, mut jitter: Jitter) -> Result<Summary, RunError> {
+    async fn serve(
+        &mut self,
+        fence: Option<Fence>,
+        mut jitter: Jitter,
+    ) -> Result<Summary, RunError> {
         let cancel = self.shared.cancel.clone();
         let counters = Arc::clone(&self.shared.counters);
         let stopped = |handle: &ManagerHandle<_, _>| Summary {

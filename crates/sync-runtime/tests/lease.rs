@@ -15,7 +15,7 @@ use sync_runtime::sim::{ApiFaults, Recorder};
 use sync_runtime::{LeaseConfig, LeaseLoss, Manager, ManagerHandle, RunError, Summary};
 use sync_storage::lease::Clock;
 use sync_storage::{
-    AccessHashStorage, Acquired, AccountId, FencingToken, Lease, LeaseInfo, LeaseStorage,
+    AccessHashStorage, AccountId, Acquired, FencingToken, Lease, LeaseInfo, LeaseStorage,
     MemoryStorage, Result as StorageResult, StateStorage, UserId,
 };
 use sync_testkit::{Faults, TestEntities, TestUpdate};
@@ -235,11 +235,7 @@ async fn a_standby_takes_over_at_once_after_a_clean_shutdown() {
     sim.judge_deliveries().expect("first owner's deliveries");
     sim.recorder = second_log;
     sim.finish(&*storage).await.expect("oracle");
-    assert_eq!(
-        sim.oracle.repeats(),
-        0,
-        "a clean hand-over repeats nothing"
-    );
+    assert_eq!(sim.oracle.repeats(), 0, "a clean hand-over repeats nothing");
     assert!(sim.recorder.count() > 0, "the second owner handled nothing");
     assert_eq!(
         storage.lease_holder(ACCOUNT).await.expect("holder"),
