@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{ACCOUNT, Sim, config, producer};
+use common::{ACCOUNT, Sim, TokioClock, config, producer};
 use sync_core::{ChannelId, Commit, State};
 use sync_runtime::sim::{ApiFaults, Recorder};
 use sync_runtime::{LeaseConfig, LeaseLoss, Manager, ManagerHandle, RunError, Summary};
-use sync_storage::lease::Clock;
 use sync_storage::{
     AccessHashStorage, AccountId, Acquired, FencingToken, Lease, LeaseInfo, LeaseStorage,
     MemoryStorage, Result as StorageResult, StateStorage, UserId,
@@ -21,16 +20,6 @@ use sync_storage::{
 use sync_testkit::{Faults, TestEntities, TestUpdate};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// Storage time on tokio's (paused) clock, so that leases expire as the test's time passes.
-#[derive(Debug)]
-struct TokioClock(Instant);
-
-impl Clock for TokioClock {
-    fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-}
 
 const PASS: u8 = 0;
 /// Renewals fail as if storage were unreachable.
