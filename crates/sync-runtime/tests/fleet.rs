@@ -3,6 +3,7 @@
 //! joining member gets its share handed back, a member that shuts down hands everything over
 //! at once, a crashed member's accounts are taken over within the lease's ttl plus a tick; and
 //! the oracle holds for every account across every hand-over.
+#![allow(clippy::print_stdout)]
 
 mod common;
 
