@@ -279,10 +279,18 @@ where
 
     /// Resolves once everything handed over was handled: a private dispatch's workers have
     /// ended; this manager's jobs in a pool were all handled. Only after [`close`](Self::close).
-    pub(crate) async fn drained(&self) {
+    /// The future owns what it waits on, so the backlog is not borrowed across the wait.
+    pub(crate) fn drained(&self) -> BoxFuture<()> {
         match &self.sink {
-            Sink::Private(stream) => stream.drained().await,
-            Sink::Pooled(pooled) => pooled.slot.handled(self.handed).await,
+            Sink::Private(stream) => {
+                let stream = stream.clone();
+                Box::pin(async move { stream.drained().await })
+            }
+            Sink::Pooled(pooled) => {
+                let slot = Arc::clone(&pooled.slot);
+                let handed = self.handed;
+                Box::pin(async move { slot.handled(handed).await })
+            }
         }
     }
 

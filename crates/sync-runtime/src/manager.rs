@@ -211,25 +211,34 @@ where
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     /// # runtime.block_on(async {
+    /// # use sync_core::{ChannelDifference, Difference, Sequence, State, Update};
+    /// # use sync_runtime::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest, Handler, Peer, PeerKey};
+    /// # #[derive(Debug, Clone)]
+    /// # struct Message { chat: i64, pts: i32 }
+    /// # impl Update for Message {
+    /// #     fn sequence(&self) -> Sequence { Sequence::Common { pts: self.pts, pts_count: 1 } }
+    /// # }
+    /// # impl Peer for Message {
+    /// #     fn peer(&self) -> Option<PeerKey> { Some(PeerKey::Chat(self.chat)) }
+    /// # }
     /// # struct Client;
-    /// # impl sync_runtime::Api for Client {
-    /// #     type Update = String;
+    /// # impl Api for Client {
+    /// #     type Update = Message;
     /// #     type Entities = ();
-    /// #     async fn get_state(&self) -> Result<sync_core::State, sync_runtime::ApiError> {
-    /// #         Ok(sync_core::State { pts: 1, qts: 1, date: 1, seq: 1 })
+    /// #     async fn get_state(&self) -> Result<State, ApiError> {
+    /// #         Ok(State { pts: 1, qts: 1, date: 1, seq: 1 })
     /// #     }
-    /// #     async fn get_difference(&self, r: sync_runtime::DifferenceRequest)
-    /// #         -> Result<sync_core::Difference<String>, sync_runtime::ApiError> {
-    /// #         Ok(sync_core::Difference::Empty { date: r.date, seq: 1 })
+    /// #     async fn get_difference(&self, r: DifferenceRequest) -> Result<Difference<Message>, ApiError> {
+    /// #         Ok(Difference::Empty { date: r.date, seq: 1 })
     /// #     }
-    /// #     async fn get_channel_difference(&self, _: sync_runtime::ChannelDifferenceRequest)
-    /// #         -> Result<sync_core::ChannelDifference<String>, sync_runtime::ApiError> {
-    /// #         Err(sync_runtime::ApiError::rpc(400, "CHANNEL_INVALID"))
+    /// #     async fn get_channel_difference(&self, _: ChannelDifferenceRequest)
+    /// #         -> Result<ChannelDifference<Message>, ApiError> {
+    /// #         Err(ApiError::rpc(400, "CHANNEL_INVALID"))
     /// #     }
     /// # }
     /// # struct Bot;
-    /// # impl sync_runtime::Handler<String, ()> for Bot {
-    /// #     async fn handle(&self, _: String, _: std::sync::Arc<[()]>) -> Result<(), sync_runtime::BoxError> { Ok(()) }
+    /// # impl Handler<Message, ()> for Bot {
+    /// #     async fn handle(&self, _: Message, _: std::sync::Arc<[()]>) -> Result<(), BoxError> { Ok(()) }
     /// # }
     /// let pool = DispatchPool::new(8, 1_024)?;
     /// let mut runs = Vec::new();

@@ -201,7 +201,11 @@ impl Job {
     /// waits in its manager's backlog as the event it was. `None` only for a job that carries
     /// some other type, which its manager never makes.
     pub(crate) fn into_event<U: 'static, E: 'static>(self) -> Option<Dispatch<U, E>> {
-        self.body.into_event().downcast::<Dispatch<U, E>>().ok().map(|event| *event)
+        self.body
+            .into_event()
+            .downcast::<Dispatch<U, E>>()
+            .ok()
+            .map(|event| *event)
     }
 }
 
