@@ -169,7 +169,11 @@ async fn measure(accounts: usize, pooled: bool, window: Duration) {
     let polls = Arc::new(AtomicU64::new(0));
     let metrics = tokio::runtime::Handle::current().metrics();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let (heap0, tasks0, rss0) = (LIVE.load(Ordering::Relaxed), metrics.num_alive_tasks(), rss());
+    let (heap0, tasks0, rss0) = (
+        LIVE.load(Ordering::Relaxed),
+        metrics.num_alive_tasks(),
+        rss(),
+    );
 
     let started = Instant::now();
     let pool = pooled.then(|| DispatchPool::new(8, 1_024).unwrap());
@@ -222,7 +226,11 @@ async fn measure(accounts: usize, pooled: bool, window: Duration) {
     let n = accounts as f64;
     println!(
         "| {accounts} | {} | {:.0} | {:.2} | {:.0} | {:.0} ms | {quiet} | {:.0} ms |",
-        if pooled { "shared pool (8 shards)" } else { "own dispatch (8 shards)" },
+        if pooled {
+            "shared pool (8 shards)"
+        } else {
+            "own dispatch (8 shards)"
+        },
         heap as f64 / n,
         tasks as f64 / n,
         resident as f64 / n,
