@@ -279,7 +279,7 @@ where
     /// pushes fail or are dropped; a later start fetches them by difference), abandons
     /// in-flight requests, and waits for the handlers to finish what was dispatched, for at
     /// most [`ManagerConfig::shutdown_grace`]; handlers still busy then are stopped (their tasks
-    /// aborted, counted in [`Summary::abandoned`]). It persists what was handled and returns.
+    /// aborted, or on a [`DispatchPool`] their futures dropped; counted in [`Summary::abandoned`]). It persists what was handled and returns.
     ///
     /// Dropping the future instead is a crash: nothing more is handled or written, and a
     /// restart from storage redelivers at most what was not yet acknowledged.
