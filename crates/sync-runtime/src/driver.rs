@@ -13,7 +13,6 @@ use sync_core::{
     ChannelDifference, ChannelId, Difference, Engine, Failure, Notice, Output, Request, RequestId,
     RequestKind, State, Updates,
 };
-use sync_events::EventStream;
 use sync_storage::{AccessHashStorage, AccountId, StateStorage};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -25,7 +24,7 @@ use crate::api::{
 };
 use crate::backoff::{Jitter, Policy};
 use crate::config::ManagerConfig;
-use crate::dispatch::{Backlog, BoxFuture, Dispatch};
+use crate::dispatch::{Backlog, BoxFuture, Sink};
 use crate::handle::{Control, Input, Shared};
 use crate::writer::Write;
 
@@ -89,8 +88,7 @@ where
     A: Api,
     S: StateStorage + AccessHashStorage + 'static,
 {
-    /// A driver of `engine` that dispatches through `stream` and queues its writes on
-    /// `writes`.
+    /// A driver of `engine` that dispatches through `sink` and queues its writes on `writes`.
     #[expect(
         clippy::too_many_arguments,
         reason = "each is a separate piece the manager built"
@@ -102,12 +100,12 @@ where
         config: ManagerConfig,
         shared: Arc<Shared>,
         engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
-        stream: EventStream<Dispatch<UpdateOf<A>, EntitiesOf<A>>>,
+        sink: Sink<UpdateOf<A>, EntitiesOf<A>>,
         writes: mpsc::UnboundedSender<Write>,
         jitter: Jitter,
     ) -> Self {
-        let bound = config.shards.saturating_mul(config.shard_capacity).max(1);
-        let backlog = Backlog::new(stream, Arc::clone(&shared.counters), bound);
+        let bound = sink.bound(&config);
+        let backlog = Backlog::new(sink, Arc::clone(&shared.counters), bound);
         let metrics = shared.counters.engine_metrics();
         Self {
             account,
@@ -131,9 +129,16 @@ where
         }
     }
 
-    /// The dispatch.
-    pub(crate) fn stream(&self) -> &EventStream<Dispatch<UpdateOf<A>, EntitiesOf<A>>> {
-        self.backlog.stream()
+    /// The hand-over to the dispatch.
+    pub(crate) fn backlog(&mut self) -> &mut Backlog<UpdateOf<A>, EntitiesOf<A>> {
+        &mut self.backlog
+    }
+
+    /// The shutdown grace ran out: acknowledges what was handled, then stops the handlers
+    /// still busy in a pool (see [`Backlog::stop`]).
+    pub(crate) fn stop_handlers(&mut self) {
+        self.settle_all();
+        self.backlog.stop();
     }
 
     /// Updates and notices taken for dispatch whose handling never finished (see

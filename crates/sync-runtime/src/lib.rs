@@ -65,7 +65,10 @@
 //!   [`ManagerConfig::metrics`] ([`MetricsConfig`]) adds the `account` label or labels of
 //!   your own. `docs/METRICS.md` lists every series.
 //!
-//! Run one manager per account; many run side by side in one process.
+//! Run one manager per account; many run side by side in one process. Each manager has a
+//! dispatch of its own by default ([`ManagerConfig::shards`] worker tasks); a process with many
+//! accounts shares one [`DispatchPool`] between them ([`Manager::with_pool`]), so an idle
+//! account costs its run task and a few KiB, and no worker tasks.
 //!
 //! # Features
 //!
@@ -91,6 +94,7 @@
 //! | `handle.rs` | [`ManagerHandle`] and the intake and control messages it sends; [`Pushed`], [`Stopped`], [`ControlError`] |
 //! | `driver.rs` | the loop: intake turns, commands, requests and their replies, timers, commits queued, stats published |
 //! | `dispatch.rs` | the events handed to `sync-events`, the observer that calls the [`Handler`] (and the task-local that marks its calls), the backlog and the acknowledgement of handled batches |
+//! | `pool.rs` | [`DispatchPool`]: dispatch workers shared by many managers, the type-erased jobs and per-manager stop |
 //! | `writer.rs` | the storage writer: commits and access hashes, in order, retried |
 //! | `backoff.rs` | retry delays: exponential backoff with jitter, FLOOD_WAIT spread |
 //! | `api.rs` | [`Api`], [`ApiError`], the request types, [`BoxError`] |
@@ -195,6 +199,7 @@ mod handler;
 mod lease;
 mod manager;
 mod peer;
+mod pool;
 mod stats;
 mod writer;
 
@@ -209,6 +214,7 @@ pub use handler::Handler;
 pub use lease::{LeaseConfig, LeaseLoss, unique_owner};
 pub use manager::{BadState, Manager, RunError, Summary};
 pub use peer::{Peer, PeerKey};
+pub use pool::{DispatchPool, PoolError};
 pub use stats::{RuntimeStats, Stats};
 /// Re-exported from `sync-core`: what the handler learns besides updates.
 pub use sync_core::Notice;

@@ -18,11 +18,12 @@ use tracing::Instrument;
 use crate::api::{Api, EntitiesOf, UpdateOf};
 use crate::backoff::{Jitter, Policy};
 use crate::config::{BadStatePolicy, ManagerConfig};
-use crate::dispatch::{Dispatcher, HANDLING, MANAGER_IDS};
+use crate::dispatch::{Dispatcher, HANDLING, MANAGER_IDS, Sink};
 use crate::driver::{Driver, now};
 use crate::handle::{Control, Input, ManagerHandle, Shared};
 use crate::handler::Handler;
 use crate::lease::{self, Fence, Fencing, Held, LeaseConfig, LeaseLoss};
+use crate::pool::DispatchPool;
 use crate::stats::{Counters, Stats};
 use crate::writer::Writer;
 
@@ -136,6 +137,8 @@ pub struct Manager<A: Api, S, H> {
     control: mpsc::UnboundedReceiver<Control>,
     handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
     ownership: Option<Ownership>,
+    /// The shared dispatch, if the manager runs on one (see [`Manager::with_pool`]).
+    pool: Option<DispatchPool>,
 }
 
 /// The lease a manager runs under.
@@ -211,6 +214,7 @@ where
             control,
             handle,
             ownership: None,
+            pool: None,
         }
     }
 
@@ -272,6 +276,69 @@ where
         self
     }
 
+    /// Dispatches through `pool`, shared with other managers, instead of a dispatch of its own
+    /// ([`ManagerConfig::shards`] and [`ManagerConfig::shard_capacity`] are then unused: the
+    /// pool's shards and capacity bound the backlog). An idle manager on a pool costs no task
+    /// besides its own run. See [`DispatchPool`] for what is shared and what stays per manager.
+    ///
+    /// ```
+    /// # use sync_runtime::{DispatchPool, Manager};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    /// # runtime.block_on(async {
+    /// # use sync_core::{ChannelDifference, Difference, Sequence, State, Update};
+    /// # use sync_runtime::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest, Handler, Peer, PeerKey};
+    /// # #[derive(Debug, Clone)]
+    /// # struct Message { chat: i64, pts: i32 }
+    /// # impl Update for Message {
+    /// #     fn sequence(&self) -> Sequence { Sequence::Common { pts: self.pts, pts_count: 1 } }
+    /// # }
+    /// # impl Peer for Message {
+    /// #     fn peer(&self) -> Option<PeerKey> { Some(PeerKey::Chat(self.chat)) }
+    /// # }
+    /// # struct Client;
+    /// # impl Api for Client {
+    /// #     type Update = Message;
+    /// #     type Entities = ();
+    /// #     async fn get_state(&self) -> Result<State, ApiError> {
+    /// #         Ok(State { pts: 1, qts: 1, date: 1, seq: 1 })
+    /// #     }
+    /// #     async fn get_difference(&self, r: DifferenceRequest) -> Result<Difference<Message>, ApiError> {
+    /// #         Ok(Difference::Empty { date: r.date, seq: 1 })
+    /// #     }
+    /// #     async fn get_channel_difference(&self, _: ChannelDifferenceRequest)
+    /// #         -> Result<ChannelDifference<Message>, ApiError> {
+    /// #         Err(ApiError::rpc(400, "CHANNEL_INVALID"))
+    /// #     }
+    /// # }
+    /// # struct Bot;
+    /// # impl Handler<Message, ()> for Bot {
+    /// #     async fn handle(&self, _: Message, _: std::sync::Arc<[()]>) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    /// let pool = DispatchPool::new(8, 1_024)?;
+    /// let mut runs = Vec::new();
+    /// for account in 1..=3 {
+    ///     let storage = sync_storage::MemoryStorage::new();
+    ///     let manager = Manager::new(account, Client, storage, Bot).with_pool(&pool);
+    ///     let handle = manager.handle();
+    ///     runs.push((handle, tokio::spawn(manager.run())));
+    /// }
+    /// for (handle, run) in runs {
+    ///     handle.caught_up().await?;
+    ///     handle.shutdown();
+    ///     assert_eq!(run.await??.abandoned, 0);
+    /// }
+    /// pool.shutdown();
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # })
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_pool(mut self, pool: &DispatchPool) -> Self {
+        self.pool = Some(pool.clone());
+        self
+    }
+
     /// A handle for pushes, commands, stats and shutdown.
     pub fn handle(&self) -> ManagerHandle<UpdateOf<A>, EntitiesOf<A>> {
         self.handle.clone()
@@ -287,7 +354,7 @@ where
     /// pushes fail or are dropped; a later start fetches them by difference), abandons
     /// in-flight requests, and waits for the handlers to finish what was dispatched, for at
     /// most [`ManagerConfig::shutdown_grace`]; handlers still busy then are stopped (their tasks
-    /// aborted, counted in [`Summary::abandoned`]). It persists what was handled and returns.
+    /// aborted, or on a [`DispatchPool`] their futures dropped; counted in [`Summary::abandoned`]). It persists what was handled and returns.
     ///
     /// Dropping the future instead is a crash: nothing more is handled or written, and a
     /// restart from storage redelivers at most what was not yet acknowledged.
@@ -462,30 +529,15 @@ where
             }
         };
 
-        // Dispatch: one observer per shard over the shared handler; the workers belong to this
-        // future, so dropping it (a crash) stops them too.
-        let panics = Arc::clone(&counters);
-        let (stream, workers) = sync_events::Builder::new()
-            .shards(self.config.shards)
-            .capacity(self.config.shard_capacity)
-            .on_panic(move |panic: &ObserverPanic| {
-                panics.handler_panics.incr();
-                tracing::error!(%panic, "update handler panicked");
-            })
-            .build_async(|_shard| Dispatcher {
-                handler: Arc::clone(&self.handler),
-                counters: Arc::clone(&counters),
-            })
-            .map_err(RunError::Dispatch)?;
         let mut worker_tasks = JoinSet::new();
-        // Each worker task runs with this manager and its shard in `HANDLING`, so that a
-        // handler's calls on the handle know they come from inside a handler (set once per
-        // task rather than around every call).
-        let manager = self.shared.id;
-        workers.spawn_with(|worker| {
-            let here = (manager, worker.shard());
-            worker_tasks.spawn(HANDLING.scope(here, worker));
-        });
+        let sink = match &self.pool {
+            Some(pool) => Sink::Pooled(pool.attach(
+                self.shared.id,
+                Arc::clone(&self.handler),
+                Arc::clone(&counters),
+            )),
+            None => self.private_dispatch(&mut worker_tasks)?,
+        };
 
         let (writes, queue) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -505,7 +557,7 @@ where
             self.config.clone(),
             Arc::clone(&self.shared),
             engine,
-            stream,
+            sink,
             writes,
             jitter,
         );
@@ -542,14 +594,15 @@ where
         let mut finished = tokio::time::timeout_at(deadline, driver.drain_dispatch())
             .await
             .is_ok();
-        driver.stream().shutdown();
+        driver.backlog().close();
         finished = finished
-            && tokio::time::timeout_at(deadline, driver.stream().drained())
+            && tokio::time::timeout_at(deadline, driver.backlog().drained())
                 .await
                 .is_ok();
         if !finished {
             tracing::warn!(grace = ?self.config.shutdown_grace, "handlers still busy after the shutdown grace: stopping them");
             worker_tasks.abort_all();
+            driver.stop_handlers();
         }
         while worker_tasks.join_next().await.is_some() {}
         driver.settle_all();
@@ -577,6 +630,37 @@ where
             Ok(()) => Ok(summary),
             Err(message) => Err(RunError::Unauthorized { message }),
         }
+    }
+
+    /// The manager's own dispatch: one observer per shard over the shared handler, the workers
+    /// spawned on `tasks`, which belong to the run future, so dropping it (a crash) stops them
+    /// too.
+    fn private_dispatch(
+        &self,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Sink<UpdateOf<A>, EntitiesOf<A>>, RunError> {
+        let panics = Arc::clone(&self.shared.counters);
+        let (stream, workers) = sync_events::Builder::new()
+            .shards(self.config.shards)
+            .capacity(self.config.shard_capacity)
+            .on_panic(move |panic: &ObserverPanic| {
+                panics.handler_panics.incr();
+                tracing::error!(%panic, "update handler panicked");
+            })
+            .build_async(|_shard| Dispatcher {
+                handler: Arc::clone(&self.handler),
+                counters: Arc::clone(&self.shared.counters),
+            })
+            .map_err(RunError::Dispatch)?;
+        // Each worker task runs with this manager and its shard in `HANDLING`, so that a
+        // handler's calls on the handle know they come from inside a handler (set once per
+        // task rather than around every call).
+        let manager = self.shared.id;
+        workers.spawn_with(|worker| {
+            let here = (manager, worker.shard());
+            tasks.spawn(HANDLING.scope(here, worker));
+        });
+        Ok(Sink::Private(stream))
     }
 
     /// The engine for what storage holds: resuming from the stored state (or, without

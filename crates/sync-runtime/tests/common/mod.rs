@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sync_core::{ChannelId, Commit, State};
 use sync_runtime::sim::{ApiFaults, Producer, Recorder, SimulatedApi};
-use sync_runtime::{Manager, ManagerConfig, ManagerHandle, RunError, Summary};
+use sync_runtime::{DispatchPool, Manager, ManagerConfig, ManagerHandle, RunError, Summary};
 use sync_storage::{AccessHashStorage, StateStorage};
 use sync_testkit::{Faults, Limits, Oracle, Server, TestEntities, TestUpdate, Workload};
 use tokio::task::JoinHandle;
@@ -100,13 +100,32 @@ impl Sim {
     where
         S: StateStorage + AccessHashStorage + 'static,
     {
-        let manager = Manager::with_config(
+        self.start_on(storage, config, None)
+    }
+
+    /// Starts a manager on `storage`, dispatching through `pool` when one is given.
+    pub fn start_on<S>(
+        &self,
+        storage: &Arc<S>,
+        config: ManagerConfig,
+        pool: Option<&DispatchPool>,
+    ) -> (
+        ManagerHandle<TestUpdate, TestEntities>,
+        JoinHandle<Result<Summary, RunError>>,
+    )
+    where
+        S: StateStorage + AccessHashStorage + 'static,
+    {
+        let mut manager = Manager::with_config(
             ACCOUNT,
             self.api.clone(),
             Arc::clone(storage),
             self.recorder.clone(),
             config,
         );
+        if let Some(pool) = pool {
+            manager = manager.with_pool(pool);
+        }
         let handle = manager.handle();
         (handle, tokio::spawn(manager.run()))
     }
