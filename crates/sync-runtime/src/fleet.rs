@@ -20,6 +20,9 @@
 //!    tried again next tick, so a crashed member's accounts are taken over within the lease's
 //!    ttl plus a tick.
 //!
+//! The accounts' managers share one [`DispatchPool`] (`dispatch_shards` workers), so an idle
+//! account costs its manager's memory and no task that wakes.
+//!
 //! A manager that stops with a retryable error ([`RunError::is_retryable`]), or whose
 //! [`AccountFactory::build`] failed, is restarted after a backoff, keeping its lease; one that
 //! stops for good (a lost authorization) is released and left alone until `restart_max` has
@@ -47,6 +50,7 @@ use crate::handle::ManagerHandle;
 use crate::handler::Handler;
 use crate::lease::{Held, LeaseLoss, unique_owner};
 use crate::manager::{Manager, RunError, Summary};
+use crate::pool::{DispatchPool, PoolError};
 
 /// What a fleet needs to run an account: the application's side of one [`Manager`].
 pub trait AccountFactory: Send + Sync + 'static {
@@ -98,8 +102,14 @@ pub struct FleetConfig {
     /// Longest restart delay; also how long an account that stopped for good is left alone.
     /// Default 60 s.
     pub restart_max: Duration,
-    /// The configuration of every account's manager.
+    /// The configuration of every account's manager. Its `shards` and `shard_capacity` do
+    /// not apply: the accounts share the fleet's dispatch pool.
     pub manager: ManagerConfig,
+    /// Worker tasks of the dispatch pool the fleet's accounts share ([`DispatchPool`]): how
+    /// many peers, of all accounts, are handled at the same time. Default 64.
+    pub dispatch_shards: usize,
+    /// Events queued per worker of that pool. Default 1,024.
+    pub dispatch_capacity: usize,
 }
 
 impl FleetConfig {
@@ -114,6 +124,8 @@ impl FleetConfig {
             restart_base: Duration::from_secs(1),
             restart_max: Duration::from_secs(60),
             manager: ManagerConfig::default(),
+            dispatch_shards: 64,
+            dispatch_capacity: 1_024,
         }
     }
 }
@@ -217,6 +229,9 @@ pub enum FleetError {
     /// The configuration cannot work (a zero tick or ttl, renewals not within the ttl).
     #[error("invalid fleet configuration: {0}")]
     Config(String),
+    /// The dispatch pool could not be built (zero shards or capacity).
+    #[error("cannot build the fleet's dispatch pool: {0}")]
+    Pool(#[source] PoolError),
 }
 
 /// The accounts `member` should run, out of `accounts`, when `members` are alive: a balanced
@@ -362,9 +377,12 @@ where
                 config.renew_every, config.lease_ttl
             )));
         }
+        let pool = DispatchPool::new(config.dispatch_shards, config.dispatch_capacity)
+            .map_err(FleetError::Pool)?;
         let span = tracing::info_span!("sync_fleet", member = %config.member);
         let mut run = Run {
             fleet: &self,
+            pool: pool.clone(),
             slots: HashMap::new(),
             tasks: JoinSet::new(),
             task_accounts: HashMap::new(),
@@ -377,6 +395,8 @@ where
             jitter: Jitter::new(config.manager.jitter_seed),
         };
         run.run().instrument(span).await;
+        drop(run);
+        pool.shutdown();
         Ok(*self.shared.stats())
     }
 }
@@ -384,6 +404,8 @@ where
 /// The state of one [`Fleet::run`].
 struct Run<'a, S, F: AccountFactory> {
     fleet: &'a Fleet<S, F>,
+    /// The dispatch workers every account's manager shares.
+    pool: DispatchPool,
     slots: HashMap<AccountId, Slot>,
     tasks: JoinSet<Ended>,
     /// Which account each manager task runs, to tell a panicked one.
@@ -587,6 +609,7 @@ where
         let storage = Arc::clone(&self.fleet.storage);
         let config = self.fleet.config.manager.clone();
         let shared = Arc::clone(&self.fleet.shared);
+        let pool = self.pool.clone();
         let task = self.tasks.spawn(async move {
             let built = tokio::select! {
                 () = held.lost.cancelled() => return (account, Err(Stop::Run(lost_error(&held)))),
@@ -596,8 +619,9 @@ where
                 Ok(built) => built,
                 Err(error) => return (account, Err(Stop::Build(error))),
             };
-            let manager =
-                Manager::with_config(account, api, storage, handler, config).with_held_lease(held);
+            let manager = Manager::with_config(account, api, storage, handler, config)
+                .with_pool(&pool)
+                .with_held_lease(held);
             let handle = manager.handle();
             shared.managers().insert(account, handle.clone());
             factory.started(account, handle);
