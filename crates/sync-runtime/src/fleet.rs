@@ -1,34 +1,4 @@
-//! Many accounts per process, many processes per registry: the [`Fleet`].
-//!
-//! A fleet runs one [`Manager`] per account it owns. Which accounts exist is the registry's
-//! ([`RegistryStorage`]); which process runs one is the account's lease ([`LeaseStorage`]):
-//! the coordination is storage's (Redis', for a fleet of processes), not a protocol of ours.
-//!
-//! Every `tick` a fleet:
-//!
-//! 1. beats its heartbeat (the registry's live members, itself included);
-//! 2. computes which accounts it should run ([`assign`]: every member computes the same
-//!    balanced assignment from the same members and accounts, at most its fair share
-//!    `⌈accounts / members⌉` each);
-//! 3. renews the leases it holds, all in one round trip ([`LeaseStorage::renew_many`]), every
-//!    `renew_every`; a lease refused (fenced off) or not renewed within its ttl stops its
-//!    manager at once;
-//! 4. hands back the accounts no longer its own (a member joined): their managers shut down
-//!    cleanly and their leases are released, so the new owner starts at once;
-//! 5. claims the accounts that are its own and that it does not run yet: an account still held
-//!    elsewhere (its old owner is handing it back, or crashed and its lease has not expired) is
-//!    tried again next tick, so a crashed member's accounts are taken over within the lease's
-//!    ttl plus a tick.
-//!
-//! The accounts' managers share one [`DispatchPool`] (`dispatch_shards` workers), so an idle
-//! account costs its manager's memory and no task that wakes.
-//!
-//! A manager that stops with a retryable error ([`RunError::is_retryable`]), or whose
-//! [`AccountFactory::build`] failed, is restarted after a backoff, keeping its lease; one that
-//! stops for good (a lost authorization) is released and left alone until `restart_max` has
-//! passed. A clean shutdown ([`FleetHandle::shutdown`]) stops every manager (each within its
-//! [`ManagerConfig::shutdown_grace`], leases kept renewed meanwhile), releases every lease and
-//! leaves the registry, so a rolling restart moves accounts without waiting for any expiry.
+//! Many accounts per process, many processes per registry: the [`Fleet`] (its docs tell how).
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -314,7 +284,124 @@ enum Stop {
 }
 
 /// Runs the accounts of a registry in this process, sharing them with the other processes
-/// that run the same registry (see the [module docs](self)).
+/// that run the same registry.
+///
+///
+/// A fleet runs one [`Manager`] per account it owns. Which accounts exist is the registry's
+/// ([`RegistryStorage`]); which process runs one is the account's lease ([`LeaseStorage`]):
+/// the coordination is storage's (Redis', for a fleet of processes), not a protocol of ours.
+///
+/// Every `tick` a fleet:
+///
+/// 1. beats its heartbeat (the registry's live members, itself included);
+/// 2. computes which accounts it should run ([`assign`]: every member computes the same
+///    balanced assignment from the same members and accounts, at most its fair share
+///    `⌈accounts / members⌉` each);
+/// 3. renews the leases it holds, all in one round trip ([`LeaseStorage::renew_many`]), every
+///    `renew_every`; a lease refused (fenced off) or not renewed within its ttl stops its
+///    manager at once;
+/// 4. hands back the accounts no longer its own (a member joined): their managers shut down
+///    cleanly and their leases are released, so the new owner starts at once;
+/// 5. claims the accounts that are its own and that it does not run yet: an account still held
+///    elsewhere (its old owner is handing it back, or crashed and its lease has not expired) is
+///    tried again next tick, so a crashed member's accounts are taken over within the lease's
+///    ttl plus a tick.
+///
+/// The accounts' managers share one [`DispatchPool`] (`dispatch_shards` workers), so an idle
+/// account costs its manager's memory and no task that wakes.
+///
+/// A manager that stops with a retryable error ([`RunError::is_retryable`]), or whose
+/// [`AccountFactory::build`] failed, is restarted after a backoff, keeping its lease; one that
+/// stops for good (a lost authorization) is released and left alone until `restart_max` has
+/// passed. A clean shutdown ([`FleetHandle::shutdown`]) stops every manager (each within its
+/// [`ManagerConfig::shutdown_grace`], leases kept renewed meanwhile), releases every lease and
+/// leaves the registry, so a rolling restart moves accounts without waiting for any expiry.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use sync_core::{ChannelDifference, Difference, Sequence, State, Update};
+/// use sync_runtime::{
+///     AccountFactory, Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest,
+///     Fleet, FleetConfig, Handler, Peer, PeerKey,
+/// };
+/// use sync_storage::{AccountId, MemoryStorage, RegistryStorage};
+///
+/// #[derive(Debug, Clone)]
+/// struct Message { chat: i64, pts: i32 }
+/// impl Update for Message {
+///     fn sequence(&self) -> Sequence { Sequence::Common { pts: self.pts, pts_count: 1 } }
+/// }
+/// impl Peer for Message {
+///     fn peer(&self) -> Option<PeerKey> { Some(PeerKey::Chat(self.chat)) }
+/// }
+///
+/// /// One account's MTProto client; here a server with nothing new.
+/// struct Client;
+/// impl Api for Client {
+///     type Update = Message;
+///     type Entities = ();
+///     async fn get_state(&self) -> Result<State, ApiError> {
+///         Ok(State { pts: 10, qts: 1, date: 1_700_000_000, seq: 1 })
+///     }
+///     async fn get_difference(&self, r: DifferenceRequest) -> Result<Difference<Message>, ApiError> {
+///         Ok(Difference::Empty { date: r.date, seq: 1 })
+///     }
+///     async fn get_channel_difference(
+///         &self,
+///         _: ChannelDifferenceRequest,
+///     ) -> Result<ChannelDifference<Message>, ApiError> {
+///         Err(ApiError::rpc(400, "CHANNEL_INVALID"))
+///     }
+/// }
+///
+/// struct Bot { account: AccountId }
+/// impl Handler<Message, ()> for Bot {
+///     async fn handle(&self, message: Message, _: Arc<[()]>) -> Result<(), BoxError> {
+///         let _ = (self.account, message); // reply, store, …
+///         Ok(())
+///     }
+/// }
+///
+/// /// How this application runs an account: log in, build its handler.
+/// struct Accounts;
+/// impl AccountFactory for Accounts {
+///     type Api = Client;
+///     type Handler = Bot;
+///     async fn build(&self, account: AccountId) -> Result<(Client, Bot), BoxError> {
+///         Ok((Client, Bot { account }))
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+/// runtime.block_on(async {
+///     // Every process of the fleet uses the same storage (`RedisStorage` in production).
+///     let storage = Arc::new(MemoryStorage::new());
+///     storage.register(&[1001, 1002, 1003]).await?;
+///
+///     let config = FleetConfig { tick: Duration::from_millis(20), ..FleetConfig::new() };
+///     let fleet = Fleet::new(Arc::clone(&storage), Accounts, config);
+///     let handle = fleet.handle();
+///     let run = tokio::spawn(fleet.run());
+///     while handle.accounts().len() < 3 {
+///         tokio::time::sleep(Duration::from_millis(10)).await;
+///     }
+///     // The only member runs every account, each under its lease.
+///     let manager = handle.manager(1002).ok_or("not running")?;
+///     manager.caught_up().await?;
+///     assert!(manager.fencing_token().is_some());
+///
+///     handle.shutdown();
+///     let stats = run.await??;
+///     assert_eq!((stats.claimed, stats.released), (3, 3));
+///     Ok::<_, Box<dyn std::error::Error>>(())
+/// })
+/// # }
+/// ```
 pub struct Fleet<S, F: AccountFactory> {
     storage: Arc<S>,
     factory: Arc<F>,
