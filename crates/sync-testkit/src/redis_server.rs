@@ -559,6 +559,35 @@ impl RedisCluster {
         self.nodes.iter().position(|node| node.id == line.id)
     }
 
+    /// The running node serving `slot` as master, as the cluster sees it now.
+    pub fn master_of_slot(&self, slot: u16) -> Option<usize> {
+        let from = (0..self.len()).find(|&i| self.is_running(i))?;
+        let lines = self.cluster_nodes(from)?;
+        let serves = |range: &str| {
+            // `5461` or `0-5460`; `[…]` entries are slots being migrated, not served.
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(low), Ok(high)) if (low..=high).contains(&slot))
+        };
+        let line = lines.iter().find(|line| {
+            line.flags.iter().any(|f| f == "master") && line.slots.iter().any(|r| serves(r))
+        })?;
+        self.nodes
+            .iter()
+            .position(|node| node.id == line.id)
+            .filter(|&index| self.is_running(index))
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`, asked of a running node).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let from = (0..self.len())
+            .find(|&i| self.is_running(i))
+            .expect("a running node");
+        match self.command(from, &["CLUSTER", "KEYSLOT", key]) {
+            Ok(Reply::Int(slot)) => u16::try_from(slot).expect("a slot number"),
+            other => panic!("CLUSTER KEYSLOT {key}: {other:?}"),
+        }
+    }
+
     fn cluster_nodes(&self, index: usize) -> Option<Vec<NodeLine>> {
         if !self.is_running(index) {
             return None;
