@@ -338,8 +338,8 @@ where
     );
     println!("  API calls answered               {:>10}", calls.calls);
     println!(
-        "  commits written                  {:>10}  ({} retried, {} stale)",
-        r.commits_written, r.commit_retries, r.commits_stale
+        "  commit writes to storage         {:>10}  ({} engine commits, {} retried, {} stale)",
+        r.commits_written, r.engine_commits_persisted, r.commit_retries, r.commits_stale
     );
     println!(
         "  batches handled and acknowledged {:>10}",
@@ -456,7 +456,7 @@ impl Fate {
 fn progress_line(made: u64, total: u64, stats: &Stats) -> String {
     let (e, r) = (stats.engine, stats.runtime);
     format!(
-        "events {made:>7}/{total}  delivered {:>7}  gaps {:>5} (wait {:>5}, diff {:>4})  differences {:>4} + {:>4} channel  retries {:>3}  flood waits {:>3}  commits {:>6}  buffered {:>4}",
+        "events {made:>7}/{total}  delivered {:>7}  gaps {:>5} (wait {:>5}, diff {:>4})  differences {:>4} + {:>4} channel  retries {:>3}  flood waits {:>3}  commit writes {:>6}  buffered {:>4}",
         e.updates_delivered,
         e.gaps_detected,
         e.gaps_filled_by_wait,

@@ -66,6 +66,41 @@ pub struct ManagerConfig {
     /// channel id). Default [`BadStatePolicy::Stop`]. Other load failures are not about the
     /// state: an unavailable storage is retried, a configuration error stops the manager.
     pub on_bad_state: BadStatePolicy,
+    /// How the manager's series are labelled in the `metrics` facade (feature `metrics`;
+    /// without it nothing is exported and this is ignored). Default: no `account` label, so
+    /// the managers of a process add into the same series, and share one set of metric
+    /// handles.
+    pub metrics: MetricsConfig,
+}
+
+/// The labels of a manager's series in the `metrics` facade (see
+/// [`ManagerConfig::metrics`] and `docs/METRICS.md` for the series).
+///
+/// The default suits a process of any size: every series is labelled only by what
+/// [`labels`](Self::labels) adds (nothing by default), so 100,000 managers add into the same
+/// few dozen series, and the managers share one set of metric handles, registered once (per
+/// recorder and label set) with the recorder that is current when the first of them is built
+/// (install the recorder before building managers). [`per_account`](Self::per_account) labels
+/// every series with the account as well: one set of series and of handles per manager, for a
+/// process that runs a handful of accounts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct MetricsConfig {
+    /// Label every series with `account` (the account id in decimal). Off by default: the
+    /// number of series grows with the number of accounts.
+    pub per_account: bool,
+    /// Labels added to every series, as `(key, value)` pairs: a deployment, a pool of
+    /// accounts, a process. Managers with the same labels share their series.
+    pub labels: Vec<(String, String)>,
+}
+
+impl MetricsConfig {
+    /// Every series labelled with the account (one set of series per manager).
+    pub fn per_account() -> Self {
+        Self {
+            per_account: true,
+            labels: Vec::new(),
+        }
+    }
 }
 
 /// What a [`Manager`](crate::Manager) does with stored state it cannot use (see
@@ -103,6 +138,7 @@ impl Default for ManagerConfig {
             jitter_seed: None,
             catch_up: true,
             on_bad_state: BadStatePolicy::Stop,
+            metrics: MetricsConfig::default(),
         }
     }
 }

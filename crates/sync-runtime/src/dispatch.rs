@@ -16,7 +16,7 @@ use sync_core::Notice;
 
 use crate::handler::Handler;
 use crate::peer::{Peer, PeerKey};
-use crate::stats::Counters;
+use crate::stats::{Counters, Timer};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -65,6 +65,7 @@ where
     H: Handler<U, E>,
 {
     async fn handle(&mut self, event: Dispatch<U, E>) {
+        let timer = Timer::start();
         match event {
             Dispatch::Update {
                 update, entities, ..
@@ -76,6 +77,7 @@ where
             }
             Dispatch::Notice(notice) => self.handler.notice(notice).await,
         }
+        self.counters.handled(timer);
     }
 }
 

@@ -80,8 +80,8 @@ pub(crate) struct Driver<A: Api, S> {
     seen: sync_core::Stats,
     /// Shutting down: requests are no longer sent.
     stopping: bool,
-    #[cfg(feature = "metrics")]
-    gauges: crate::stats::Gauges,
+    /// The engine's stats as last exported to `metrics`.
+    metrics: crate::stats::EngineMetrics,
 }
 
 impl<A, S> Driver<A, S>
@@ -108,6 +108,7 @@ where
     ) -> Self {
         let bound = config.shards.saturating_mul(config.shard_capacity).max(1);
         let backlog = Backlog::new(stream, Arc::clone(&shared.counters), bound);
+        let metrics = shared.counters.engine_metrics();
         Self {
             account,
             api,
@@ -126,8 +127,7 @@ where
             waiters: Vec::new(),
             seen: sync_core::Stats::default(),
             stopping: false,
-            #[cfg(feature = "metrics")]
-            gauges: crate::stats::Gauges::new(account),
+            metrics,
         }
     }
 
@@ -539,6 +539,7 @@ where
             return;
         }
         self.shared.counters.requests_sent.incr();
+        let timer = self.shared.counters.request_timer(&request.kind);
         let Request { id, kind } = request;
         let api = Arc::clone(&self.api);
         let span = tracing::debug_span!("request", %id, ?kind);
@@ -610,7 +611,7 @@ where
                 )
             }
         };
-        self.requests.push(future);
+        self.requests.push(timer.time(future));
     }
 
     /// At shutdown: hands the backlog over and waits for every dispatched batch to be handled,
@@ -706,8 +707,7 @@ where
                 "gap buffer overflowed: fetching the difference"
             );
         }
-        #[cfg(feature = "metrics")]
-        self.gauges.set(&stats);
+        self.metrics.publish(&stats);
         self.seen = stats;
     }
 }

@@ -3,7 +3,7 @@
 //! shares with the manager, and its errors.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sync_core::{Affected, ChannelId, Sequence, State, Update, Updates};
@@ -175,6 +175,8 @@ pub(crate) struct Shared {
     pub(crate) capacity: usize,
     pub(crate) running: AtomicBool,
     pub(crate) cancel: CancellationToken,
+    /// The fencing token of the lease the manager runs under (0: none yet, or no lease).
+    pub(crate) token: AtomicU64,
 }
 
 /// The application's side of a running [`Manager`](crate::Manager): feed it pushes, ask for its
@@ -248,6 +250,19 @@ impl<U: Update, E> ManagerHandle<U, E> {
     /// back while this is close to [`ManagerConfig::intake_capacity`](crate::ManagerConfig::intake_capacity).
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// The fencing token of the account's lease while the manager runs under one
+    /// ([`Manager::with_lease`](crate::Manager::with_lease), or in a fleet),
+    /// `None` before it is acquired or without a lease. It grows with every new owner of the
+    /// account, so an application can fence its own side effects the same way storage fences
+    /// commits: store it with what a handler writes elsewhere, and refuse a write whose token
+    /// is lower than one already seen.
+    pub fn fencing_token(&self) -> Option<sync_storage::FencingToken> {
+        match self.shared.token.load(Ordering::Acquire) {
+            0 => None,
+            token => Some(sync_storage::FencingToken(token)),
+        }
     }
 
     /// The `pts` / `pts_count` returned by the application's own calls

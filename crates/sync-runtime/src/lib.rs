@@ -56,8 +56,14 @@
 //! - **Observability**: `tracing` spans and events (gaps detected and resolved, differences
 //!   fetched, commits rejected), [`ManagerHandle::stats`] ([`Stats`]: the engine's counters
 //!   and the runtime's), [`ManagerHandle::state`] (the applied state, published with the
-//!   stats) and [`ManagerHandle::channel_pts`], and with the `metrics` feature the same
-//!   counters through the `metrics` facade.
+//!   stats) and [`ManagerHandle::channel_pts`]. With the `metrics` feature the same
+//!   counters (the engine's as `sync_engine_*_total`, the runtime's as
+//!   `sync_runtime_*_total`), the engine's gauges, and histograms of difference round trips,
+//!   handler calls and commit writes go through the `metrics` facade. By default the series
+//!   carry no `account` label, so a process running 100,000 accounts has as few series as one
+//!   running one, and its managers share one set of metric handles;
+//!   [`ManagerConfig::metrics`] ([`MetricsConfig`]) adds the `account` label or labels of
+//!   your own. `docs/METRICS.md` lists every series.
 //!
 //! Run one manager per account; many run side by side in one process.
 //!
@@ -65,7 +71,7 @@
 //!
 //! | feature | adds |
 //! | --- | --- |
-//! | `metrics` | counters (`sync_runtime_*_total`) and gauges through the `metrics` facade |
+//! | `metrics` | the engine's and the runtime's counters (`sync_engine_*_total`, `sync_runtime_*_total`), the engine's gauges and histograms (`sync_runtime_difference_seconds`, `sync_runtime_handler_seconds`, `sync_runtime_commit_seconds`) through the `metrics` facade, labelled as [`MetricsConfig`] says |
 //! | `file`, `redis` | the storage backends of `sync-storage` |
 // The `sim` module only exists with its feature: link it only then.
 #![cfg_attr(
@@ -90,7 +96,8 @@
 //! | `api.rs` | [`Api`], [`ApiError`], the request types, [`BoxError`] |
 //! | `handler.rs` | [`Handler`] (which also gets the engine's [`Notice`]s) |
 //! | `peer.rs` | [`Peer`], [`PeerKey`] |
-//! | `config.rs`, `stats.rs` | [`ManagerConfig`], [`BadStatePolicy`]; [`Stats`], [`RuntimeStats`] and the counters behind them |
+//! | `config.rs`, `stats.rs` | [`ManagerConfig`], [`BadStatePolicy`], [`MetricsConfig`]; [`Stats`], [`RuntimeStats`], the counters behind them and the measuring points of the `metrics` export |
+//! | `facade.rs` | (feature `metrics`) the metric handles: registered per manager with the `account` label, or shared by the managers of the process without it |
 //! | `sim.rs` | `sim` (feature `testkit`) |
 //!
 //! # Example
@@ -180,8 +187,12 @@ mod backoff;
 mod config;
 mod dispatch;
 mod driver;
+#[cfg(feature = "metrics")]
+mod facade;
+mod fleet;
 mod handle;
 mod handler;
+mod lease;
 mod manager;
 mod peer;
 mod stats;
@@ -191,9 +202,11 @@ mod writer;
 pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
-pub use config::{BadStatePolicy, ManagerConfig};
+pub use config::{BadStatePolicy, ManagerConfig, MetricsConfig};
+pub use fleet::{AccountFactory, Fleet, FleetConfig, FleetError, FleetHandle, FleetStats, assign};
 pub use handle::{ControlError, ManagerHandle, Pushed, Stopped};
 pub use handler::Handler;
+pub use lease::{LeaseConfig, LeaseLoss, unique_owner};
 pub use manager::{BadState, Manager, RunError, Summary};
 pub use peer::{Peer, PeerKey};
 pub use stats::{RuntimeStats, Stats};

@@ -2,12 +2,13 @@
 //! building the engine, the dispatch and the storage writer around the driver loop) and the
 //! shutdown sequence, with what a run ends in ([`Summary`], [`RunError`]).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sync_core::{Engine, State};
 use sync_events::ObserverPanic;
-use sync_storage::{AccessHashStorage, AccountId, StateStorage};
+use sync_storage::{AccessHashStorage, AccountId, FencingToken, LeaseStorage, StateStorage};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -21,6 +22,7 @@ use crate::dispatch::{Dispatcher, HANDLING, MANAGER_IDS};
 use crate::driver::{Driver, now};
 use crate::handle::{Control, Input, ManagerHandle, Shared};
 use crate::handler::Handler;
+use crate::lease::{self, Fence, Fencing, Held, LeaseConfig, LeaseLoss};
 use crate::stats::{Counters, Stats};
 use crate::writer::Writer;
 
@@ -48,6 +50,32 @@ pub enum RunError {
         /// The error the API reported.
         message: String,
     },
+    /// The account's lease was lost ([`Manager::with_lease`]): another owner took the account
+    /// over, or the lease could not be renewed in time. The manager stopped at once: its
+    /// handlers were stopped, nothing more was dispatched, and storage refuses whatever it
+    /// would still commit. The new owner resumes from the stored state, so what this manager
+    /// handled but had not persisted is delivered again there.
+    #[error("account lease (token {token}) lost: {loss}")]
+    LeaseLost {
+        /// The token the manager held.
+        token: FencingToken,
+        /// How it was lost.
+        loss: LeaseLoss,
+    },
+}
+
+impl RunError {
+    /// Whether starting the manager again may succeed without an operator: a lease that ran
+    /// out while storage was unreachable (it may be acquired again), or storage that could not
+    /// be reached. Not a lost authorization, invalid state or configuration, nor a lease
+    /// another owner took over.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::LeaseLost { loss, .. } => matches!(loss, LeaseLoss::Expired { .. }),
+            Self::Storage(error) => error.is_unavailable() || error.is_ambiguous(),
+            Self::InvalidState(_) | Self::Dispatch(_) | Self::Unauthorized { .. } => false,
+        }
+    }
 }
 
 /// What was wrong with stored state that could not be used (see
@@ -107,6 +135,16 @@ pub struct Manager<A: Api, S, H> {
     intake: mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
     control: mpsc::UnboundedReceiver<Control>,
     handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
+    ownership: Option<Ownership>,
+}
+
+/// The lease a manager runs under.
+enum Ownership {
+    /// The manager acquires the lease itself (waiting as a standby), renews and releases it.
+    Own(LeaseConfig, Arc<dyn Fencing>),
+    /// Someone else (a fleet) acquired the lease and keeps it renewed; the manager fences its
+    /// commits with it and stops when it is lost.
+    Given(Fence),
 }
 
 impl<A: Api, S, H> std::fmt::Debug for Manager<A, S, H> {
@@ -145,7 +183,7 @@ where
         let (control_tx, control) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             id: MANAGER_IDS.fetch_add(1, Ordering::Relaxed),
-            counters: Arc::new(Counters::new(account)),
+            counters: Arc::new(Counters::new(account, &config.metrics)),
             engine: Mutex::new((sync_core::Stats::default(), false)),
             state: Mutex::new(None),
             overflowed: Arc::new(AtomicBool::new(false)),
@@ -155,6 +193,7 @@ where
             capacity: config.intake_capacity.max(1),
             running: AtomicBool::new(false),
             cancel: CancellationToken::new(),
+            token: AtomicU64::new(0),
         });
         let handle = ManagerHandle {
             intake: intake_tx,
@@ -171,7 +210,42 @@ where
             intake,
             control,
             handle,
+            ownership: None,
         }
+    }
+
+    /// Runs the manager under the account's lease, so that at most one manager (in any
+    /// process sharing the storage) runs the account at a time.
+    ///
+    /// [`run`](Self::run) then first acquires the lease, waiting as a standby while another
+    /// owner holds it: it takes over as soon as that owner releases it (a clean shutdown, seen
+    /// within [`LeaseConfig::standby_poll`]) or once its lease expires (a crash: within
+    /// [`LeaseConfig::ttl`]). Only then does it load the stored state, so it resumes where the
+    /// previous owner's last commit left off. While running it renews the lease every
+    /// [`LeaseConfig::renew_every`] and fences every commit with the lease's token
+    /// ([`LeaseStorage::apply_fenced`]); the token is available to handlers through
+    /// [`ManagerHandle::fencing_token`]. If the lease is lost (another owner took over, or it
+    /// could not be renewed within its ttl) the manager stops at once and `run` returns
+    /// [`RunError::LeaseLost`]. A clean shutdown releases the lease after the final commits.
+    #[must_use]
+    pub fn with_lease(mut self, config: LeaseConfig) -> Self
+    where
+        S: LeaseStorage,
+    {
+        let fencing: Arc<dyn Fencing> = Arc::new(Arc::clone(&self.storage));
+        self.ownership = Some(Ownership::Own(config, fencing));
+        self
+    }
+
+    /// Runs the manager under a lease someone else acquired and keeps renewed (a fleet): the
+    /// commits are fenced with it, and the manager stops once `held` is marked lost.
+    pub(crate) fn with_held_lease(mut self, held: Arc<Held>) -> Self
+    where
+        S: LeaseStorage,
+    {
+        let fencing: Arc<dyn Fencing> = Arc::new(Arc::clone(&self.storage));
+        self.ownership = Some(Ownership::Given(Fence { fencing, held }));
+        self
     }
 
     /// Shuts the manager down when `token` is cancelled (e.g. a child of the process's
@@ -191,6 +265,7 @@ where
             capacity: self.shared.capacity,
             running: AtomicBool::new(false),
             cancel: token,
+            token: AtomicU64::new(0),
         });
         self.handle.shared = Arc::clone(&shared);
         self.shared = shared;
@@ -225,9 +300,136 @@ where
         self.shared.running.store(true, Ordering::Release);
         let _running = RunningGuard(Arc::clone(&self.shared));
         let cancel = self.shared.cancel.clone();
-        let counters = Arc::clone(&self.shared.counters);
         let mut jitter = Jitter::new(self.config.jitter_seed);
 
+        // Ownership first: the stored state is only read once the lease is ours, so it is the
+        // state the previous owner left.
+        let (fence, own) = match self.ownership.take() {
+            None => (None, None),
+            Some(Ownership::Given(fence)) => (Some(fence), None),
+            Some(Ownership::Own(config, fencing)) => {
+                let Some(held) = self
+                    .standby(&config, &fencing, &cancel, &mut jitter)
+                    .await?
+                else {
+                    return Ok(self.stopped());
+                };
+                let renewal = tokio::spawn(lease::keep_renewed(
+                    Arc::clone(&fencing),
+                    Arc::clone(&held),
+                    config.clone(),
+                ));
+                (Some(Fence { fencing, held }), Some(AbortOnDrop(renewal)))
+            }
+        };
+        let Some(fence) = fence else {
+            return self.serve(None, jitter).await;
+        };
+        let token = fence.held.lease.token;
+        lease::publish_token(&self.shared.token, Some(token));
+        let lost = |held: &Held| RunError::LeaseLost {
+            token,
+            loss: held.loss().unwrap_or(LeaseLoss::Expired {
+                last_error: "lost".into(),
+            }),
+        };
+        // A lost lease stops everything at once: dropping the serving future aborts the
+        // dispatch workers (handlers included) and the writer, as a crash would, so nothing
+        // more is handled beside the new owner; storage would refuse the commits anyway.
+        let outcome = tokio::select! {
+            outcome = self.serve(Some(fence.clone()), jitter) => outcome,
+            () = fence.held.lost.cancelled() => Err(lost(&fence.held)),
+        };
+        lease::publish_token(&self.shared.token, None);
+        if fence.held.lost.is_cancelled() {
+            return Err(lost(&fence.held));
+        }
+        if let Some(renewal) = own {
+            drop(renewal);
+            // A clean stop hands the account over at once instead of at the lease's expiry.
+            let released = tokio::time::timeout(
+                self.config.shutdown_timeout,
+                fence.fencing.release(fence.held.lease.clone()),
+            )
+            .await;
+            match released {
+                Ok(Ok(())) => tracing::info!(%token, "account lease released"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "account lease not released: it expires on its own")
+                }
+                Err(_) => {
+                    tracing::warn!("account lease not released in time: it expires on its own")
+                }
+            }
+        }
+        outcome
+    }
+
+    /// A summary of a run that stopped before it started.
+    fn stopped(&self) -> Summary {
+        Summary {
+            stats: self.handle.stats(),
+            state: None,
+            persisted: true,
+            abandoned: 0,
+        }
+    }
+
+    /// Acquires the lease, waiting as a standby while another owner holds it; `None` if shut
+    /// down first.
+    async fn standby(
+        &self,
+        config: &LeaseConfig,
+        fencing: &Arc<dyn Fencing>,
+        cancel: &CancellationToken,
+        jitter: &mut Jitter,
+    ) -> Result<Option<Arc<Held>>, RunError> {
+        let mut attempt = 0;
+        let mut waiting = false;
+        loop {
+            let acquired = tokio::select! {
+                () = cancel.cancelled() => return Ok(None),
+                acquired = fencing.acquire(self.account, Arc::clone(&config.owner), config.ttl) => acquired,
+            };
+            let delay = match acquired {
+                Ok(sync_storage::Acquired::Held(lease)) => {
+                    tracing::info!(token = %lease.token, owner = %lease.owner, "account lease acquired");
+                    return Ok(Some(Held::new(lease)));
+                }
+                Ok(sync_storage::Acquired::Busy(holder)) => {
+                    if !waiting {
+                        tracing::info!(holder = %holder.owner, expires_in = ?holder.expires_in, "account held by another owner: waiting as a standby");
+                        waiting = true;
+                    }
+                    attempt = 0;
+                    config
+                        .standby_poll
+                        .min(holder.expires_in + Duration::from_millis(1))
+                }
+                Err(error) if error.is_unavailable() || error.is_ambiguous() => {
+                    let delay = jitter.backoff(Policy::storage(&self.config), attempt);
+                    attempt += 1;
+                    tracing::warn!(%error, ?delay, "cannot acquire the account lease; retrying");
+                    delay
+                }
+                Err(error) => return Err(RunError::Storage(error)),
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(None),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Loads the state, builds the engine, the dispatch and the writer, runs the driver until
+    /// shutdown and shuts down in order.
+    async fn serve(
+        &mut self,
+        fence: Option<Fence>,
+        mut jitter: Jitter,
+    ) -> Result<Summary, RunError> {
+        let cancel = self.shared.cancel.clone();
+        let counters = Arc::clone(&self.shared.counters);
         let stopped = |handle: &ManagerHandle<_, _>| Summary {
             stats: handle.stats(),
             state: None,
@@ -292,6 +494,7 @@ where
             counters: Arc::clone(&counters),
             retry: Policy::storage(&self.config),
             jitter: jitter.fork(),
+            fence,
         }
         .run(queue);
 
@@ -473,6 +676,15 @@ fn unreachable_writer_end() -> Result<(), String> {
     // it ever did, stopping cleanly is the safe reaction.
     tracing::error!("the storage writer ended before the manager");
     Ok(())
+}
+
+/// Aborts a spawned task when dropped (however the run ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Clears `running` however the run ends (a dropped future included).

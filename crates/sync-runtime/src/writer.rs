@@ -8,7 +8,8 @@ use sync_storage::{AccessHashStorage, AccountId, Error, StateStorage};
 use tokio::sync::mpsc;
 
 use crate::backoff::{Jitter, Policy};
-use crate::stats::Counters;
+use crate::lease::{Fence, LeaseLoss};
+use crate::stats::{Counters, Timer};
 
 /// One write, queued in the order the engine asked for it.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub(crate) struct Writer<S> {
     pub(crate) counters: Arc<Counters>,
     pub(crate) retry: Policy,
     pub(crate) jitter: Jitter,
+    /// The lease the commits are fenced with, if the manager runs under one.
+    pub(crate) fence: Option<Fence>,
 }
 
 /// Folds `later` into `earlier`, as if storage had applied both in order. Storage applies a
@@ -94,14 +97,27 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
                 }
             }
             if let Some(commit) = commit.filter(|c| !c.is_empty()) {
+                let fence = self.fence.clone();
+                let timer = Timer::start();
                 let written = self
                     .retry("commit", |storage, account| {
                         let commit = commit.clone();
-                        async move { storage.apply(account, &commit).await }
+                        let fence = fence.clone();
+                        async move {
+                            match fence {
+                                None => storage.apply(account, &commit).await,
+                                Some(fence) => {
+                                    fence
+                                        .fencing
+                                        .apply_fenced(account, fence.held.lease.token, commit)
+                                        .await
+                                }
+                            }
+                        }
                     })
                     .await;
+                self.counters.commit_ended(timer, written, commits);
                 if written {
-                    self.counters.commits_written.add(commits);
                     tracing::trace!(state = ?commit.state, channels = commit.channels.len(), "commit written");
                 }
             }
@@ -126,6 +142,15 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
                     self.counters.commit_retries.incr();
                     tracing::warn!(%error, ?delay, attempt, "{what} not written; retrying");
                     tokio::time::sleep(delay).await;
+                }
+                Err(sync_storage::Error::Fenced { current, .. }) => {
+                    // Another owner runs the account: this manager must stop (its run ends
+                    // at once), and nothing it still holds may be written.
+                    self.counters.commits_failed.incr();
+                    if let Some(fence) = &self.fence {
+                        fence.held.lose(LeaseLoss::TakenOver { current });
+                    }
+                    return false;
                 }
                 Err(error) if error.is_stale() => {
                     self.counters.commits_stale.incr();

@@ -213,7 +213,7 @@ impl LeaseRecord {
             Some(info) if info.owner != owner => Acquired::Busy(info),
             _ => {
                 self.token += 1;
-                self.holder = Some((owner.to_owned(), now + ttl));
+                self.holder = Some((owner.to_owned(), now.saturating_add(ttl)));
                 Acquired::Held(Lease {
                     account,
                     owner: owner.into(),
@@ -240,7 +240,7 @@ impl LeaseRecord {
     /// The renewal rule: the current token extends (or re-creates) its lease.
     pub(crate) fn renew(&mut self, lease: &Lease, now: Duration) -> Result<()> {
         self.check(lease.account, lease.token)?;
-        self.holder = Some((lease.owner.to_string(), now + lease.ttl));
+        self.holder = Some((lease.owner.to_string(), now.saturating_add(lease.ttl)));
         Ok(())
     }
 

@@ -28,8 +28,12 @@
 //!   stale any more); [`AccessHashStorage::delete_access_hashes`] forgets its access hashes.
 //!   To forget an account entirely (a logout), call both.
 //! - **One owner per account** ([`LeaseStorage`], see [`lease`]): a lease with a fencing
-//!   token that grows with every new owner; a commit carrying a token that was fenced off is
-//!   refused ([`Error::Fenced`]) and changes nothing.
+//!   token that grows with every new owner (and never goes back: not on release, expiry or
+//!   [`StateStorage::delete`]); a commit carrying a token that was fenced off is refused
+//!   ([`Error::Fenced`]) and changes nothing, checked atomically with the sequence checks
+//!   ([`LeaseStorage::apply_fenced`]).
+//! - **A fleet's registry** ([`RegistryStorage`], see [`registry`]): the set of accounts, and
+//!   the members alive to run them (a heartbeat with a ttl, on the backend's clock).
 //! - **Errors are typed** ([`Error`]): unavailable (not done), ambiguous (maybe done), stale
 //!   (refused on purpose), fenced (another owner took over), corrupt (a stored value does not
 //!   parse), config.
@@ -40,7 +44,13 @@
 //! | --- | --- | --- |
 //! | [`MemoryStorage`] | (always) | tests, and bots that may start from `getState` after a restart |
 //! | `FileStorage` | `file` | one process that must survive restarts: a redb file, every commit fsynced before it is acknowledged |
-//! | `RedisStorage` | `redis` (`redis-tls` for `rediss://`) | many processes sharing state; monotonicity enforced server-side by a Lua script |
+//! | `RedisStorage` | `redis` (`redis-tls` for `rediss://`) | many processes sharing state; monotonicity and fencing enforced server-side by Lua scripts |
+//!
+//! All three keep the whole contract: [`StateStorage`], [`AccessHashStorage`],
+//! [`LeaseStorage`] and [`RegistryStorage`]. Leases and heartbeats expire on a
+//! [`Clock`](lease::Clock) in memory and in the file (`MemoryStorage::with_clock`,
+//! `FileStorage::open_with_clock`; the system clock by default), and on the server's clock in
+//! Redis (`PEXPIRE`, `TIME`).
 //!
 //! # Where things are
 //!
@@ -50,7 +60,7 @@
 //! | `rules.rs` | the write rules every Rust backend enforces (monotonic unless reset) |
 //! | `lease.rs` | account ownership: [`LeaseStorage`], [`Lease`], [`FencingToken`], the clocks |
 //! | `registry.rs` | a fleet's accounts and live members: [`RegistryStorage`] |
-//! | `memory.rs`, `file.rs`, `redis/` | the backends (`redis/commit.lua` repeats the rules server-side; `load.lua` reads a snapshot) |
+//! | `memory.rs`, `file.rs`, `redis/` | the backends (`redis/commit.lua` repeats the rules server-side and checks the fence of a fenced commit; `load.lua` reads a snapshot; `redis/lease.rs` with `lease.lua` and `heartbeat.lua` keeps leases and the registry) |
 //! | `error.rs` | [`Error`] and [`StaleSequence`] |
 //! | `fuzzing.rs` | fuzz bodies for stored-value decoding |
 //!

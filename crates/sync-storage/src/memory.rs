@@ -288,7 +288,9 @@ impl RegistryStorage for MemoryStorage {
     ) -> impl Future<Output = Result<Vec<String>>> + Send {
         let now = self.clock.now();
         let mut registry = self.registry();
-        registry.members.insert(member.to_owned(), now + ttl);
+        registry
+            .members
+            .insert(member.to_owned(), now.saturating_add(ttl));
         registry.members.retain(|_, until| *until > now);
         ready(Ok(registry.members.keys().cloned().collect()))
     }

@@ -1,7 +1,8 @@
 //! The Redis backend on a real Redis Cluster that the tests start themselves
 //! (`sync_testkit::redis_server::RedisCluster`): the shared contract suite, commits of many
-//! accounts spread over every node, writes that wait for replicas, and a master killed in the
-//! middle of a run, which must lose no acknowledged commit.
+//! accounts spread over every node, the lease and registry suite, writes that wait for
+//! replicas, and a master killed in the middle of a run, which must lose no acknowledged
+//! commit.
 
 mod common;
 
@@ -13,7 +14,7 @@ use common::{uniform_commit, uniform_state};
 use sync_storage::{
     AccountId, Commit, Error, RedisConfig, RedisStorage, ReplicationShortfall, StateStorage,
 };
-use sync_testkit::redis_server::RedisCluster;
+use sync_testkit::redis_server::{RedisCluster, Reply};
 
 /// One three-master cluster shared by the tests that run at the same time (each under its own
 /// key prefix); the last test holding it drops it, which kills its processes, and a later test
@@ -50,6 +51,41 @@ async fn make() -> Option<(Arc<RedisCluster>, RedisStorage)> {
 }
 
 contract_suite!(make);
+
+/// Time on the cluster for the lease suite: a lease is ended by deleting its key on the master
+/// of its slot (what its expiry does), a ttl is waited out for real.
+struct ClusterTime {
+    cluster: Arc<RedisCluster>,
+    storage: RedisStorage,
+}
+
+impl common::lease::Time for ClusterTime {
+    async fn expire_lease(&self, account: AccountId) {
+        let key = self.storage.lease_key(account);
+        let master = self
+            .cluster
+            .master_of_slot(self.cluster.slot_of(&key))
+            .expect("the slot is served");
+        let reply = self.cluster.command(master, &["DEL", &key]);
+        assert!(matches!(reply, Ok(Reply::Int(_))), "DEL {key}: {reply:?}");
+    }
+
+    async fn outlive(&self, ttl: Duration) {
+        tokio::time::sleep(ttl + Duration::from_millis(10)).await;
+    }
+}
+
+async fn make_leases() -> Option<((), RedisStorage, ClusterTime)> {
+    let cluster = shared_cluster()?;
+    let storage = storage_on(&cluster, |config| config).await;
+    let time = ClusterTime {
+        cluster,
+        storage: storage.clone(),
+    };
+    Some(((), storage, time))
+}
+
+lease_suite!(make_leases);
 
 /// Accounts until every master serves at least `per_master` of them.
 fn accounts_on_every_master(

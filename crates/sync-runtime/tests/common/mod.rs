@@ -49,7 +49,18 @@ impl Sim {
 
     /// Writes the account's starting point to storage, as a client that loaded its dialogs.
     pub async fn seed<S: StateStorage + AccessHashStorage>(&self, storage: &S) {
-        let (state, channels, hashes) = self.api.with_server(|s| {
+        seed_account(&self.api, storage, ACCOUNT).await;
+    }
+}
+
+/// Writes the starting point of the server behind `api` to storage for `account`.
+pub async fn seed_account<S: StateStorage + AccessHashStorage>(
+    api: &SimulatedApi,
+    storage: &S,
+    account: i64,
+) {
+    {
+        let (state, channels, hashes) = api.with_server(|s| {
             let channels = s
                 .channel_states()
                 .map(|(channel_id, pts)| sync_core::ChannelCommit {
@@ -68,13 +79,15 @@ impl Sim {
             channels,
             ..Commit::default()
         };
-        storage.apply(ACCOUNT, &commit).await.expect("seed state");
+        storage.apply(account, &commit).await.expect("seed state");
         storage
-            .set_access_hashes(ACCOUNT, &hashes)
+            .set_access_hashes(account, &hashes)
             .await
             .expect("seed hashes");
     }
+}
 
+impl Sim {
     /// Starts a manager on `storage`.
     pub fn start<S>(
         &self,
@@ -142,6 +155,17 @@ impl Sim {
                 snapshot.channels.get(&id).copied()
             })
         })
+    }
+}
+
+/// Storage time on tokio's (paused) clock, so that leases and heartbeats expire as the test's
+/// time passes.
+#[derive(Debug)]
+pub struct TokioClock(pub tokio::time::Instant);
+
+impl sync_storage::lease::Clock for TokioClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
     }
 }
 

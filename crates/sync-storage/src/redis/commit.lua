@@ -3,11 +3,15 @@
 --
 -- KEYS[1]  the account's state hash    (fields pts, qts, date, seq; decimal strings)
 -- KEYS[2]  the account's channel hash  (field: channel id, value: its pts; decimal strings)
+-- KEYS[3]  (a fenced commit only) the account's fence: its current fencing token, a decimal
+--          string (absent: 0), as lease.lua keeps it
 -- ARGV     has_state, state_reset, pts, qts, date, seq,
 --          n_removed, <n_removed channel ids>,
---          n_channels, <n_channels triples: channel id, pts, reset>
+--          n_channels, <n_channels triples: channel id, pts, reset>,
+--          and for a fenced commit (three KEYS) one more: the commit's token
 --
--- Returns {'ok'}, {'stale', sequence, stored, attempted} or {'corrupt', key, field, detail}.
+-- Returns {'ok'}, {'stale', sequence, stored, attempted}, {'corrupt', key, field, detail}
+-- or {'fenced', current token}.
 --
 -- Invariants (they must match the Rust backends, src/rules.rs):
 -- * All or nothing. Redis runs a script to its end with no other command in between, and
@@ -23,8 +27,13 @@
 --   entries in order, each checked against the value left by the steps before it.
 -- * Numbers. Lua numbers are doubles: exact for the 32-bit sequences compared here. Channel
 --   ids are 64-bit and are only ever used as strings (hash fields), never converted.
+-- * Fenced. With a third key, the commit applies only if its token is the fence's value,
+--   checked first, in the same script as the sequence checks: no acquisition (which bumps
+--   the fence) can run between the check and the writes. Tokens are compared as decimal
+--   strings, exactly (no conversion to a double). A plain commit (two keys) has no such
+--   check and costs nothing more than before.
 
-local state_key, channels_key = KEYS[1], KEYS[2]
+local state_key, channels_key, fence_key = KEYS[1], KEYS[2], KEYS[3]
 
 -- A stored sequence must be a decimal 32-bit integer; anything else is corrupt data, which
 -- we report rather than overwrite.
@@ -37,6 +46,17 @@ local function parse(value)
     return nil
   end
   return n
+end
+
+if fence_key then
+  local kind = redis.call('TYPE', fence_key)['ok']
+  if kind ~= 'string' and kind ~= 'none' then
+    return { 'corrupt', fence_key, '', 'a ' .. kind .. ' where a counter was expected' }
+  end
+  local current = redis.call('GET', fence_key) or '0'
+  if current ~= ARGV[#ARGV] then
+    return { 'fenced', current }
+  end
 end
 
 for _, key in ipairs({ state_key, channels_key }) do

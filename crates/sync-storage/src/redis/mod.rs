@@ -11,9 +11,12 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
 use sync_core::{ChannelId, Commit, State};
 
+use crate::lease::FencingToken;
 use crate::{
     AccessHashStorage, AccountId, Error, Result, Snapshot, StaleSequence, StateStorage, UserId,
 };
+
+mod lease;
 
 const BACKEND: &str = "redis";
 
@@ -21,6 +24,10 @@ const BACKEND: &str = "redis";
 const COMMIT_LUA: &str = include_str!("commit.lua");
 /// The Lua source of the consistent startup read.
 const LOAD_LUA: &str = include_str!("load.lua");
+/// The Lua source of the lease operations (see the comments in it for its invariants).
+const LEASE_LUA: &str = include_str!("lease.lua");
+/// The Lua source of a registry member's heartbeat.
+const HEARTBEAT_LUA: &str = include_str!("heartbeat.lua");
 
 /// How to reach Redis and how to lay out and retry things there.
 ///
@@ -40,8 +47,13 @@ pub struct RedisConfig {
     /// Prefix of every key, so several applications can share a server. Keys are
     /// `{prefix}:{<account>}:state`, `…:channels`, `…:access_hashes` and
     /// `…:user_access_hashes`: the braces make the account id the Redis Cluster hash tag, so
-    /// all of an account's keys share a slot and the commit script (which touches two of them)
-    /// and the multi-key `DEL`s of the deletes are valid on a cluster. Must not contain
+    /// all of an account's keys share a slot and the commit script (which touches two of them,
+    /// three when fenced) and the multi-key `DEL`s of the deletes are valid on a cluster.
+    /// Leases add `{prefix}:{<account>}:lease` (a hash `owner`, `token` with a `PX` expiry)
+    /// and `{prefix}:{<account>}:fence` (the account's last fencing token, a counter that
+    /// never expires); the fleet registry is `{prefix}:{registry}:accounts` (a set of
+    /// account ids) and `{prefix}:{registry}:members` (a sorted set, member → end of its
+    /// heartbeat in server milliseconds), one slot for the two. Must not contain
     /// `{` or `}`. Default `tgsync`.
     pub prefix: String,
     /// How many times an operation that is safe to repeat is retried after a transient
@@ -124,6 +136,18 @@ pub struct ReplicationShortfall {
     pub confirmed: usize,
 }
 
+/// One run of a script: its `EVALSHA` and the slot it goes to.
+struct Run {
+    route: Route,
+    command: Cmd,
+}
+
+/// A script's reply, and whether the replicas confirmed the run (`Ok` when nobody waited).
+struct Evaluated {
+    reply: Value,
+    replicated: Result<()>,
+}
+
 /// The connection: one server (a manager that reconnects) or a cluster client.
 #[derive(Clone)]
 enum Connection {
@@ -195,7 +219,10 @@ impl ConnectionLike for Routed {
 /// - **Layout.** Per account, four hashes under the prefix: `{prefix}:{<account>}:state`
 ///   (fields `pts`, `qts`, `date`, `seq`), `…:channels` (channel id → pts),
 ///   `…:access_hashes` (channel id → hash) and `…:user_access_hashes` (user id → hash);
-///   values are decimal strings. A value that does not
+///   for its lease, `…:lease` (hash `owner`, `token`, with a `PX` expiry) and `…:fence`
+///   (the last token, a counter without expiry); for the fleet, `{prefix}:{registry}:accounts`
+///   (set) and `{prefix}:{registry}:members` (sorted set scored by the end of each
+///   heartbeat, server milliseconds). Values are decimal strings. A value that does not
 ///   parse is reported as [`Error::Corrupt`].
 /// - **Connection.** One server: one [`ConnectionManager`] (a multiplexed connection that
 ///   reconnects on its own). A cluster ([`RedisConfig::cluster`]): one
@@ -223,9 +250,25 @@ impl ConnectionLike for Routed {
 ///   [`AccessHashStorage::delete_access_hashes`] one `DEL` of the two access-hash hashes: each
 ///   atomic. Deleting the state is a write (retried only when it cannot have run, like a
 ///   commit); deleting access hashes is retried like a read.
-/// - **Pipelining.** [`RedisStorage::apply_many`] sends many accounts' commits in one round
-///   trip (on a cluster: concurrently, one request per commit, which the client pipelines per
-///   node); [`AccessHashStorage::set_access_hashes`] is one `HSET`.
+/// - **Pipelining.** [`RedisStorage::apply_many`] (and [`RedisStorage::apply_many_fenced`])
+///   sends many accounts' commits in one round trip (on a cluster: concurrently, one request
+///   per commit, which the client pipelines per node); [`AccessHashStorage::set_access_hashes`]
+///   is one `HSET`; [`LeaseStorage::renew_many`](crate::LeaseStorage::renew_many) is one
+///   pipeline of renewals (split the same way on a cluster).
+/// - **Leases** ([`LeaseStorage`](crate::LeaseStorage)): each operation is one run of
+///   `redis/lease.lua` on the account's `…:lease` and `…:fence` keys, timed by the server
+///   (`PEXPIRE`, `PTTL`), never by a client clock. The fence is a counter with no expiry that
+///   no delete touches, so a token never goes back. A fenced commit is the commit script with
+///   the fence as a third key and the token as a last argument: the token is checked in the
+///   same script as the sequences. Acquiring is retried only when it cannot have run (a repeat
+///   would bump the token again: harmless, but the caller should know), else
+///   [`Error::Ambiguous`]; renewing and releasing are safe to repeat and retried like reads.
+///   With [`RedisConfig::replicas_to_wait`] an acquisition waits for the replicas too: a
+///   fence bump lost in a fail-over would hand the same token out twice.
+/// - **Registry** ([`RegistryStorage`](crate::RegistryStorage)): `SADD`/`SREM`/`SMEMBERS` on
+///   `{prefix}:{registry}:accounts`; the heartbeat is `redis/heartbeat.lua`, which scores the
+///   member by the server's `TIME` plus its ttl in `{prefix}:{registry}:members` and prunes
+///   the ended beats in the same step. On a cluster the two keys share the `{registry}` slot.
 #[derive(Clone)]
 pub struct RedisStorage {
     connection: Connection,
@@ -236,6 +279,8 @@ pub struct RedisStorage {
     replica_timeout_ms: u64,
     commit: Script,
     load: Script,
+    lease: Script,
+    heartbeat: Script,
 }
 
 impl std::fmt::Debug for RedisStorage {
@@ -298,6 +343,8 @@ impl RedisStorage {
             replica_timeout_ms,
             commit: Script::new(COMMIT_LUA),
             load: Script::new(LOAD_LUA),
+            lease: Script::new(LEASE_LUA),
+            heartbeat: Script::new(HEARTBEAT_LUA),
         })
     }
 
@@ -354,6 +401,26 @@ impl RedisStorage {
         format!("{}:{{{account}}}:user_access_hashes", self.prefix)
     }
 
+    /// The key of the account's lease (a hash `owner`, `token`, expiring with the lease).
+    pub fn lease_key(&self, account: AccountId) -> String {
+        format!("{}:{{{account}}}:lease", self.prefix)
+    }
+
+    /// The key of the account's fence: its last fencing token, a counter that never expires.
+    pub fn fence_key(&self, account: AccountId) -> String {
+        format!("{}:{{{account}}}:fence", self.prefix)
+    }
+
+    /// The key of the registry's set of accounts.
+    pub fn registry_accounts_key(&self) -> String {
+        format!("{}:{{registry}}:accounts", self.prefix)
+    }
+
+    /// The key of the registry's sorted set of live members.
+    pub fn registry_members_key(&self) -> String {
+        format!("{}:{{registry}}:members", self.prefix)
+    }
+
     /// True when connected to a Redis Cluster rather than one server.
     pub fn is_cluster(&self) -> bool {
         matches!(self.connection, Connection::Cluster(_))
@@ -363,6 +430,11 @@ impl RedisStorage {
     /// slot: the account id is their hash tag). On one server it routes nothing.
     fn route(&self, account: AccountId) -> Route {
         Route::with_key(self.state_key(account), SlotAddr::Master)
+    }
+
+    /// Where the registry's commands go: the master of the `{registry}` slot.
+    fn registry_route(&self) -> Route {
+        Route::with_key(self.registry_accounts_key(), SlotAddr::Master)
     }
 
     /// True when writes wait for replicas.
@@ -417,11 +489,12 @@ impl RedisStorage {
     /// Sends one write command for `account` (followed by `WAIT` when writes wait for
     /// replicas) and returns its reply once the replicas confirmed it.
     async fn write(&self, kind: Op, what: &str, account: AccountId, command: Cmd) -> Result<Value> {
+        let route = self.route(account);
         let mut pipe = redis::pipe();
         pipe.ignore_errors().add_command(command);
         self.push_wait(&mut pipe);
         let mut replies: Vec<Value> = self
-            .with_retries(kind, what, account, |mut connection| {
+            .with_retries(kind, what, route, |mut connection| {
                 let pipe = pipe.clone();
                 async move { pipe.query_async(&mut connection).await }
             })
@@ -465,62 +538,90 @@ impl RedisStorage {
             .map(drop)
     }
 
-    /// The `EVALSHA` of the commit script for one account's commit.
-    fn commit_command(&self, account: AccountId, commit: &Commit) -> Cmd {
+    /// The `EVALSHA` of `script` on `keys` with `args`.
+    fn evalsha(script: &Script, keys: &[String], args: impl redis::ToRedisArgs) -> Cmd {
         let mut command = redis::cmd("EVALSHA");
         command
-            .arg(self.commit.get_hash())
-            .arg(2)
-            .arg(self.state_key(account))
-            .arg(self.channels_key(account))
-            .arg(commit_args(commit));
+            .arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
         command
     }
 
-    /// Loads the commit script on the master of `account`'s slot (the node that answered
-    /// NOSCRIPT: each node has its own script cache, empty after a restart or a promotion).
-    async fn load_commit_script(&self, account: AccountId) -> Result<()> {
+    /// The run of the commit script for one account's commit (fenced: the fence as a third
+    /// key and the token as the last argument).
+    fn commit_run(&self, account: AccountId, token: Option<FencingToken>, commit: &Commit) -> Run {
+        let mut keys = vec![self.state_key(account), self.channels_key(account)];
+        if token.is_some() {
+            keys.push(self.fence_key(account));
+        }
+        let mut command = Self::evalsha(&self.commit, &keys, commit_args(commit));
+        if let Some(token) = token {
+            command.arg(token.0);
+        }
+        Run {
+            route: self.route(account),
+            command,
+        }
+    }
+
+    /// Loads `script` on the master of `route`'s slot (the node that answered NOSCRIPT: each
+    /// node has its own script cache, empty after a restart or a promotion).
+    async fn load_script(&self, script: &Script, route: Route) -> Result<()> {
         self.with_retries(
             Op::Read,
             "SCRIPT LOAD",
-            account,
-            |mut connection| async move { self.commit.load_async(&mut connection).await },
+            route,
+            |mut connection| async move { script.load_async(&mut connection).await },
         )
         .await
         .map(drop)
     }
 
-    /// Runs one commit: `EVALSHA` (and `WAIT`) on the master of the account's slot, loading
-    /// the script there once if it answers NOSCRIPT (which it did not run).
-    async fn commit_one(&self, account: AccountId, command: Cmd) -> Result<()> {
+    /// Runs one script run (and `WAIT` after it when `durable` and writes wait for replicas)
+    /// on its slot's master, loading the script there once if it answers NOSCRIPT (which it
+    /// did not run).
+    async fn eval_one(
+        &self,
+        script: &Script,
+        kind: Op,
+        durable: bool,
+        run: &Run,
+    ) -> Result<Evaluated> {
+        let waits = durable && self.durable();
         for round in 0..2 {
             let mut pipe = redis::pipe();
-            pipe.ignore_errors().add_command(command.clone());
-            self.push_wait(&mut pipe);
+            pipe.ignore_errors().add_command(run.command.clone());
+            if waits {
+                self.push_wait(&mut pipe);
+            }
             let mut replies: Vec<Value> = self
-                .with_retries(Op::Write, "commit script", account, |mut connection| {
+                .with_retries(kind, "EVALSHA", run.route, |mut connection| {
                     let pipe = pipe.clone();
                     async move { pipe.query_async(&mut connection).await }
                 })
                 .await?;
-            let wait = (replies.len() > 1).then(|| replies.pop()).flatten();
+            let wait = if waits { replies.pop() } else { None };
             let reply = replies
                 .pop()
-                .ok_or_else(|| corrupt("commit script reply", &Value::Nil))?;
+                .ok_or_else(|| corrupt("script reply", &Value::Nil))?;
             match reply {
                 Value::ServerError(error)
                     if error.kind() == Some(ServerErrorKind::NoScript) && round == 0 =>
                 {
-                    self.load_commit_script(account).await?;
+                    self.load_script(script, run.route).await?;
                 }
                 Value::ServerError(error) => {
-                    return Err(classify(error.into(), Op::Write, "EVALSHA"));
+                    return Err(classify(error.into(), kind, "EVALSHA"));
                 }
                 reply => {
-                    // A refused commit (stale, corrupt) wrote nothing: no replica has to
-                    // confirm anything.
-                    commit_outcome(account, reply)?;
-                    return self.confirm(wait.as_ref());
+                    let replicated = if waits {
+                        self.confirm(wait.as_ref())
+                    } else {
+                        Ok(())
+                    };
+                    return Ok(Evaluated { reply, replicated });
                 }
             }
         }
@@ -530,82 +631,78 @@ impl RedisStorage {
         })
     }
 
-    /// Applies many commits (of one or many accounts) in one round trip. Each commit is
-    /// atomic and monotonic on its own, exactly as with [`StateStorage::apply`]; the inner
-    /// results say how each commit fared, in order.
-    ///
-    /// On one server it is one pipeline of `EVALSHA`s (and one `WAIT` after them when writes
-    /// wait for replicas); the outer error is for the transport (nothing is known to be
-    /// applied). On a cluster the accounts' slots live on different nodes, and a pipeline
-    /// must stay in one slot, so every commit is its own request to its slot's master, all
-    /// sent at once (the client pipelines them per node): each may fail on its own, so
-    /// transport failures are reported per commit and the outer result is always `Ok`.
-    pub async fn apply_many(&self, commits: &[(AccountId, &Commit)]) -> Result<Vec<Result<()>>> {
-        match self.connection {
-            Connection::Single(_) => self.apply_many_pipelined(commits).await,
-            Connection::Cluster(_) => Ok(futures::future::join_all(commits.iter().map(
-                |&(account, commit)| self.commit_one(account, self.commit_command(account, commit)),
-            ))
-            .await),
-        }
-    }
-
-    /// [`apply_many`](Self::apply_many) on one server: one pipeline.
-    async fn apply_many_pipelined(
+    /// Runs many script runs in one round trip. On one server: one pipeline of `EVALSHA`s
+    /// (and one `WAIT` after them when `durable`: it covers every write sent before it on
+    /// the connection); the outer error is for the transport (nothing is known to have
+    /// run). On a cluster the runs' slots live on different nodes and a pipeline must stay
+    /// in one slot, so every run is its own request to its slot's master, all sent at once
+    /// (the client pipelines them per node): each may fail on its own, so transport failures
+    /// are reported per run and the outer result is `Ok`.
+    async fn eval_many(
         &self,
-        commits: &[(AccountId, &Commit)],
-    ) -> Result<Vec<Result<()>>> {
-        let Some(&(first, _)) = commits.first() else {
+        script: &Script,
+        kind: Op,
+        durable: bool,
+        runs: &[Run],
+    ) -> Result<Vec<Result<Evaluated>>> {
+        if let Connection::Cluster(_) = self.connection {
+            return Ok(futures::future::join_all(
+                runs.iter()
+                    .map(|run| self.eval_one(script, kind, durable, run)),
+            )
+            .await);
+        }
+        let Some(first) = runs.first() else {
             return Ok(Vec::new());
         };
-        let mut results: Vec<Option<Result<()>>> = commits.iter().map(|_| None).collect();
-        // Two rounds at most: the second only re-sends the commits the server rejected with
+        let waits = durable && self.durable();
+        let mut results: Vec<Option<Result<Evaluated>>> = runs.iter().map(|_| None).collect();
+        // Two rounds at most: the second only re-sends the runs the server rejected with
         // NOSCRIPT (its script cache was empty, e.g. after a restart), which never ran.
         for round in 0..2 {
-            let pending: Vec<usize> = (0..commits.len())
-                .filter(|&i| results[i].is_none())
-                .collect();
+            let pending: Vec<usize> = (0..runs.len()).filter(|&i| results[i].is_none()).collect();
             if pending.is_empty() {
                 break;
             }
             if round > 0 {
-                self.load_commit_script(first).await?;
+                self.load_script(script, first.route).await?;
             }
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for &i in &pending {
-                let (account, commit) = commits[i];
-                pipe.add_command(self.commit_command(account, commit));
+                pipe.add_command(runs[i].command.clone());
             }
-            // One WAIT covers every write sent before it on the connection.
-            self.push_wait(&mut pipe);
+            if waits {
+                self.push_wait(&mut pipe);
+            }
             let mut replies: Vec<Value> = self
-                .with_retries(Op::Write, "EVALSHA pipeline", first, |mut connection| {
+                .with_retries(kind, "EVALSHA pipeline", first.route, |mut connection| {
                     let pipe = pipe.clone();
                     async move { pipe.query_async(&mut connection).await }
                 })
                 .await?;
-            let wait = if self.durable() { replies.pop() } else { None };
-            let confirmed = self.confirm(wait.as_ref());
+            let wait = if waits { replies.pop() } else { None };
+            let replicated = if waits {
+                self.confirm(wait.as_ref())
+            } else {
+                Ok(())
+            };
             for (&i, reply) in pending.iter().zip(replies) {
-                let (account, _) = commits[i];
                 results[i] = match reply {
                     Value::ServerError(error)
                         if error.kind() == Some(ServerErrorKind::NoScript) && round == 0 =>
                     {
                         None
                     }
-                    Value::ServerError(error) => {
-                        Some(Err(classify(error.into(), Op::Write, "EVALSHA")))
-                    }
-                    reply => Some(commit_outcome(account, reply).and_then(|()| {
-                        confirmed
-                            .as_ref()
-                            .map(|_| ())
-                            .map_err(|error| Error::Ambiguous {
+                    Value::ServerError(error) => Some(Err(classify(error.into(), kind, "EVALSHA"))),
+                    reply => Some(Ok(Evaluated {
+                        reply,
+                        replicated: replicated.as_ref().map(|_| ()).map_err(|error| {
+                            Error::Ambiguous {
                                 backend: BACKEND,
                                 source: error.to_string().into(),
-                            })
+                            }
+                        }),
                     })),
                 };
             }
@@ -623,13 +720,79 @@ impl RedisStorage {
             .collect())
     }
 
-    /// Runs `op` on the connection routed to `account`'s slot, retrying with exponential
+    /// Runs one commit and reads its outcome; a commit that wrote is acknowledged only once
+    /// the replicas confirmed it (a refused one wrote nothing to confirm).
+    async fn commit_one(
+        &self,
+        account: AccountId,
+        token: Option<FencingToken>,
+        run: Run,
+    ) -> Result<()> {
+        let evaluated = self.eval_one(&self.commit, Op::Write, true, &run).await?;
+        commit_outcome(account, token, evaluated.reply)?;
+        evaluated.replicated
+    }
+
+    /// Applies many commits (of one or many accounts) in one round trip. Each commit is
+    /// atomic and monotonic on its own, exactly as with [`StateStorage::apply`]; the inner
+    /// results say how each commit fared, in order.
+    ///
+    /// On one server it is one pipeline of `EVALSHA`s (and one `WAIT` after them when writes
+    /// wait for replicas); the outer error is for the transport (nothing is known to be
+    /// applied). On a cluster the accounts' slots live on different nodes, and a pipeline
+    /// must stay in one slot, so every commit is its own request to its slot's master, all
+    /// sent at once (the client pipelines them per node): each may fail on its own, so
+    /// transport failures are reported per commit and the outer result is always `Ok`.
+    pub async fn apply_many(&self, commits: &[(AccountId, &Commit)]) -> Result<Vec<Result<()>>> {
+        let commits: Vec<_> = commits
+            .iter()
+            .map(|&(account, commit)| (account, None, commit))
+            .collect();
+        self.commit_many(&commits).await
+    }
+
+    /// [`RedisStorage::apply_many`] for fenced commits: each applies only if its token is its
+    /// account's current one, as with
+    /// [`LeaseStorage::apply_fenced`](crate::LeaseStorage::apply_fenced) (a refused one is
+    /// [`Error::Fenced`] in its place), still in one round trip.
+    pub async fn apply_many_fenced(
+        &self,
+        commits: &[(AccountId, FencingToken, &Commit)],
+    ) -> Result<Vec<Result<()>>> {
+        let commits: Vec<_> = commits
+            .iter()
+            .map(|&(account, token, commit)| (account, Some(token), commit))
+            .collect();
+        self.commit_many(&commits).await
+    }
+
+    async fn commit_many(
+        &self,
+        commits: &[(AccountId, Option<FencingToken>, &Commit)],
+    ) -> Result<Vec<Result<()>>> {
+        let runs: Vec<Run> = commits
+            .iter()
+            .map(|&(account, token, commit)| self.commit_run(account, token, commit))
+            .collect();
+        let results = self.eval_many(&self.commit, Op::Write, true, &runs).await?;
+        Ok(commits
+            .iter()
+            .zip(results)
+            .map(|(&(account, token, _), result)| {
+                let evaluated = result?;
+                commit_outcome(account, token, evaluated.reply)?;
+                evaluated.replicated
+            })
+            .collect())
+    }
+
+    /// Runs `op` on the connection routed to `route`'s slot, retrying with exponential
     /// backoff as long as `kind` allows for the error met, at most `retries` times.
     async fn with_retries<T, F, Fut>(
         &self,
         kind: Op,
         what: &str,
-        account: AccountId,
+        route: Route,
         mut op: F,
     ) -> Result<T>
     where
@@ -638,7 +801,7 @@ impl RedisStorage {
     {
         let routed = Routed {
             connection: self.connection.clone(),
-            route: self.route(account),
+            route,
         };
         let mut attempt = 0;
         loop {
@@ -768,11 +931,19 @@ fn len_arg(len: usize) -> i64 {
     i64::try_from(len).unwrap_or(i64::MAX)
 }
 
-/// Reads the commit script's answer.
-fn commit_outcome(account: AccountId, reply: Value) -> Result<()> {
+/// Reads the commit script's answer (`token`: what a fenced commit carried).
+fn commit_outcome(account: AccountId, token: Option<FencingToken>, reply: Value) -> Result<()> {
     let parts = strings(&reply).ok_or_else(|| corrupt("commit script reply", &reply))?;
     match parts.as_slice() {
         [ok] if ok == "ok" => Ok(()),
+        [tag, current] if tag == "fenced" => match (token, current.parse()) {
+            (Some(token), Ok(current)) => Err(Error::Fenced {
+                account,
+                token: token.0,
+                current,
+            }),
+            _ => Err(corrupt("commit script reply", &reply)),
+        },
         [tag, sequence, stored, attempted] if tag == "stale" => {
             let sequence = match sequence.as_str() {
                 "pts" => Some(StaleSequence::Pts),
@@ -924,7 +1095,7 @@ impl RedisStorage {
         channel: ChannelId,
     ) -> Result<Option<T>> {
         let value: Value = self
-            .with_retries(Op::Read, "HGET", account, |mut connection| {
+            .with_retries(Op::Read, "HGET", self.route(account), |mut connection| {
                 let key = key.clone();
                 async move {
                     redis::cmd("HGET")
@@ -943,7 +1114,7 @@ impl StateStorage for RedisStorage {
     async fn get_state(&self, account: AccountId) -> Result<Option<State>> {
         let key = self.state_key(account);
         let values: Vec<Value> = self
-            .with_retries(Op::Read, "HMGET", account, |mut connection| {
+            .with_retries(Op::Read, "HMGET", self.route(account), |mut connection| {
                 let key = key.clone();
                 async move {
                     redis::cmd("HMGET")
@@ -965,15 +1136,20 @@ impl StateStorage for RedisStorage {
     async fn channels(&self, account: AccountId) -> Result<BTreeMap<ChannelId, i32>> {
         let key = self.channels_key(account);
         let value: Value = self
-            .with_retries(Op::Read, "HGETALL", account, |mut connection| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("HGETALL")
-                        .arg(key)
-                        .query_async(&mut connection)
-                        .await
-                }
-            })
+            .with_retries(
+                Op::Read,
+                "HGETALL",
+                self.route(account),
+                |mut connection| {
+                    let key = key.clone();
+                    async move {
+                        redis::cmd("HGETALL")
+                            .arg(key)
+                            .query_async(&mut connection)
+                            .await
+                    }
+                },
+            )
             .await?;
         parse_hash(&value, &key)
     }
@@ -983,18 +1159,23 @@ impl StateStorage for RedisStorage {
         account: AccountId,
         commit: &Commit,
     ) -> impl Future<Output = Result<()>> + Send {
-        let command = self.commit_command(account, commit);
-        self.commit_one(account, command)
+        let run = self.commit_run(account, None, commit);
+        self.commit_one(account, None, run)
     }
 
     async fn load(&self, account: AccountId) -> Result<Snapshot> {
         let (state_key, channels_key) = (self.state_key(account), self.channels_key(account));
         let reply: Value = self
-            .with_retries(Op::Read, "load script", account, |mut connection| {
-                let mut invocation = self.load.prepare_invoke();
-                invocation.key(&state_key).key(&channels_key);
-                async move { invocation.invoke_async(&mut connection).await }
-            })
+            .with_retries(
+                Op::Read,
+                "load script",
+                self.route(account),
+                |mut connection| {
+                    let mut invocation = self.load.prepare_invoke();
+                    invocation.key(&state_key).key(&channels_key);
+                    async move { invocation.invoke_async(&mut connection).await }
+                },
+            )
             .await?;
         let Value::Array(parts) = &reply else {
             return Err(corrupt("load script reply", &reply));
@@ -1152,7 +1333,7 @@ mod tests {
     #[test]
     fn script_replies_are_read() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        assert!(commit_outcome(1, Value::Array(vec![bulk("ok")])).is_ok());
+        assert!(commit_outcome(1, None, Value::Array(vec![bulk("ok")])).is_ok());
         let stale = Value::Array(vec![
             bulk("stale"),
             bulk("channel:77"),
@@ -1160,7 +1341,7 @@ mod tests {
             bulk("9"),
         ]);
         assert!(matches!(
-            commit_outcome(1, stale),
+            commit_outcome(1, None, stale),
             Err(Error::Stale {
                 sequence: StaleSequence::Channel(77),
                 stored: 10,
@@ -1168,7 +1349,18 @@ mod tests {
                 ..
             })
         ));
-        assert!(commit_outcome(1, Value::Int(1)).is_err_and(|e| e.is_corrupt()));
+        assert!(commit_outcome(1, None, Value::Int(1)).is_err_and(|e| e.is_corrupt()));
+        let fenced = Value::Array(vec![bulk("fenced"), bulk("7")]);
+        assert!(matches!(
+            commit_outcome(1, Some(FencingToken(6)), fenced.clone()),
+            Err(Error::Fenced {
+                account: 1,
+                token: 6,
+                current: 7
+            })
+        ));
+        // Only a fenced commit can be refused as fenced.
+        assert!(commit_outcome(1, None, fenced).is_err_and(|e| e.is_corrupt()));
     }
 
     #[test]
