@@ -24,7 +24,8 @@
 //!   ([`Traffic`]).
 //! - [`lean`] is the leanest update type and a bare engine of it past its startup, for
 //!   measuring the engine itself.
-//! - [`redis_server`] starts a private `redis-server` for tests that need a real one.
+//! - [`redis_server`] starts a private `redis-server`, or a Redis Cluster of them, for tests
+//!   that need a real one.
 //! - [`fuzz`] holds the fuzz bodies that the cargo-fuzz targets (`fuzz/`), the property tests
 //!   and the corpus tests share: raw bytes in, the first broken rule out.
 //!
@@ -36,7 +37,7 @@
 //! | `faults.rs`, `network.rs` | [`Faults`], [`Network`]: what goes wrong between server and client |
 //! | `scenario/` | [`Scenario`]: `mod.rs` the builder and [`Report`], `run.rs` the virtual timeline, `requests.rs` the replies |
 //! | `oracle.rs` | [`Oracle`]: the judge |
-//! | `fuzz.rs`, `lean.rs`, `redis_server.rs`, `rng.rs`, `update.rs` | fuzz bodies, a bare engine of a lean update, a private redis-server, the seeded [`Rng`], [`TestUpdate`] |
+//! | `fuzz.rs`, `lean.rs`, `redis_server.rs`, `rng.rs`, `update.rs` | fuzz bodies, a bare engine of a lean update, a private redis-server or cluster, the seeded [`Rng`], [`TestUpdate`] |
 //!
 //! # Example
 //!
