@@ -60,6 +60,8 @@ const PUSHES_VAR: &str = "SYNC_FAILOVER_PUSHES";
 
 const PREFIX: &str = "failover";
 const MEMBERS: [&str; 3] = ["a", "b", "c"];
+/// The member that joins after the kill.
+const JOINER: &str = "d";
 /// Time between two pushes of one account.
 const INTERVAL: Duration = Duration::from_millis(40);
 const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -479,43 +481,38 @@ impl Drop for Members {
     }
 }
 
-impl Members {
-    fn spawn(dir: &Path, url: &str, t0_millis: u64, pushes: u64) -> Self {
-        let exe = std::env::current_exe().expect("the test binary");
-        let members = MEMBERS
-            .iter()
-            .map(|&name| {
-                let log = dir.join(format!("{name}.log"));
-                let stderr = dir.join(format!("{name}.stderr"));
-                let child = Command::new(&exe)
-                    .args([
-                        "--exact",
-                        "failover_child",
-                        "--ignored",
-                        "--nocapture",
-                        "--test-threads=1",
-                    ])
-                    .env(MEMBER_VAR, name)
-                    .env(REDIS_VAR, url)
-                    .env(T0_VAR, t0_millis.to_string())
-                    .env(LOG_VAR, &log)
-                    .env(PUSHES_VAR, pushes.to_string())
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(File::create(&stderr).expect("stderr file"))
-                    .spawn()
-                    .expect("spawn a member");
-                Member {
-                    name,
-                    child: Some(child),
-                    log,
-                    stderr,
-                }
-            })
-            .collect();
-        Self(members)
+/// Starts the member `name` as a child process running [`failover_child`].
+fn spawn_member(name: &'static str, dir: &Path, url: &str, t0_millis: u64, pushes: u64) -> Member {
+    let exe = std::env::current_exe().expect("the test binary");
+    let log = dir.join(format!("{name}.log"));
+    let stderr = dir.join(format!("{name}.stderr"));
+    let child = Command::new(&exe)
+        .args([
+            "--exact",
+            "failover_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(MEMBER_VAR, name)
+        .env(REDIS_VAR, url)
+        .env(T0_VAR, t0_millis.to_string())
+        .env(LOG_VAR, &log)
+        .env(PUSHES_VAR, pushes.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn a member");
+    Member {
+        name,
+        child: Some(child),
+        log,
+        stderr,
     }
+}
 
+impl Members {
     /// Fails if a member that should run has exited.
     fn check_alive(&mut self) {
         for member in &mut self.0 {
@@ -709,7 +706,12 @@ fn fleet_fails_over_a_process_killed_mid_run() {
     )
     .expect("millis fit");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut members = Members::spawn(dir.path(), &redis.url(), t0_millis, pushes);
+    let mut members = Members(
+        MEMBERS
+            .iter()
+            .map(|&name| spawn_member(name, dir.path(), &redis.url(), t0_millis, pushes))
+            .collect(),
+    );
     let history = INTERVAL * u32::try_from(pushes).expect("pushes fit");
     let until = |at: SystemTime, members: &mut Members| {
         while SystemTime::now() < at {
@@ -745,6 +747,16 @@ fn fleet_fails_over_a_process_killed_mid_run() {
         killed
     };
     assert!(!killed.is_empty(), "the victim {victim} ran no account");
+
+    // A new member joins at 70 %: the survivors hand it its share back, cleanly, mid-history.
+    until(t0 + history * 7 / 10, &mut members);
+    members.0.push(spawn_member(
+        JOINER,
+        dir.path(),
+        &redis.url(),
+        t0_millis,
+        pushes,
+    ));
 
     // Everything due, then every account caught up (generous bounds).
     until(t0 + history, &mut members);
