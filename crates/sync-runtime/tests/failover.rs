@@ -727,25 +727,28 @@ fn fleet_fails_over_a_process_killed_mid_run() {
         .max_by_key(|&i| owners.values().filter(|(_, m)| m == MEMBERS[i]).count())
         .expect("members");
     let victim = MEMBERS[victim_index];
-    let killed_at = unix_micros();
-    {
+    let killed_at = {
         let member = &mut members.0[victim_index];
         let mut child = member.child.take().expect("the victim runs");
         child.kill().expect("SIGKILL");
+        // Once the signal is sent the victim writes nothing more: its log is final.
+        let killed_at = unix_micros();
         child.wait().expect("reap the victim");
-    }
-    // The accounts it ran when it died: those whose last start line is its own.
-    let owners = current_owners(&read_log(&members.0[victim_index].log));
-    let all_owners = current_owners(&members.lines());
-    let killed: Vec<AccountId> = {
-        let mut killed: Vec<AccountId> = owners
-            .keys()
-            .copied()
-            .filter(|a| all_owners.get(a).is_some_and(|(_, m)| m == victim))
-            .collect();
-        killed.sort_unstable();
-        killed
+        killed_at
     };
+    // The accounts it ran when it died: those whose last start line before the kill is its
+    // own.
+    let before_kill: Vec<Line> = members
+        .lines()
+        .into_iter()
+        .filter(|line| matches!(line, Line::Start { at, .. } if *at < killed_at))
+        .collect();
+    let mut killed: Vec<AccountId> = current_owners(&before_kill)
+        .into_iter()
+        .filter(|(_, (_, member))| member == victim)
+        .map(|(account, _)| account)
+        .collect();
+    killed.sort_unstable();
     assert!(!killed.is_empty(), "the victim {victim} ran no account");
 
     // A new member joins at 70 %: the survivors hand it its share back, cleanly, mid-history.
