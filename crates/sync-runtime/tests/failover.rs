@@ -594,9 +594,7 @@ fn runs(members: &Members) -> HashMap<AccountId, Vec<Run>> {
                     let index = *current
                         .get(&account)
                         .unwrap_or_else(|| panic!("{account} handled before it started"));
-                    runs.get_mut(&account)
-                        .expect("runs of the account")
-                        .as_mut_slice()[index]
+                    runs.get_mut(&account).expect("runs of the account")[index]
                         .deliveries
                         .push((at, update));
                 }
