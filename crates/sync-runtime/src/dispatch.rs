@@ -16,6 +16,7 @@ use sync_core::Notice;
 
 use crate::config::ManagerConfig;
 use crate::handler::Handler;
+use crate::lease::{Held, LeaseLoss};
 use crate::peer::{Peer, PeerKey};
 use crate::pool::Pooled;
 use crate::stats::{Counters, Timer};
@@ -59,6 +60,8 @@ impl<U: Send + 'static, E: Send + Sync + 'static> Event for Dispatch<U, E> {
 pub(crate) struct Dispatcher<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) counters: Arc<Counters>,
+    /// The lease the manager runs under: checked before every handler call.
+    pub(crate) lease: Option<Arc<Held>>,
 }
 
 impl<U, E, H> AsyncObserver<Dispatch<U, E>> for Dispatcher<H>
@@ -68,16 +71,31 @@ where
     H: Handler<U, E>,
 {
     async fn handle(&mut self, event: Dispatch<U, E>) {
-        handle_event(&*self.handler, &self.counters, event).await;
+        handle_event(&*self.handler, &self.counters, self.lease.as_deref(), event).await;
     }
 }
 
 /// Hands one event to the handler, counting its error: the private dispatch's observers and
 /// the pool's jobs alike.
-pub(crate) async fn handle_event<U, E, H>(handler: &H, counters: &Counters, event: Dispatch<U, E>)
-where
+pub(crate) async fn handle_event<U, E, H>(
+    handler: &H,
+    counters: &Counters,
+    lease: Option<&Held>,
+    event: Dispatch<U, E>,
+) where
     H: Handler<U, E>,
 {
+    if let Some(held) = lease
+        && !held.is_fresh()
+    {
+        // Invariant (see `Held::is_fresh`): a handler is never called once the lease may
+        // belong to someone else. The event is neither handled nor acknowledged: the run
+        // stops (aborting this wait) and the account's next owner delivers it.
+        held.lose(LeaseLoss::Expired {
+            last_error: "the lease was not renewed within its ttl (the process stalled)".into(),
+        });
+        std::future::pending::<()>().await;
+    }
     let timer = Timer::start();
     match event {
         Dispatch::Update {

@@ -659,7 +659,10 @@ where
                 continue;
             };
             match error {
-                None => slot.renewed = sent,
+                None => {
+                    slot.renewed = sent;
+                    slot.held.renewed(sent);
+                }
                 Some(sync_storage::Error::Fenced { current, .. }) => {
                     slot.held.lose(LeaseLoss::TakenOver { current });
                 }

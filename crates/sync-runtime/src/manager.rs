@@ -530,13 +530,15 @@ where
         };
 
         let mut worker_tasks = JoinSet::new();
+        let lease = fence.as_ref().map(|fence| Arc::clone(&fence.held));
         let sink = match &self.pool {
             Some(pool) => Sink::Pooled(pool.attach(
                 self.shared.id,
                 Arc::clone(&self.handler),
                 Arc::clone(&counters),
+                lease,
             )),
-            None => self.private_dispatch(&mut worker_tasks)?,
+            None => self.private_dispatch(&mut worker_tasks, lease)?,
         };
 
         let (writes, queue) = mpsc::unbounded_channel();
@@ -638,6 +640,7 @@ where
     fn private_dispatch(
         &self,
         tasks: &mut JoinSet<()>,
+        lease: Option<Arc<Held>>,
     ) -> Result<Sink<UpdateOf<A>, EntitiesOf<A>>, RunError> {
         let panics = Arc::clone(&self.shared.counters);
         let (stream, workers) = sync_events::Builder::new()
@@ -650,6 +653,7 @@ where
             .build_async(|_shard| Dispatcher {
                 handler: Arc::clone(&self.handler),
                 counters: Arc::clone(&self.shared.counters),
+                lease: lease.clone(),
             })
             .map_err(RunError::Dispatch)?;
         // Each worker task runs with this manager and its shard in `HANDLING`, so that a

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{BoxFuture, Dispatch, HANDLING, handle_event};
 use crate::handler::Handler;
+use crate::lease::Held;
 use crate::peer::PeerKey;
 use crate::stats::Counters;
 
@@ -148,6 +149,7 @@ impl DispatchPool {
         manager: u64,
         handler: Arc<H>,
         counters: Arc<Counters>,
+        lease: Option<Arc<Held>>,
     ) -> Pooled<U, E>
     where
         U: Send + 'static,
@@ -159,6 +161,7 @@ impl DispatchPool {
             manager,
             handler,
             counters,
+            lease,
             slot: Arc::clone(&slot),
         });
         Pooled {
@@ -227,6 +230,8 @@ struct Link<H> {
     manager: u64,
     handler: Arc<H>,
     counters: Arc<Counters>,
+    /// The lease the manager runs under: checked before every handler call.
+    lease: Option<Arc<Held>>,
     slot: Arc<Slot>,
 }
 
@@ -248,7 +253,7 @@ where
             // `HANDLING` per job: this task handles every manager's events.
             let handling = HANDLING.scope(
                 (link.manager, shard),
-                handle_event(&*link.handler, &link.counters, event),
+                handle_event(&*link.handler, &link.counters, link.lease.as_deref(), event),
             );
             let handling = std::pin::pin!(handling);
             let outcome = tokio::select! {

@@ -112,7 +112,10 @@ async fn a_crashed_owner_is_taken_over_on_a_cluster() {
     second.shutdown();
     second_run.await.expect("join").expect("clean run");
     let waited = until_owner(&third).await;
-    assert!(waited < lease("x").ttl, "a released lease waited {waited:?}");
+    assert!(
+        waited < lease("x").ttl,
+        "a released lease waited {waited:?}"
+    );
     sim.judge_deliveries().expect("second owner's deliveries");
 
     sim.recorder = third_log;
