@@ -210,6 +210,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
     }
 
     /// The answer to a `getChannelDifference` request.
+    ///
+    /// A pts below the channel's is refused ([`Error::Regression`]), except for a channel
+    /// first seen in a push and not yet answered for (unverified): the server did not know
+    /// the pushed pts, and its own is where the channel starts (committed as a reset).
     pub fn handle_channel_difference(
         &mut self,
         now: Instant,

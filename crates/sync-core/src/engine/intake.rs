@@ -126,9 +126,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// A push with a malformed number is refused whole (an error; nothing of it is applied or
     /// delivered), but it is not forgotten: the engine fetches the difference of every
     /// sequence it names (the common box, and each channel it names), so its good updates
-    /// come back that way. A channel the engine did not track yet is tracked from where its
-    /// good update starts; one whose own numbers are bad is reported with
+    /// come back that way. A channel the engine did not track yet is tracked, unverified,
+    /// from where its good update starts; one whose own numbers are bad is reported with
     /// [`Notice::ChannelTooLong`] and `pts: None`.
+    ///
+    /// A well-formed push is not trusted to say where a channel the engine does not track
+    /// starts either: its update waits while the channel's difference is fetched from where
+    /// the update starts, and the server's answer decides (see the crate's guarantee 5).
     pub fn handle_updates(&mut self, now: Instant, updates: Updates<U, E>) -> Result<(), Error> {
         match updates {
             Updates::TooLong => {
