@@ -12,7 +12,9 @@
 //!   reorders and summarises pushes, adds pushes the server never made (far-future or
 //!   malformed numbers, a malformed update inside a good container, `updatePtsChanged`),
 //!   fails and corrupts replies ([`Faults`]), and crashes the client to restart it from what
-//!   it committed. Once every push has arrived the network goes quiet: the engine must then be
+//!   it committed. The client resumes from stored state with every channel, or starts fresh
+//!   ([`Scenario::fresh_start`]: `getState`, no channel tracked, each learned from its events,
+//!   so absurd pushes also name channels it does not track yet). Once every push has arrived the network goes quiet: the engine must then be
 //!   idle within a bounded number of requests ([`Report::tail_requests`]).
 //! - [`Oracle`] judges the run: every durable update exactly once (repeats only inside the
 //!   window a crash left unacknowledged), each sequence in order, nothing after an unresolved
