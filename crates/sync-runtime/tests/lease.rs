@@ -252,6 +252,10 @@ async fn a_crashed_owner_is_taken_over_within_the_ttl() {
     let _ = producing.await;
     assert!(first_run.await.is_err_and(|e| e.is_cancelled()));
     let crashed_at = Instant::now();
+    // What the crash left in storage, read while the dead owner's lease still keeps the
+    // standby out: the state the standby resumes from.
+    assert_eq!(second.fencing_token(), None, "the standby took over too early");
+    sim.crashed(&*storage).await.expect("oracle at the crash");
 
     until_owner(&second).await;
     let waited = crashed_at.elapsed();
@@ -259,7 +263,6 @@ async fn a_crashed_owner_is_taken_over_within_the_ttl() {
         waited <= lease("x").ttl + Duration::from_millis(260),
         "took over after {waited:?}"
     );
-    sim.crashed(&*storage).await.expect("oracle at the crash");
     sim.recorder = second_log;
     sim.produce(&second, producer(54, 800, Faults::moderate(), false))
         .await

@@ -24,8 +24,8 @@ type Run = JoinHandle<Result<Summary, RunError>>;
 
 fn lease(owner: &str) -> LeaseConfig {
     LeaseConfig {
-        ttl: Duration::from_millis(1_500),
-        renew_every: Duration::from_millis(500),
+        ttl: Duration::from_secs(3),
+        renew_every: Duration::from_millis(300),
         standby_poll: Duration::from_millis(50),
         ..LeaseConfig::with_owner(owner)
     }
@@ -95,13 +95,16 @@ async fn a_crashed_owner_is_taken_over_on_a_cluster() {
     let _ = producing.await;
     assert!(first_run.await.is_err_and(|e| e.is_cancelled()));
     let crashed = Instant::now();
+    // What the crash left in storage, read while the dead owner's lease still keeps the
+    // standby out: the state the standby resumes from.
+    assert_eq!(second.fencing_token(), None, "the standby took over too early");
+    sim.crashed(&*storage).await.expect("oracle at the crash");
     until_owner(&second).await;
     let waited = crashed.elapsed();
     assert!(
         waited <= lease("x").ttl + Duration::from_secs(1),
         "took over after {waited:?}"
     );
-    sim.crashed(&*storage).await.expect("oracle at the crash");
 
     sim.recorder = second_log;
     sim.produce(&second, producer(62, 1_000, Faults::moderate(), true))
