@@ -9,7 +9,7 @@ use std::time::Duration;
 use sync_core::{Engine, State};
 use sync_events::ObserverPanic;
 use sync_storage::{AccessHashStorage, AccountId, FencingToken, LeaseStorage, StateStorage};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use crate::backoff::{Jitter, Policy};
 use crate::config::{BadStatePolicy, ManagerConfig};
 use crate::dispatch::{Dispatcher, HANDLING, MANAGER_IDS, Sink};
 use crate::driver::{Driver, now};
-use crate::handle::{Control, Input, ManagerHandle, Shared};
+use crate::handle::{Control, Input, ManagerHandle, Shared, mailbox};
 use crate::handler::Handler;
 use crate::lease::{self, Fence, Fencing, Held, LeaseConfig, LeaseLoss};
 use crate::pool::DispatchPool;
@@ -133,8 +133,8 @@ pub struct Manager<A: Api, S, H> {
     handler: Arc<H>,
     config: ManagerConfig,
     shared: Arc<Shared>,
-    intake: mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
-    control: mpsc::UnboundedReceiver<Control>,
+    intake: mailbox::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+    control: mailbox::Receiver<Control>,
     handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
     ownership: Option<Ownership>,
     /// The shared dispatch, if the manager runs on one (see [`Manager::with_pool`]).
@@ -182,8 +182,8 @@ where
         config: ManagerConfig,
     ) -> Self {
         // Unbounded as a channel: the intake's bound is counted in pushes by `Shared::queued`.
-        let (intake_tx, intake) = mpsc::unbounded_channel();
-        let (control_tx, control) = mpsc::unbounded_channel();
+        let (intake_tx, intake) = mailbox::channel();
+        let (control_tx, control) = mailbox::channel();
         let shared = Arc::new(Shared {
             id: MANAGER_IDS.fetch_add(1, Ordering::Relaxed),
             counters: Arc::new(Counters::new(account, &config.metrics)),
@@ -539,7 +539,7 @@ where
             None => self.private_dispatch(&mut worker_tasks)?,
         };
 
-        let (writes, queue) = mpsc::unbounded_channel();
+        let (writes, queue) = mailbox::channel();
         let writer = Writer {
             account: self.account,
             storage: Arc::clone(&self.storage),
@@ -579,11 +579,11 @@ where
         self.intake.close();
         self.control.close();
         driver.drop_waiters();
-        while let Ok(command) = self.control.try_recv() {
+        while let Some(command) = self.control.try_recv() {
             drop(command);
         }
         let mut unread = 0;
-        while let Ok(input) = self.intake.try_recv() {
+        while let Some(input) = self.intake.try_recv() {
             unread += input.pushes();
         }
         driver.release(unread);

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use sync_core::{ChannelId, Commit};
 use sync_storage::{AccessHashStorage, AccountId, Error, StateStorage};
-use tokio::sync::mpsc;
 
 use crate::backoff::{Jitter, Policy};
+use crate::handle::mailbox;
 use crate::lease::{Fence, LeaseLoss};
 use crate::stats::{Counters, Timer};
 
@@ -65,7 +65,7 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
     /// the queue in order, and it only coalesces writes that are queued together, hashes
     /// before the commit (a hash written early is harmless; a commit that names a channel
     /// whose hash is not stored yet would leave the channel unreadable after a crash).
-    pub(crate) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Write>) {
+    pub(crate) async fn run(mut self, mut queue: mailbox::Receiver<Write>) {
         while let Some(first) = queue.recv().await {
             let mut hashes = Vec::new();
             let mut commit: Option<Commit> = None;
@@ -81,7 +81,7 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
                 }
             };
             take(first);
-            while let Ok(write) = queue.try_recv() {
+            while let Some(write) = queue.try_recv() {
                 take(write);
             }
             if !hashes.is_empty() {
