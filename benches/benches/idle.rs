@@ -7,14 +7,15 @@
 //!
 //! `cargo bench -p sync-benches --bench idle` runs 1,000 and 10,000 accounts;
 //! `IDLE_ACCOUNTS=1000,10000,100000` picks the sizes, `IDLE_MODES=private,pool` the modes,
-//! `IDLE_WINDOW_MS` (default 2,000) the quiet window.
+//! `IDLE_WINDOW_MS` (default 2,000) the quiet window; `IDLE_BREAKDOWN=1` also prints the size of
+//! a manager's run future and the live allocations per account by size.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,22 +31,37 @@ struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// Live allocations by size (the last bucket takes every larger one), for `IDLE_BREAKDOWN`.
+static BY_SIZE: [AtomicIsize; SIZES + 1] = [const { AtomicIsize::new(0) }; SIZES + 1];
+const SIZES: usize = 16_384;
+
+fn by_size(size: usize, delta: isize) {
+    BY_SIZE[size.min(SIZES)].fetch_add(delta, Ordering::Relaxed);
+}
+
+fn sizes() -> Vec<isize> {
+    BY_SIZE.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+}
+
 // SAFETY: every call is forwarded to the system allocator unchanged; only a counter is added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        by_size(layout.size(), 1);
         // SAFETY: the caller's contract is passed on.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        by_size(layout.size(), -1);
         // SAFETY: the caller's contract is passed on.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        by_size(layout.size(), 1);
         // SAFETY: the caller's contract is passed on.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -53,6 +69,8 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE.fetch_add(new_size, Ordering::Relaxed);
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        by_size(new_size, 1);
+        by_size(layout.size(), -1);
         // SAFETY: the caller's contract is passed on.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -139,6 +157,11 @@ impl<F: Future> Future for Polled<F> {
     }
 }
 
+/// `IDLE_BREAKDOWN=1`: also print the run future's size and the live allocations by size.
+fn breakdown() -> bool {
+    std::env::var_os("IDLE_BREAKDOWN").is_some()
+}
+
 fn rss() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -169,6 +192,7 @@ async fn measure(accounts: usize, pooled: bool, window: Duration) {
     let polls = Arc::new(AtomicU64::new(0));
     let metrics = tokio::runtime::Handle::current().metrics();
     tokio::time::sleep(Duration::from_millis(50)).await;
+    let sizes0 = sizes();
     let (heap0, tasks0, rss0) = (
         LIVE.load(Ordering::Relaxed),
         metrics.num_alive_tasks(),
@@ -190,8 +214,16 @@ async fn measure(accounts: usize, pooled: bool, window: Duration) {
             manager = manager.with_pool(pool);
         }
         handles.push(manager.handle());
+        let run = manager.run();
+        if account == 0 && breakdown() {
+            println!(
+                "run future: {} bytes, handle: {} bytes",
+                std::mem::size_of_val(&run),
+                std::mem::size_of_val(&handles[0])
+            );
+        }
         runs.push(tokio::spawn(Polled {
-            inner: Box::pin(manager.run()),
+            inner: Box::pin(run),
             polls: Arc::clone(&polls),
         }));
     }
@@ -205,6 +237,20 @@ async fn measure(accounts: usize, pooled: bool, window: Duration) {
     let heap = LIVE.load(Ordering::Relaxed).saturating_sub(heap0);
     let tasks = metrics.num_alive_tasks().saturating_sub(tasks0);
     let resident = rss().saturating_sub(rss0);
+    if breakdown() {
+        // Per account: how many allocations of each size are live, largest share first.
+        let mut live: Vec<(usize, f64)> = sizes()
+            .iter()
+            .zip(&sizes0)
+            .enumerate()
+            .map(|(size, (n, n0))| (size, (n - n0) as f64 / accounts as f64))
+            .filter(|(_, n)| n.abs() >= 0.01)
+            .collect();
+        live.sort_by(|a, b| (b.0 as f64 * b.1).total_cmp(&(a.0 as f64 * a.1)));
+        for (size, n) in live.iter().take(40) {
+            println!("  {size:>6} B x {n:>5.2} = {:>7.0} B", *size as f64 * n);
+        }
+    }
 
     let before = polls.load(Ordering::Relaxed);
     tokio::time::sleep(window).await;

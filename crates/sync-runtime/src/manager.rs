@@ -9,7 +9,7 @@ use std::time::Duration;
 use sync_core::{Engine, State};
 use sync_events::ObserverPanic;
 use sync_storage::{AccessHashStorage, AccountId, FencingToken, LeaseStorage, StateStorage};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use crate::backoff::{Jitter, Policy};
 use crate::config::{BadStatePolicy, ManagerConfig};
 use crate::dispatch::{Dispatcher, HANDLING, MANAGER_IDS, Sink};
 use crate::driver::{Driver, now};
-use crate::handle::{Control, Input, ManagerHandle, Shared};
+use crate::handle::{Control, Input, ManagerHandle, Shared, mailbox};
 use crate::handler::Handler;
 use crate::lease::{self, Fence, Fencing, Held, LeaseConfig, LeaseLoss};
 use crate::pool::DispatchPool;
@@ -133,8 +133,8 @@ pub struct Manager<A: Api, S, H> {
     handler: Arc<H>,
     config: ManagerConfig,
     shared: Arc<Shared>,
-    intake: mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
-    control: mpsc::UnboundedReceiver<Control>,
+    intake: mailbox::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+    control: mailbox::Receiver<Control>,
     handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
     ownership: Option<Ownership>,
     /// The shared dispatch, if the manager runs on one (see [`Manager::with_pool`]).
@@ -182,8 +182,8 @@ where
         config: ManagerConfig,
     ) -> Self {
         // Unbounded as a channel: the intake's bound is counted in pushes by `Shared::queued`.
-        let (intake_tx, intake) = mpsc::unbounded_channel();
-        let (control_tx, control) = mpsc::unbounded_channel();
+        let (intake_tx, intake) = mailbox::channel();
+        let (control_tx, control) = mailbox::channel();
         let shared = Arc::new(Shared {
             id: MANAGER_IDS.fetch_add(1, Ordering::Relaxed),
             counters: Arc::new(Counters::new(account, &config.metrics)),
@@ -358,9 +358,11 @@ where
     ///
     /// Dropping the future instead is a crash: nothing more is handled or written, and a
     /// restart from storage redelivers at most what was not yet acknowledged.
-    pub async fn run(self) -> Result<Summary, RunError> {
+    pub fn run(self) -> impl Future<Output = Result<Summary, RunError>> {
         let span = tracing::info_span!("sync_manager", account = self.account);
-        self.run_inner().instrument(span).await
+        // Not an `async fn`: its future would hold the manager a second time beside
+        // `run_inner`'s, for as long as the manager runs.
+        self.run_inner().instrument(span)
     }
 
     async fn run_inner(mut self) -> Result<Summary, RunError> {
@@ -375,9 +377,11 @@ where
             None => (None, None),
             Some(Ownership::Given(fence)) => (Some(fence), None),
             Some(Ownership::Own(config, fencing)) => {
-                let Some(held) = self
-                    .standby(&config, &fencing, &cancel, &mut jitter)
-                    .await?
+                // Boxed, like every wait of the run other than the main loop's: a future holds
+                // room for the largest of its waits, and an idle manager should only hold the
+                // main loop's.
+                let Some(held) =
+                    Box::pin(self.standby(&config, &fencing, &cancel, &mut jitter)).await?
                 else {
                     return Ok(self.stopped());
                 };
@@ -404,7 +408,9 @@ where
         // dispatch workers (handlers included) and the writer, as a crash would, so nothing
         // more is handled beside the new owner; storage would refuse the commits anyway.
         let outcome = tokio::select! {
-            outcome = self.serve(Some(fence.clone()), jitter) => outcome,
+            // Boxed: the future would otherwise hold room for two serving futures, this one
+            // and the one without a lease above.
+            outcome = Box::pin(self.serve(Some(fence.clone()), jitter)) => outcome,
             () = fence.held.lost.cancelled() => Err(lost(&fence.held)),
         };
         lease::publish_token(&self.shared.token, None);
@@ -414,10 +420,10 @@ where
         if let Some(renewal) = own {
             drop(renewal);
             // A clean stop hands the account over at once instead of at the lease's expiry.
-            let released = tokio::time::timeout(
+            let released = Box::pin(tokio::time::timeout(
                 self.config.shutdown_timeout,
                 fence.fencing.release(fence.held.lease.clone()),
-            )
+            ))
             .await;
             match released {
                 Ok(Ok(())) => tracing::info!(%token, "account lease released"),
@@ -504,7 +510,8 @@ where
             abandoned: 0,
         };
         let now = now();
-        let built = match self.load(&cancel, &mut jitter).await {
+        // The waits before and after the main loop are boxed (see `run_inner`).
+        let built = match Box::pin(self.load(&cancel, &mut jitter)).await {
             Ok(Some(snapshot)) => self.engine(now, snapshot).map_err(BadState::Invalid),
             Ok(None) => return Ok(stopped(&self.handle)),
             Err(RunError::Storage(error)) if error.is_corrupt() => Err(BadState::Unreadable(error)),
@@ -518,12 +525,12 @@ where
             }
             Err(bad) => {
                 tracing::warn!(%bad, "unusable stored state: deleting it and starting with getState");
-                if !self.forget(&cancel, &mut jitter).await? {
+                if !Box::pin(self.forget(&cancel, &mut jitter)).await? {
                     return Ok(stopped(&self.handle));
                 }
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(stopped(&self.handle)),
-                    () = self.handler.state_discarded(bad) => {}
+                    () = Box::pin(self.handler.state_discarded(bad)) => {}
                 }
                 Engine::new(self.config.engine.clone(), now)
             }
@@ -541,16 +548,21 @@ where
             None => self.private_dispatch(&mut worker_tasks, lease)?,
         };
 
-        let (writes, queue) = mpsc::unbounded_channel();
-        let writer = Writer {
-            account: self.account,
-            storage: Arc::clone(&self.storage),
-            counters: Arc::clone(&counters),
-            retry: Policy::storage(&self.config),
-            jitter: jitter.fork(),
-            fence,
-        }
-        .run(queue);
+        let (writes, queue) = mailbox::channel();
+        // Pinned where they are made, the writer here and the main loop below: pinning a
+        // future made earlier moves it, and the place it was made in would keep its room
+        // in this future while the manager runs.
+        let mut writer = std::pin::pin!(
+            Writer {
+                account: self.account,
+                storage: Arc::clone(&self.storage),
+                counters: Arc::clone(&counters),
+                retry: Policy::storage(&self.config),
+                jitter: jitter.fork(),
+                fence,
+            }
+            .run(queue)
+        );
 
         let mut driver = Driver::new(
             self.account,
@@ -563,10 +575,8 @@ where
             writes,
             jitter,
         );
-        let mut writer = std::pin::pin!(writer);
         let outcome = {
-            let main = driver.run(&mut self.intake, &mut self.control, &cancel);
-            let mut main = std::pin::pin!(main);
+            let mut main = std::pin::pin!(driver.run(&mut self.intake, &mut self.control, &cancel));
             // The writer only ends once the driver has dropped its queue, so this waits for
             // the driver while letting the writer make progress.
             tokio::select! {
@@ -581,11 +591,11 @@ where
         self.intake.close();
         self.control.close();
         driver.drop_waiters();
-        while let Ok(command) = self.control.try_recv() {
+        while let Some(command) = self.control.try_recv() {
             drop(command);
         }
         let mut unread = 0;
-        while let Ok(input) = self.intake.try_recv() {
+        while let Some(input) = self.intake.try_recv() {
             unread += input.pushes();
         }
         driver.release(unread);
@@ -593,14 +603,17 @@ where
         // Handlers get the grace to finish what was dispatched; then the workers are stopped
         // wherever they are, and only what was handled is acknowledged (and so persisted).
         let deadline = Instant::now() + self.config.shutdown_grace;
-        let mut finished = tokio::time::timeout_at(deadline, driver.drain_dispatch())
+        let mut finished = Box::pin(tokio::time::timeout_at(deadline, driver.drain_dispatch()))
             .await
             .is_ok();
         driver.backlog().close();
         finished = finished
-            && tokio::time::timeout_at(deadline, driver.backlog().drained())
-                .await
-                .is_ok();
+            && Box::pin(tokio::time::timeout_at(
+                deadline,
+                driver.backlog().drained(),
+            ))
+            .await
+            .is_ok();
         if !finished {
             tracing::warn!(grace = ?self.config.shutdown_grace, "handlers still busy after the shutdown grace: stopping them");
             worker_tasks.abort_all();
@@ -614,9 +627,12 @@ where
         // The final commits were queued by the drain; close the queue and let the writer
         // finish it, within the deadline.
         driver.close_writes();
-        let persisted = tokio::time::timeout(self.config.shutdown_timeout, &mut writer)
-            .await
-            .is_ok();
+        let persisted = Box::pin(tokio::time::timeout(
+            self.config.shutdown_timeout,
+            &mut writer,
+        ))
+        .await
+        .is_ok();
         if !persisted {
             counters.commits_failed.incr();
             tracing::error!(timeout = ?self.config.shutdown_timeout, "final commits not persisted before the shutdown deadline");
