@@ -1,8 +1,8 @@
 //! Developer commands for the workspace, run as `cargo xtask <command>`.
 //!
-//! - `test`: the project's one test command. Makes sure `redis-server` is on the machine
-//!   (installing it with apt-get when missing and running as root), then runs every test of
-//!   the workspace. Under `CI=true` a missing `redis-server` fails the run.
+//! - `test`: the project's one test command. Makes sure `redis-server` and `redis-cli` are on
+//!   the machine (installing them with apt-get when missing and running as root), then runs
+//!   every test of the workspace. Under `CI=true` a missing one fails the run.
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`.
 //! - `bench [ARGS..]`: the criterion benchmarks (`cargo bench -p sync-benches`).
 //! - `fuzz [TARGET] [--time SECONDS]`: runs a cargo-fuzz target of `fuzz/` (or every target in
@@ -23,7 +23,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use sync_testkit::redis_server::{is_ci, locate, which};
+use sync_testkit::redis_server::{is_ci, locate, locate_cli, which};
 
 mod charts;
 
@@ -206,29 +206,33 @@ fn fuzz_command(target: &str, seconds: u64, nightly: bool) -> Command {
     command
 }
 
-/// Finds `redis-server`, installing it with apt-get when it is missing and we may.
+/// Finds `redis-server` (and `redis-cli`, which the Redis Cluster tests use to create their
+/// cluster), installing both with apt-get when one is missing and we may.
 ///
-/// Returns `Ok(None)` when it is missing outside CI (the Redis tests then say so and skip);
-/// under `CI=true` a missing server is an error.
+/// Returns `Ok(None)` when the server is missing outside CI (the Redis tests then say so and
+/// skip); under `CI=true` a missing server or client is an error.
 fn ensure_redis_server() -> Result<Option<PathBuf>> {
-    if let Some(path) = find_redis_server() {
+    if let Some(path) = find_redis_server().filter(|_| locate_cli().is_some()) {
         return Ok(Some(path));
     }
     let may_install =
         env::var("XTASK_NO_INSTALL").is_err() && is_root() && which("apt-get").is_some();
     if may_install {
-        eprintln!("xtask: redis-server is missing; installing it with apt-get");
+        eprintln!("xtask: redis-server or redis-cli is missing; installing them with apt-get");
         let mut update = Command::new("apt-get");
         update.args(["update", "-qq"]);
         let mut install = Command::new("apt-get");
         install
-            .args(["install", "-y", "-qq", "redis-server"])
+            .args(["install", "-y", "-qq", "redis-server", "redis-tools"])
             .env("DEBIAN_FRONTEND", "noninteractive");
         if let Err(error) = run(update).and_then(|()| run(install)) {
             eprintln!("xtask: installing redis-server failed: {error}");
         }
     }
     match find_redis_server() {
+        Some(_) if locate_cli().is_none() && is_ci() => {
+            Err("redis-cli is required under CI=true and is missing".into())
+        }
         Some(path) => Ok(Some(path)),
         None if is_ci() => Err("redis-server is required under CI=true and is missing".into()),
         None => {

@@ -254,7 +254,11 @@ async fn a_crashed_owner_is_taken_over_within_the_ttl() {
     let crashed_at = Instant::now();
     // What the crash left in storage, read while the dead owner's lease still keeps the
     // standby out: the state the standby resumes from.
-    assert_eq!(second.fencing_token(), None, "the standby took over too early");
+    assert_eq!(
+        second.fencing_token(),
+        None,
+        "the standby took over too early"
+    );
     sim.crashed(&*storage).await.expect("oracle at the crash");
 
     until_owner(&second).await;
