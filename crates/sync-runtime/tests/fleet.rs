@@ -17,7 +17,9 @@ use sync_runtime::sim::{ApiFaults, Recorder, SimulatedApi};
 use sync_runtime::{
     AccountFactory, BoxError, Fleet, FleetConfig, FleetHandle, FleetStats, ManagerHandle, assign,
 };
-use sync_storage::{AccountId, MemoryStorage, RegistryStorage, Snapshot, StateStorage};
+use sync_storage::{
+    AccountId, LeaseStorage, MemoryStorage, RegistryStorage, Snapshot, StateStorage,
+};
 use sync_testkit::{Faults, Limits, Oracle, Server, TestEntities, TestUpdate, Workload};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -86,6 +88,8 @@ struct World {
     storage: Arc<MemoryStorage>,
     accounts: Arc<Mutex<HashMap<AccountId, Account>>>,
     events: u64,
+    /// Builds still to fail, per account (a login that fails for a while).
+    failing_builds: Arc<Mutex<HashMap<AccountId, u32>>>,
 }
 
 impl World {
@@ -120,6 +124,7 @@ impl World {
             storage,
             accounts: Arc::new(Mutex::new(all)),
             events,
+            failing_builds: Arc::default(),
         }
     }
 
@@ -243,6 +248,17 @@ impl AccountFactory for Member {
     type Handler = Recorder;
 
     async fn build(&self, account: AccountId) -> Result<(SimulatedApi, Recorder), BoxError> {
+        if let Some(left) = self
+            .world
+            .failing_builds
+            .lock()
+            .expect("world")
+            .get_mut(&account)
+            && *left > 0
+        {
+            *left -= 1;
+            return Err("cannot log in yet".into());
+        }
         // The lease is ours here: nobody writes the state before our manager loads it.
         let started = self.world.storage.load(account).await?;
         let recorder = Recorder::new().with_delay(Duration::from_millis(5));
@@ -357,4 +373,44 @@ async fn a_crashed_members_accounts_are_taken_over_within_the_ttl() {
     assert_eq!(stats.claimed, 8, "{stats:?}");
     let repeats = world.judge().await;
     println!("repeats after the crash: {repeats}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_account_is_retried_and_a_lost_one_left_alone() {
+    let world = World::new(4, 200).await;
+    let (flaky, revoked) = (1_000, 1_001);
+    world.failing_builds.lock().expect("world").insert(flaky, 2);
+    let (fleet, run) = world.start("only");
+    until("the flaky account runs after two failed builds", || {
+        fleet.accounts().contains(&flaky)
+    })
+    .await;
+    assert!(fleet.stats().restarts >= 2, "{:?}", fleet.stats());
+    until("every account runs", || fleet.accounts().len() == 4).await;
+
+    // A lost authorization stops the account for good: released and left alone.
+    let api = world.accounts.lock().expect("world")[&revoked].api.clone();
+    api.revoke_authorization();
+    if let Some(handle) = fleet.manager(revoked) {
+        let _ = handle.request_channel_difference(1).await;
+        let _ = handle.push(sync_core::Updates::TooLong);
+    }
+    until("the revoked account stops", || {
+        !fleet.accounts().contains(&revoked)
+    })
+    .await;
+    until("its lease is released", || {
+        futures_block(world.storage.lease_holder(revoked))
+            .expect("holder")
+            .is_none()
+    })
+    .await;
+    assert_eq!(fleet.stats().failed, 1, "{:?}", fleet.stats());
+    // Left alone: not claimed again for a while.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!fleet.accounts().contains(&revoked));
+
+    fleet.shutdown();
+    let stats = run.await.expect("join");
+    assert_eq!(stats.lost, 0, "{stats:?}");
 }
