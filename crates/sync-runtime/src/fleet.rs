@@ -308,7 +308,8 @@ enum Stop {
 ///    ttl plus a tick.
 ///
 /// The accounts' managers share one [`DispatchPool`] (`dispatch_shards` workers), so an idle
-/// account costs its manager's memory and no task that wakes.
+/// account costs its manager's memory (a few KiB) and one task, woken only by the engine's
+/// idle rule (a `getDifference` after 15 minutes without updates).
 ///
 /// A manager that stops with a retryable error ([`RunError::is_retryable`]), or whose
 /// [`AccountFactory::build`] failed, is restarted after a backoff, keeping its lease; one that
