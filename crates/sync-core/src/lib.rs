@@ -84,10 +84,18 @@
 //!    more (slices, non-final channel differences). What waited before a request and lies
 //!    beyond the final answer's state cannot exist (absurd or far-future numbers) and is
 //!    discarded ([`Stats::updates_discarded`]), so once the server is quiet the engine is idle
-//!    within a bounded number of requests, whatever it was pushed.
+//!    within a bounded number of requests, whatever it was pushed. This holds for channels
+//!    the engine did not track too: a push is never trusted to say where a channel starts.
+//!    A channel first named by a push (not by the application, storage or a server answer)
+//!    is *unverified*: its updates wait, its pts is not committed, and its difference is
+//!    fetched from where the update starts; the server's answer is taken even when lower
+//!    (a re-base, committed as a reset), so an absurd first pts cannot make the channel's
+//!    real updates look old. A real first update comes back by that difference, once.
 //! 6. No input makes it panic; malformed input yields an [`Error`] and applies nothing; a
 //!    refused reply changes nothing, and a refused push leads to a difference of every
-//!    sequence it names.
+//!    sequence it names (a channel it names that was not tracked is fetched, unverified,
+//!    from where its good update starts). A channel difference whose pts is below the
+//!    channel's is refused, unless the channel is unverified.
 //!
 //! `updatePtsChanged` ([`Sequence::PtsChanged`]) may renumber the common box: the engine
 //! fetches what is pending under the old numbers, then asks `getState`. If its pts is lower,

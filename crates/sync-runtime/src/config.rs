@@ -19,7 +19,9 @@ pub struct ManagerConfig {
     /// taken or dropped whole; one larger than this is taken only into an empty intake.
     /// Default 4,096.
     pub intake_capacity: usize,
-    /// Dispatch shards: how many peers are handled at the same time. Default 8.
+    /// Dispatch shards: how many peers are handled at the same time. Default 8. Unused by a
+    /// manager on a [`DispatchPool`](crate::DispatchPool), whose own shards and capacity apply
+    /// (the same holds for `shard_capacity`).
     pub shards: usize,
     /// Updates queued per shard. The manager never waits for a full shard: what does not fit
     /// waits in the manager's backlog, in order, and is handed over as the handlers make room.
@@ -42,7 +44,9 @@ pub struct ManagerConfig {
     pub storage_retry_max: Duration,
     /// At shutdown, how long the handlers get to finish the updates already dispatched (and
     /// the backlog) before the manager stops them (aborting their tasks, however far they
-    /// got). What they did not finish is not acknowledged, so it is not persisted and the next
+    /// got; on a [`DispatchPool`](crate::DispatchPool), dropping this manager's handler futures
+    /// at their next poll and skipping its queued events, while the pool and the other managers
+    /// go on). What they did not finish is not acknowledged, so it is not persisted and the next
     /// start delivers it again; [`Summary::abandoned`](crate::Summary::abandoned) counts it.
     /// Default 30 s.
     pub shutdown_grace: Duration,

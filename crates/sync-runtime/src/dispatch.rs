@@ -10,18 +10,22 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use sync_core::{Batch, BatchId, Engine, Entities, Update};
-use sync_events::{AsyncObserver, Event, EventStream, NotHandled, Receipt};
+use sync_events::{AsyncObserver, Event, EventStream, NotHandled, Receipt, TrySent};
 
 use sync_core::Notice;
 
+use crate::config::ManagerConfig;
 use crate::handler::Handler;
+use crate::lease::{Held, LeaseLoss};
 use crate::peer::{Peer, PeerKey};
+use crate::pool::Pooled;
 use crate::stats::{Counters, Timer};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 tokio::task_local! {
-    /// Set for each dispatch worker's task: the [`Shared::id`](crate::handle::Shared::id) of
+    /// Set for each private dispatch worker's task, and around each job of a
+    /// [`DispatchPool`](crate::DispatchPool): the [`Shared::id`](crate::handle::Shared::id) of
     /// the manager and the shard whose handler calls the task makes. Lets `caught_up` tell a
     /// call from inside a handler, which must not wait for its own update to be handled.
     pub(crate) static HANDLING: (u64, usize);
@@ -56,6 +60,8 @@ impl<U: Send + 'static, E: Send + Sync + 'static> Event for Dispatch<U, E> {
 pub(crate) struct Dispatcher<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) counters: Arc<Counters>,
+    /// The lease the manager runs under: checked before every handler call.
+    pub(crate) lease: Option<Arc<Held>>,
 }
 
 impl<U, E, H> AsyncObserver<Dispatch<U, E>> for Dispatcher<H>
@@ -65,19 +71,144 @@ where
     H: Handler<U, E>,
 {
     async fn handle(&mut self, event: Dispatch<U, E>) {
-        let timer = Timer::start();
-        match event {
-            Dispatch::Update {
-                update, entities, ..
-            } => {
-                if let Err(error) = self.handler.handle(update, entities).await {
-                    self.counters.handler_errors.incr();
-                    tracing::warn!(%error, "update handler failed; the update counts as handled");
+        handle_event(&*self.handler, &self.counters, self.lease.as_deref(), event).await;
+    }
+}
+
+/// Hands one event to the handler, counting its error: the private dispatch's observers and
+/// the pool's jobs alike.
+pub(crate) async fn handle_event<U, E, H>(
+    handler: &H,
+    counters: &Counters,
+    lease: Option<&Held>,
+    event: Dispatch<U, E>,
+) where
+    H: Handler<U, E>,
+{
+    if let Some(held) = lease
+        && !held.is_fresh()
+    {
+        // Invariant (see `Held::is_fresh`): a handler is never called once the lease may
+        // belong to someone else. The event is neither handled nor acknowledged: the run
+        // stops (aborting this wait) and the account's next owner delivers it.
+        held.lose(LeaseLoss::Expired {
+            last_error: "the lease was not renewed within its ttl (the process stalled)".into(),
+        });
+        std::future::pending::<()>().await;
+    }
+    let timer = Timer::start();
+    match event {
+        Dispatch::Update {
+            update, entities, ..
+        } => {
+            if let Err(error) = handler.handle(update, entities).await {
+                counters.handler_errors.incr();
+                tracing::warn!(%error, "update handler failed; the update counts as handled");
+            }
+        }
+        Dispatch::Notice(notice) => handler.notice(notice).await,
+    }
+    counters.handled(timer);
+}
+
+/// Where a manager's events are handled: its own dispatch, or a [`DispatchPool`](crate::DispatchPool)
+/// shared with other managers.
+pub(crate) enum Sink<U, E> {
+    /// The manager's own shards and workers.
+    Private(EventStream<Dispatch<U, E>>),
+    /// A shared pool's shards, the events wrapped in jobs.
+    Pooled(Pooled<U, E>),
+}
+
+impl<U, E> Sink<U, E>
+where
+    U: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Past how many events in the backlog the manager holds back: the dispatch's own room.
+    pub(crate) fn bound(&self, config: &ManagerConfig) -> usize {
+        match self {
+            Self::Private(_) => config.shards.saturating_mul(config.shard_capacity),
+            Self::Pooled(pooled) => pooled.stream.shards().saturating_mul(pooled.capacity),
+        }
+        .max(1)
+    }
+
+    /// Offers `events` to the dispatch without waiting; what is not taken comes back, in order
+    /// per shard.
+    fn try_send_batch(
+        &mut self,
+        events: impl IntoIterator<Item = Dispatch<U, E>>,
+    ) -> TrySent<Dispatch<U, E>> {
+        match self {
+            Self::Private(stream) => stream.try_send_batch(events),
+            Self::Pooled(pooled) => {
+                if pooled.closed || pooled.slot.is_stopped() {
+                    return TrySent {
+                        receipt: Receipt::default(),
+                        unsent: events.into_iter().collect(),
+                        full: None,
+                        closed: true,
+                    };
+                }
+                let sent = pooled
+                    .stream
+                    .try_send_batch(events.into_iter().map(&pooled.wrap));
+                let unsent = sent
+                    .unsent
+                    .into_iter()
+                    .filter_map(|job| {
+                        let event = job.into_event();
+                        if event.is_none() {
+                            tracing::error!("a pooled job came back as another type; dropped");
+                        }
+                        event
+                    })
+                    .collect();
+                TrySent {
+                    receipt: sent.receipt,
+                    unsent,
+                    full: sent.full,
+                    closed: sent.closed,
                 }
             }
-            Dispatch::Notice(notice) => self.handler.notice(notice).await,
         }
-        self.counters.handled(timer);
+    }
+
+    /// Resolves once `shard` has room.
+    fn room(&self, shard: usize) -> BoxFuture<()> {
+        match self {
+            Self::Private(stream) => {
+                let stream = stream.clone();
+                Box::pin(async move { stream.room(shard).await })
+            }
+            Self::Pooled(pooled) => {
+                let stream = pooled.stream.clone();
+                Box::pin(async move { stream.room(shard).await })
+            }
+        }
+    }
+
+    /// Whether the events of `receipt` were handled.
+    fn is_handled(&self, receipt: &Receipt) -> bool {
+        match self {
+            Self::Private(stream) => stream.is_handled(receipt),
+            Self::Pooled(pooled) => pooled.stream.is_handled(receipt),
+        }
+    }
+
+    /// Resolves once the events of `receipt` were handled, or cannot be.
+    fn handled(&self, receipt: Receipt) -> BoxFuture<Result<(), NotHandled>> {
+        match self {
+            Self::Private(stream) => {
+                let stream = stream.clone();
+                Box::pin(async move { stream.handled(&receipt).await })
+            }
+            Self::Pooled(pooled) => {
+                let stream = pooled.stream.clone();
+                Box::pin(async move { stream.handled(&receipt).await })
+            }
+        }
     }
 }
 
@@ -99,8 +230,8 @@ struct Outgoing<U, E> {
 /// has room. A batch is acknowledged to the engine once every update in it was handled, in
 /// dispatch order, with one wake-up armed for the oldest.
 pub(crate) struct Backlog<U, E> {
-    /// The dispatch.
-    stream: EventStream<Dispatch<U, E>>,
+    /// The dispatch: the manager's own, or a shared pool.
+    sink: Sink<U, E>,
     counters: Arc<Counters>,
     /// Delivered batches and notices whose events the dispatch has not all accepted yet,
     /// oldest first. Handed over with `try_send`, in the order delivered, up to the first
@@ -138,14 +269,10 @@ where
     U: Update + Peer + Send + 'static,
     E: Entities + Send + Sync + 'static,
 {
-    /// An empty backlog over `stream`, past its bound beyond `bound` events.
-    pub(crate) fn new(
-        stream: EventStream<Dispatch<U, E>>,
-        counters: Arc<Counters>,
-        bound: usize,
-    ) -> Self {
+    /// An empty backlog over `sink`, past its bound beyond `bound` events.
+    pub(crate) fn new(sink: Sink<U, E>, counters: Arc<Counters>, bound: usize) -> Self {
         Self {
-            stream,
+            sink,
             counters,
             queue: VecDeque::new(),
             len: 0,
@@ -158,9 +285,44 @@ where
         }
     }
 
-    /// The dispatch.
-    pub(crate) fn stream(&self) -> &EventStream<Dispatch<U, E>> {
-        &self.stream
+    /// At shutdown, once the backlog was handed over: the dispatch takes nothing more. A
+    /// private dispatch shuts down (its workers handle what they accepted, then end); a pool
+    /// goes on for the other managers.
+    pub(crate) fn close(&mut self) {
+        match &mut self.sink {
+            Sink::Private(stream) => {
+                stream.shutdown();
+            }
+            Sink::Pooled(pooled) => pooled.closed = true,
+        }
+    }
+
+    /// Resolves once everything handed over was handled: a private dispatch's workers have
+    /// ended; this manager's jobs in a pool were all handled. Only after [`close`](Self::close).
+    /// The future owns what it waits on, so the backlog is not borrowed across the wait.
+    pub(crate) fn drained(&self) -> BoxFuture<()> {
+        match &self.sink {
+            Sink::Private(stream) => {
+                let stream = stream.clone();
+                Box::pin(async move { stream.drained().await })
+            }
+            Sink::Pooled(pooled) => {
+                let slot = Arc::clone(&pooled.slot);
+                let handed = self.handed;
+                Box::pin(async move { slot.handled(handed).await })
+            }
+        }
+    }
+
+    /// The shutdown grace ran out: this manager's handlers still busy in a pool are dropped and
+    /// its queued jobs skipped (a private dispatch's workers are aborted by the manager), and
+    /// nothing more is acknowledged (the pool's receipts count skipped jobs too). Acknowledge
+    /// what was handled first.
+    pub(crate) fn stop(&mut self) {
+        if let Sink::Pooled(pooled) = &mut self.sink {
+            pooled.closed = true;
+            pooled.slot.stop();
+        }
     }
 
     /// Whether the backlog is past its bound: pushes wait in the intake and requests are held
@@ -198,14 +360,12 @@ where
     /// Events never handled: those still in the backlog and those the dispatch lost (its
     /// workers were stopped before handling them).
     pub(crate) fn abandoned(&self) -> u64 {
-        self.len as u64
-            + self
-                .stream
-                .stats()
-                .shards
-                .iter()
-                .map(|shard| shard.lost)
-                .sum::<u64>()
+        let lost = match &self.sink {
+            Sink::Private(stream) => stream.stats().shards.iter().map(|shard| shard.lost).sum(),
+            // Handed over but not handled (before the stop, once stopped).
+            Sink::Pooled(pooled) => self.handed.saturating_sub(pooled.slot.done()),
+        };
+        self.len as u64 + lost
     }
 
     /// Waits for an armed wake-up: the oldest dispatched batch handled first, then room on
@@ -298,7 +458,7 @@ where
         offered: usize,
         events: impl IntoIterator<Item = Dispatch<U, E>>,
     ) -> bool {
-        let sent = self.stream.try_send_batch(events);
+        let sent = self.sink.try_send_batch(events);
         outgoing.receipt.merge(&sent.receipt);
         let accepted = offered - sent.unsent.len();
         self.len -= accepted;
@@ -319,8 +479,7 @@ where
             );
         } else if let Some(shard) = sent.full {
             self.blocked = Some(shard);
-            let stream = self.stream.clone();
-            self.room = Some(Box::pin(async move { stream.room(shard).await }));
+            self.room = Some(self.sink.room(shard));
         }
         false
     }
@@ -384,9 +543,15 @@ where
             // state is never committed and a restart delivers it again.
             tracing::error!(%error, %batch, "batch not handled");
         }
+        // A pool's receipts count the jobs it skipped once this manager stopped its handlers.
+        if let Sink::Pooled(pooled) = &self.sink
+            && pooled.slot.is_stopped()
+        {
+            return false;
+        }
         let mut acknowledged = false;
         while let Some((batch, receipt)) = self.dispatched.front() {
-            if !self.stream.is_handled(receipt) {
+            if !self.sink.is_handled(receipt) {
                 break;
             }
             match engine.ack(*batch) {
@@ -413,12 +578,7 @@ where
         {
             return;
         }
-        let stream = self.stream.clone();
-        let receipt = receipt.clone();
-        self.waiting = Some((
-            *front,
-            Box::pin(async move { stream.handled(&receipt).await }),
-        ));
+        self.waiting = Some((*front, self.sink.handled(receipt.clone())));
     }
 }
 

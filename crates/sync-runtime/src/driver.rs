@@ -13,9 +13,8 @@ use sync_core::{
     ChannelDifference, ChannelId, Difference, Engine, Failure, Notice, Output, Request, RequestId,
     RequestKind, State, Updates,
 };
-use sync_events::EventStream;
 use sync_storage::{AccessHashStorage, AccountId, StateStorage};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -25,8 +24,8 @@ use crate::api::{
 };
 use crate::backoff::{Jitter, Policy};
 use crate::config::ManagerConfig;
-use crate::dispatch::{Backlog, BoxFuture, Dispatch};
-use crate::handle::{Control, Input, Shared};
+use crate::dispatch::{Backlog, BoxFuture, Sink};
+use crate::handle::{Control, Input, Shared, mailbox};
 use crate::writer::Write;
 
 /// The current instant on tokio's clock (paused in tests), as the engine takes it.
@@ -62,7 +61,7 @@ pub(crate) struct Driver<A: Api, S> {
     /// The hand-over to the dispatch and the acknowledgements of what was handled.
     backlog: Backlog<UpdateOf<A>, EntitiesOf<A>>,
     /// The writer's queue; `None` once closed at shutdown.
-    writes: Option<mpsc::UnboundedSender<Write>>,
+    writes: Option<mailbox::Sender<Write>>,
     requests: FuturesUnordered<BoxFuture<Done<UpdateOf<A>, EntitiesOf<A>>>>,
     /// A full intake waiting on a backlog past its bound: when the watch ends, and how many
     /// events the backlog had handed over when it began.
@@ -89,8 +88,7 @@ where
     A: Api,
     S: StateStorage + AccessHashStorage + 'static,
 {
-    /// A driver of `engine` that dispatches through `stream` and queues its writes on
-    /// `writes`.
+    /// A driver of `engine` that dispatches through `sink` and queues its writes on `writes`.
     #[expect(
         clippy::too_many_arguments,
         reason = "each is a separate piece the manager built"
@@ -102,12 +100,12 @@ where
         config: ManagerConfig,
         shared: Arc<Shared>,
         engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
-        stream: EventStream<Dispatch<UpdateOf<A>, EntitiesOf<A>>>,
-        writes: mpsc::UnboundedSender<Write>,
+        sink: Sink<UpdateOf<A>, EntitiesOf<A>>,
+        writes: mailbox::Sender<Write>,
         jitter: Jitter,
     ) -> Self {
-        let bound = config.shards.saturating_mul(config.shard_capacity).max(1);
-        let backlog = Backlog::new(stream, Arc::clone(&shared.counters), bound);
+        let bound = sink.bound(&config);
+        let backlog = Backlog::new(sink, Arc::clone(&shared.counters), bound);
         let metrics = shared.counters.engine_metrics();
         Self {
             account,
@@ -131,9 +129,16 @@ where
         }
     }
 
-    /// The dispatch.
-    pub(crate) fn stream(&self) -> &EventStream<Dispatch<UpdateOf<A>, EntitiesOf<A>>> {
-        self.backlog.stream()
+    /// The hand-over to the dispatch.
+    pub(crate) fn backlog(&mut self) -> &mut Backlog<UpdateOf<A>, EntitiesOf<A>> {
+        &mut self.backlog
+    }
+
+    /// The shutdown grace ran out: acknowledges what was handled, then stops the handlers
+    /// still busy in a pool (see [`Backlog::stop`]).
+    pub(crate) fn stop_handlers(&mut self) {
+        self.settle_all();
+        self.backlog.stop();
     }
 
     /// Updates and notices taken for dispatch whose handling never finished (see
@@ -170,8 +175,8 @@ where
     /// The main loop. Returns `Err` with a message when the authorization is lost.
     pub(crate) async fn run(
         &mut self,
-        intake: &mut mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
-        control: &mut mpsc::UnboundedReceiver<Control>,
+        intake: &mut mailbox::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+        control: &mut mailbox::Receiver<Control>,
         cancel: &CancellationToken,
     ) -> Result<(), String> {
         let sleep = tokio::time::sleep(Duration::ZERO);
@@ -216,7 +221,7 @@ where
                     loop {
                         let before = taken;
                         while taken < Self::INTAKE_BATCH {
-                            let Ok(input) = intake.try_recv() else { break };
+                            let Some(input) = intake.try_recv() else { break };
                             taken += self.input(now, input);
                         }
                         self.release(taken - released);
@@ -316,10 +321,7 @@ where
     /// A stall watch is over: a backlog that handed nothing over while the intake stayed
     /// full is stuck, and the intake is emptied; otherwise the watch starts again if the
     /// intake is still full.
-    fn stall_check(
-        &mut self,
-        intake: &mut mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
-    ) {
+    fn stall_check(&mut self, intake: &mut mailbox::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>) {
         let Some((_, handed)) = self.stall.take() else {
             return;
         };
@@ -336,9 +338,9 @@ where
     /// The intake is full and the backlog stuck: empties the intake, dropping what it held, so
     /// that a caller waiting for room (a handler, perhaps the very one whose shard holds the
     /// backlog up) gets it.
-    fn shed(&mut self, intake: &mut mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>) {
+    fn shed(&mut self, intake: &mut mailbox::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>) {
         let mut dropped = 0;
-        while let Ok(input) = intake.try_recv() {
+        while let Some(input) = intake.try_recv() {
             dropped += self.drop_input(input);
         }
         self.release(dropped);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sync_core::{Affected, ChannelId, Sequence, State, Update, Updates};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::HANDLING;
@@ -188,8 +188,8 @@ pub(crate) struct Shared {
 /// awaits here resolves, or fails with [`ControlError::Stopped`] once the manager stops.
 /// [`caught_up`](Self::caught_up) has its own meaning inside a handler.
 pub struct ManagerHandle<U, E = ()> {
-    pub(crate) intake: mpsc::UnboundedSender<Input<U, E>>,
-    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) intake: mailbox::Sender<Input<U, E>>,
+    pub(crate) control: mailbox::Sender<Control>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -441,5 +441,147 @@ impl<U: Update, E> ManagerHandle<U, E> {
     /// The token whose cancellation shuts the manager down.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.shared.cancel.clone()
+    }
+}
+
+/// An unbounded single-receiver queue that holds no memory while it is empty: the intake,
+/// the control channel and the writer's queue.
+///
+/// tokio's unbounded channel allocates a 512-byte channel and a first block of 32 slots when
+/// it is created and keeps a block while empty; a process with 100,000 idle accounts would
+/// hold three of each per account. Here the queue is a `VecDeque` behind a mutex, allocated
+/// on the first send and given back whenever the receiver waits on it empty.
+///
+/// It behaves like tokio's channel where the manager relies on it: sends fail once the
+/// receiver closed or dropped the queue, the receiver takes what was queued before it closed
+/// it, a dropped receiver drops what was still queued, and `recv` returns `None` once the
+/// queue is closed (by the receiver, or by the last sender being dropped) and empty.
+pub(crate) mod mailbox {
+    use std::collections::VecDeque;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+    use std::task::Poll;
+
+    use futures::task::AtomicWaker;
+
+    struct Mailbox<T> {
+        items: Mutex<VecDeque<T>>,
+        /// Set (under the lock) when the receiver closes or drops the queue, or the last
+        /// sender is dropped; read without it by [`Sender::is_closed`].
+        closed: AtomicBool,
+        senders: AtomicUsize,
+        /// The receiver waiting in [`Receiver::recv`].
+        waker: AtomicWaker,
+    }
+
+    impl<T> Mailbox<T> {
+        fn items(&self) -> MutexGuard<'_, VecDeque<T>> {
+            self.items.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+    }
+
+    /// The sending side; cheap to clone.
+    pub(crate) struct Sender<T>(Arc<Mailbox<T>>);
+
+    /// The receiving side.
+    pub(crate) struct Receiver<T>(Arc<Mailbox<T>>);
+
+    /// An empty, open queue.
+    pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
+        let mailbox = Arc::new(Mailbox {
+            items: Mutex::new(VecDeque::new()),
+            closed: AtomicBool::new(false),
+            senders: AtomicUsize::new(1),
+            waker: AtomicWaker::new(),
+        });
+        (Sender(Arc::clone(&mailbox)), Receiver(mailbox))
+    }
+
+    impl<T> Sender<T> {
+        /// Queues `item`; gives it back if the queue is closed.
+        pub(crate) fn send(&self, item: T) -> Result<(), T> {
+            {
+                let mut items = self.0.items();
+                if self.0.closed.load(Ordering::Relaxed) {
+                    return Err(item);
+                }
+                items.push_back(item);
+            }
+            // After the push: a receiver that registered before it is woken, one that looks
+            // after it finds the item.
+            self.0.waker.wake();
+            Ok(())
+        }
+
+        /// Whether sends fail now.
+        pub(crate) fn is_closed(&self) -> bool {
+            self.0.closed.load(Ordering::Acquire)
+        }
+    }
+
+    impl<T> Clone for Sender<T> {
+        fn clone(&self) -> Self {
+            self.0.senders.fetch_add(1, Ordering::Relaxed);
+            Self(Arc::clone(&self.0))
+        }
+    }
+
+    impl<T> Drop for Sender<T> {
+        fn drop(&mut self) {
+            if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+                // The last sender: the receiver takes what is queued, then sees the end.
+                let items = self.0.items();
+                self.0.closed.store(true, Ordering::Release);
+                drop(items);
+                self.0.waker.wake();
+            }
+        }
+    }
+
+    impl<T> Receiver<T> {
+        /// The next item; `None` once the queue is closed and empty.
+        pub(crate) fn recv(&mut self) -> impl Future<Output = Option<T>> + '_ {
+            std::future::poll_fn(|cx| {
+                // Registered before looking: a send after the look wakes this task.
+                self.0.waker.register(cx.waker());
+                let mut items = self.0.items();
+                if let Some(item) = items.pop_front() {
+                    return Poll::Ready(Some(item));
+                }
+                if self.0.closed.load(Ordering::Relaxed) {
+                    return Poll::Ready(None);
+                }
+                // Waiting on an empty queue: its buffer goes back to the allocator, so an
+                // idle manager holds none (a busy one rarely waits).
+                if items.capacity() > 0 {
+                    *items = VecDeque::new();
+                }
+                Poll::Pending
+            })
+        }
+
+        /// The next item if one is queued, without waiting.
+        pub(crate) fn try_recv(&mut self) -> Option<T> {
+            self.0.items().pop_front()
+        }
+
+        /// Closes the queue: sends fail from now on; what was queued can still be taken.
+        pub(crate) fn close(&mut self) {
+            let _items = self.0.items();
+            self.0.closed.store(true, Ordering::Release);
+        }
+    }
+
+    impl<T> Drop for Receiver<T> {
+        fn drop(&mut self) {
+            let left = {
+                let mut items = self.0.items();
+                self.0.closed.store(true, Ordering::Release);
+                std::mem::take(&mut *items)
+            };
+            // Outside the lock: what it holds (a command's reply) may wake other tasks.
+            drop(left);
+        }
     }
 }

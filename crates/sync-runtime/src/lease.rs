@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sync_core::Commit;
-use sync_storage::{Acquired, AccountId, FencingToken, Lease, LeaseStorage};
+use sync_storage::{AccountId, Acquired, FencingToken, Lease, LeaseStorage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -137,26 +137,63 @@ impl<S: LeaseStorage + 'static> Fencing for Arc<S> {
         commit: Commit,
     ) -> BoxFuture<sync_storage::Result<()>> {
         let storage = Arc::clone(self);
-        Box::pin(async move { LeaseStorage::apply_fenced(&*storage, account, token, &commit).await })
+        Box::pin(
+            async move { LeaseStorage::apply_fenced(&*storage, account, token, &commit).await },
+        )
     }
 }
 
-/// A lease a manager runs under: the lease, and how it was lost, once it is.
+/// A lease a manager runs under: the lease, until when it surely holds, and how it was lost,
+/// once it is.
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) lease: Lease,
     /// Cancelled once the lease is lost; the manager stops at once.
     pub(crate) lost: CancellationToken,
     loss: Mutex<Option<LeaseLoss>>,
+    /// The last renewal that succeeded (or the acquisition), as *sent*, plus the ttl: storage
+    /// cannot let the lease expire before then.
+    fresh_until: Mutex<Instant>,
 }
 
 impl Held {
+    /// A lease acquired just now.
     pub(crate) fn new(lease: Lease) -> Arc<Self> {
+        let fresh_until = Instant::now() + lease.ttl;
         Arc::new(Self {
             lease,
             lost: CancellationToken::new(),
             loss: Mutex::new(None),
+            fresh_until: Mutex::new(fresh_until),
         })
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    pub(crate) fn renewed(&self, sent: Instant) {
+        let mut until = self
+            .fresh_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *until = (*until).max(sent + self.lease.ttl);
+    }
+
+    /// Whether the lease surely still holds: not lost, and renewed within its ttl.
+    ///
+    /// Invariant (no handler runs beside a newer owner, unless the process stalls between
+    /// this check and the handler's own effects): every handler call checks it first, so a
+    /// process that was paused or starved past its lease (SIGSTOP, a long GC-like stall of
+    /// the runtime) stops before it hands a handler anything, even if its renewal task has
+    /// not run yet to find out. Storage fences the commits either way; an application
+    /// fences its own side effects with [`ManagerHandle::fencing_token`].
+    ///
+    /// [`ManagerHandle::fencing_token`]: crate::ManagerHandle::fencing_token
+    pub(crate) fn is_fresh(&self) -> bool {
+        !self.lost.is_cancelled()
+            && Instant::now()
+                < *self
+                    .fresh_until
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records the first loss and stops the manager.
@@ -215,6 +252,7 @@ pub(crate) async fn keep_renewed(fencing: Arc<dyn Fencing>, held: Arc<Held>, con
         match outcome {
             Ok(Ok(())) => {
                 last_renewed = sent;
+                held.renewed(sent);
                 next = sent + renew_every;
             }
             Ok(Err(sync_storage::Error::Fenced { current, .. })) => {

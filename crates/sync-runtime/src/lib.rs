@@ -65,7 +65,23 @@
 //!   [`ManagerConfig::metrics`] ([`MetricsConfig`]) adds the `account` label or labels of
 //!   your own. `docs/METRICS.md` lists every series.
 //!
-//! Run one manager per account; many run side by side in one process.
+//! Run one manager per account; many run side by side in one process. Each manager has a
+//! dispatch of its own by default ([`ManagerConfig::shards`] worker tasks); a process with many
+//! accounts shares one [`DispatchPool`] between them ([`Manager::with_pool`]), so an idle
+//! account costs its run task and a few KiB, and no worker tasks.
+//!
+//! # Beyond one process
+//!
+//! - **One owner per account.** [`Manager::with_lease`] runs a manager under the account's
+//!   lease ([`sync_storage::LeaseStorage`]: memory, file, Redis): it waits as a standby while
+//!   another process holds the account, takes over at once when that one shuts down cleanly
+//!   and within the lease's ttl when it crashes, fences every commit with the lease's token
+//!   ([`ManagerHandle::fencing_token`] gives it to handlers), and stops with
+//!   [`RunError::LeaseLost`] when the account was taken over.
+//! - **Fleets.** A [`Fleet`] runs the accounts of a registry
+//!   ([`sync_storage::RegistryStorage`]) in one process, sharing them with every other process
+//!   of the registry: a balanced share each ([`assign`]), handed back when members join, taken
+//!   over when one dies, all through the leases. Its accounts share one [`DispatchPool`].
 //!
 //! # Features
 //!
@@ -91,7 +107,10 @@
 //! | `handle.rs` | [`ManagerHandle`] and the intake and control messages it sends; [`Pushed`], [`Stopped`], [`ControlError`] |
 //! | `driver.rs` | the loop: intake turns, commands, requests and their replies, timers, commits queued, stats published |
 //! | `dispatch.rs` | the events handed to `sync-events`, the observer that calls the [`Handler`] (and the task-local that marks its calls), the backlog and the acknowledgement of handled batches |
-//! | `writer.rs` | the storage writer: commits and access hashes, in order, retried |
+//! | `pool.rs` | [`DispatchPool`]: dispatch workers shared by many managers, the type-erased jobs and per-manager stop |
+//! | `writer.rs` | the storage writer: commits and access hashes, in order, retried (fenced under a lease) |
+//! | `lease.rs` | a manager's account lease: [`LeaseConfig`], acquiring as a standby, renewing, fencing, [`LeaseLoss`] |
+//! | `fleet.rs` | [`Fleet`], [`AccountFactory`], [`FleetConfig`], [`FleetHandle`], [`assign`] |
 //! | `backoff.rs` | retry delays: exponential backoff with jitter, FLOOD_WAIT spread |
 //! | `api.rs` | [`Api`], [`ApiError`], the request types, [`BoxError`] |
 //! | `handler.rs` | [`Handler`] (which also gets the engine's [`Notice`]s) |
@@ -189,11 +208,13 @@ mod dispatch;
 mod driver;
 #[cfg(feature = "metrics")]
 mod facade;
+mod fleet;
 mod handle;
 mod handler;
 mod lease;
 mod manager;
 mod peer;
+mod pool;
 mod stats;
 mod writer;
 
@@ -202,11 +223,13 @@ pub mod sim;
 
 pub use api::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest};
 pub use config::{BadStatePolicy, ManagerConfig, MetricsConfig};
+pub use fleet::{AccountFactory, Fleet, FleetConfig, FleetError, FleetHandle, FleetStats, assign};
 pub use handle::{ControlError, ManagerHandle, Pushed, Stopped};
 pub use handler::Handler;
 pub use lease::{LeaseConfig, LeaseLoss, unique_owner};
 pub use manager::{BadState, Manager, RunError, Summary};
 pub use peer::{Peer, PeerKey};
+pub use pool::{DispatchPool, PoolError};
 pub use stats::{RuntimeStats, Stats};
 /// Re-exported from `sync-core`: what the handler learns besides updates.
 pub use sync_core::Notice;

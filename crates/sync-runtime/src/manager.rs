@@ -9,7 +9,7 @@ use std::time::Duration;
 use sync_core::{Engine, State};
 use sync_events::ObserverPanic;
 use sync_storage::{AccessHashStorage, AccountId, FencingToken, LeaseStorage, StateStorage};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,11 +18,12 @@ use tracing::Instrument;
 use crate::api::{Api, EntitiesOf, UpdateOf};
 use crate::backoff::{Jitter, Policy};
 use crate::config::{BadStatePolicy, ManagerConfig};
-use crate::dispatch::{Dispatcher, HANDLING, MANAGER_IDS};
+use crate::dispatch::{Dispatcher, HANDLING, MANAGER_IDS, Sink};
 use crate::driver::{Driver, now};
-use crate::handle::{Control, Input, ManagerHandle, Shared};
+use crate::handle::{Control, Input, ManagerHandle, Shared, mailbox};
 use crate::handler::Handler;
 use crate::lease::{self, Fence, Fencing, Held, LeaseConfig, LeaseLoss};
+use crate::pool::DispatchPool;
 use crate::stats::{Counters, Stats};
 use crate::writer::Writer;
 
@@ -132,10 +133,12 @@ pub struct Manager<A: Api, S, H> {
     handler: Arc<H>,
     config: ManagerConfig,
     shared: Arc<Shared>,
-    intake: mpsc::UnboundedReceiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
-    control: mpsc::UnboundedReceiver<Control>,
+    intake: mailbox::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
+    control: mailbox::Receiver<Control>,
     handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
     ownership: Option<Ownership>,
+    /// The shared dispatch, if the manager runs on one (see [`Manager::with_pool`]).
+    pool: Option<DispatchPool>,
 }
 
 /// The lease a manager runs under.
@@ -179,8 +182,8 @@ where
         config: ManagerConfig,
     ) -> Self {
         // Unbounded as a channel: the intake's bound is counted in pushes by `Shared::queued`.
-        let (intake_tx, intake) = mpsc::unbounded_channel();
-        let (control_tx, control) = mpsc::unbounded_channel();
+        let (intake_tx, intake) = mailbox::channel();
+        let (control_tx, control) = mailbox::channel();
         let shared = Arc::new(Shared {
             id: MANAGER_IDS.fetch_add(1, Ordering::Relaxed),
             counters: Arc::new(Counters::new(account, &config.metrics)),
@@ -211,6 +214,7 @@ where
             control,
             handle,
             ownership: None,
+            pool: None,
         }
     }
 
@@ -272,6 +276,69 @@ where
         self
     }
 
+    /// Dispatches through `pool`, shared with other managers, instead of a dispatch of its own
+    /// ([`ManagerConfig::shards`] and [`ManagerConfig::shard_capacity`] are then unused: the
+    /// pool's shards and capacity bound the backlog). An idle manager on a pool costs no task
+    /// besides its own run. See [`DispatchPool`] for what is shared and what stays per manager.
+    ///
+    /// ```
+    /// # use sync_runtime::{DispatchPool, Manager};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    /// # runtime.block_on(async {
+    /// # use sync_core::{ChannelDifference, Difference, Sequence, State, Update};
+    /// # use sync_runtime::{Api, ApiError, BoxError, ChannelDifferenceRequest, DifferenceRequest, Handler, Peer, PeerKey};
+    /// # #[derive(Debug, Clone)]
+    /// # struct Message { chat: i64, pts: i32 }
+    /// # impl Update for Message {
+    /// #     fn sequence(&self) -> Sequence { Sequence::Common { pts: self.pts, pts_count: 1 } }
+    /// # }
+    /// # impl Peer for Message {
+    /// #     fn peer(&self) -> Option<PeerKey> { Some(PeerKey::Chat(self.chat)) }
+    /// # }
+    /// # struct Client;
+    /// # impl Api for Client {
+    /// #     type Update = Message;
+    /// #     type Entities = ();
+    /// #     async fn get_state(&self) -> Result<State, ApiError> {
+    /// #         Ok(State { pts: 1, qts: 1, date: 1, seq: 1 })
+    /// #     }
+    /// #     async fn get_difference(&self, r: DifferenceRequest) -> Result<Difference<Message>, ApiError> {
+    /// #         Ok(Difference::Empty { date: r.date, seq: 1 })
+    /// #     }
+    /// #     async fn get_channel_difference(&self, _: ChannelDifferenceRequest)
+    /// #         -> Result<ChannelDifference<Message>, ApiError> {
+    /// #         Err(ApiError::rpc(400, "CHANNEL_INVALID"))
+    /// #     }
+    /// # }
+    /// # struct Bot;
+    /// # impl Handler<Message, ()> for Bot {
+    /// #     async fn handle(&self, _: Message, _: std::sync::Arc<[()]>) -> Result<(), BoxError> { Ok(()) }
+    /// # }
+    /// let pool = DispatchPool::new(8, 1_024)?;
+    /// let mut runs = Vec::new();
+    /// for account in 1..=3 {
+    ///     let storage = sync_storage::MemoryStorage::new();
+    ///     let manager = Manager::new(account, Client, storage, Bot).with_pool(&pool);
+    ///     let handle = manager.handle();
+    ///     runs.push((handle, tokio::spawn(manager.run())));
+    /// }
+    /// for (handle, run) in runs {
+    ///     handle.caught_up().await?;
+    ///     handle.shutdown();
+    ///     assert_eq!(run.await??.abandoned, 0);
+    /// }
+    /// pool.shutdown();
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # })
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_pool(mut self, pool: &DispatchPool) -> Self {
+        self.pool = Some(pool.clone());
+        self
+    }
+
     /// A handle for pushes, commands, stats and shutdown.
     pub fn handle(&self) -> ManagerHandle<UpdateOf<A>, EntitiesOf<A>> {
         self.handle.clone()
@@ -287,13 +354,15 @@ where
     /// pushes fail or are dropped; a later start fetches them by difference), abandons
     /// in-flight requests, and waits for the handlers to finish what was dispatched, for at
     /// most [`ManagerConfig::shutdown_grace`]; handlers still busy then are stopped (their tasks
-    /// aborted, counted in [`Summary::abandoned`]). It persists what was handled and returns.
+    /// aborted, or on a [`DispatchPool`] their futures dropped; counted in [`Summary::abandoned`]). It persists what was handled and returns.
     ///
     /// Dropping the future instead is a crash: nothing more is handled or written, and a
     /// restart from storage redelivers at most what was not yet acknowledged.
-    pub async fn run(self) -> Result<Summary, RunError> {
+    pub fn run(self) -> impl Future<Output = Result<Summary, RunError>> {
         let span = tracing::info_span!("sync_manager", account = self.account);
-        self.run_inner().instrument(span).await
+        // Not an `async fn`: its future would hold the manager a second time beside
+        // `run_inner`'s, for as long as the manager runs.
+        self.run_inner().instrument(span)
     }
 
     async fn run_inner(mut self) -> Result<Summary, RunError> {
@@ -308,7 +377,11 @@ where
             None => (None, None),
             Some(Ownership::Given(fence)) => (Some(fence), None),
             Some(Ownership::Own(config, fencing)) => {
-                let Some(held) = self.standby(&config, &fencing, &cancel, &mut jitter).await?
+                // Boxed, like every wait of the run other than the main loop's: a future holds
+                // room for the largest of its waits, and an idle manager should only hold the
+                // main loop's.
+                let Some(held) =
+                    Box::pin(self.standby(&config, &fencing, &cancel, &mut jitter)).await?
                 else {
                     return Ok(self.stopped());
                 };
@@ -335,7 +408,9 @@ where
         // dispatch workers (handlers included) and the writer, as a crash would, so nothing
         // more is handled beside the new owner; storage would refuse the commits anyway.
         let outcome = tokio::select! {
-            outcome = self.serve(Some(fence.clone()), jitter) => outcome,
+            // Boxed: the future would otherwise hold room for two serving futures, this one
+            // and the one without a lease above.
+            outcome = Box::pin(self.serve(Some(fence.clone()), jitter)) => outcome,
             () = fence.held.lost.cancelled() => Err(lost(&fence.held)),
         };
         lease::publish_token(&self.shared.token, None);
@@ -345,15 +420,19 @@ where
         if let Some(renewal) = own {
             drop(renewal);
             // A clean stop hands the account over at once instead of at the lease's expiry.
-            let released = tokio::time::timeout(
+            let released = Box::pin(tokio::time::timeout(
                 self.config.shutdown_timeout,
                 fence.fencing.release(fence.held.lease.clone()),
-            )
+            ))
             .await;
             match released {
                 Ok(Ok(())) => tracing::info!(%token, "account lease released"),
-                Ok(Err(error)) => tracing::warn!(%error, "account lease not released: it expires on its own"),
-                Err(_) => tracing::warn!("account lease not released in time: it expires on its own"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "account lease not released: it expires on its own")
+                }
+                Err(_) => {
+                    tracing::warn!("account lease not released in time: it expires on its own")
+                }
             }
         }
         outcome
@@ -417,7 +496,11 @@ where
 
     /// Loads the state, builds the engine, the dispatch and the writer, runs the driver until
     /// shutdown and shuts down in order.
-    async fn serve(&mut self, fence: Option<Fence>, mut jitter: Jitter) -> Result<Summary, RunError> {
+    async fn serve(
+        &mut self,
+        fence: Option<Fence>,
+        mut jitter: Jitter,
+    ) -> Result<Summary, RunError> {
         let cancel = self.shared.cancel.clone();
         let counters = Arc::clone(&self.shared.counters);
         let stopped = |handle: &ManagerHandle<_, _>| Summary {
@@ -427,7 +510,8 @@ where
             abandoned: 0,
         };
         let now = now();
-        let built = match self.load(&cancel, &mut jitter).await {
+        // The waits before and after the main loop are boxed (see `run_inner`).
+        let built = match Box::pin(self.load(&cancel, &mut jitter)).await {
             Ok(Some(snapshot)) => self.engine(now, snapshot).map_err(BadState::Invalid),
             Ok(None) => return Ok(stopped(&self.handle)),
             Err(RunError::Storage(error)) if error.is_corrupt() => Err(BadState::Unreadable(error)),
@@ -441,52 +525,44 @@ where
             }
             Err(bad) => {
                 tracing::warn!(%bad, "unusable stored state: deleting it and starting with getState");
-                if !self.forget(&cancel, &mut jitter).await? {
+                if !Box::pin(self.forget(&cancel, &mut jitter)).await? {
                     return Ok(stopped(&self.handle));
                 }
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(stopped(&self.handle)),
-                    () = self.handler.state_discarded(bad) => {}
+                    () = Box::pin(self.handler.state_discarded(bad)) => {}
                 }
                 Engine::new(self.config.engine.clone(), now)
             }
         };
 
-        // Dispatch: one observer per shard over the shared handler; the workers belong to this
-        // future, so dropping it (a crash) stops them too.
-        let panics = Arc::clone(&counters);
-        let (stream, workers) = sync_events::Builder::new()
-            .shards(self.config.shards)
-            .capacity(self.config.shard_capacity)
-            .on_panic(move |panic: &ObserverPanic| {
-                panics.handler_panics.incr();
-                tracing::error!(%panic, "update handler panicked");
-            })
-            .build_async(|_shard| Dispatcher {
-                handler: Arc::clone(&self.handler),
-                counters: Arc::clone(&counters),
-            })
-            .map_err(RunError::Dispatch)?;
         let mut worker_tasks = JoinSet::new();
-        // Each worker task runs with this manager and its shard in `HANDLING`, so that a
-        // handler's calls on the handle know they come from inside a handler (set once per
-        // task rather than around every call).
-        let manager = self.shared.id;
-        workers.spawn_with(|worker| {
-            let here = (manager, worker.shard());
-            worker_tasks.spawn(HANDLING.scope(here, worker));
-        });
+        let lease = fence.as_ref().map(|fence| Arc::clone(&fence.held));
+        let sink = match &self.pool {
+            Some(pool) => Sink::Pooled(pool.attach(
+                self.shared.id,
+                Arc::clone(&self.handler),
+                Arc::clone(&counters),
+                lease,
+            )),
+            None => self.private_dispatch(&mut worker_tasks, lease)?,
+        };
 
-        let (writes, queue) = mpsc::unbounded_channel();
-        let writer = Writer {
-            account: self.account,
-            storage: Arc::clone(&self.storage),
-            counters: Arc::clone(&counters),
-            retry: Policy::storage(&self.config),
-            jitter: jitter.fork(),
-            fence,
-        }
-        .run(queue);
+        let (writes, queue) = mailbox::channel();
+        // Pinned where they are made, the writer here and the main loop below: pinning a
+        // future made earlier moves it, and the place it was made in would keep its room
+        // in this future while the manager runs.
+        let mut writer = std::pin::pin!(
+            Writer {
+                account: self.account,
+                storage: Arc::clone(&self.storage),
+                counters: Arc::clone(&counters),
+                retry: Policy::storage(&self.config),
+                jitter: jitter.fork(),
+                fence,
+            }
+            .run(queue)
+        );
 
         let mut driver = Driver::new(
             self.account,
@@ -495,14 +571,12 @@ where
             self.config.clone(),
             Arc::clone(&self.shared),
             engine,
-            stream,
+            sink,
             writes,
             jitter,
         );
-        let mut writer = std::pin::pin!(writer);
         let outcome = {
-            let main = driver.run(&mut self.intake, &mut self.control, &cancel);
-            let mut main = std::pin::pin!(main);
+            let mut main = std::pin::pin!(driver.run(&mut self.intake, &mut self.control, &cancel));
             // The writer only ends once the driver has dropped its queue, so this waits for
             // the driver while letting the writer make progress.
             tokio::select! {
@@ -517,11 +591,11 @@ where
         self.intake.close();
         self.control.close();
         driver.drop_waiters();
-        while let Ok(command) = self.control.try_recv() {
+        while let Some(command) = self.control.try_recv() {
             drop(command);
         }
         let mut unread = 0;
-        while let Ok(input) = self.intake.try_recv() {
+        while let Some(input) = self.intake.try_recv() {
             unread += input.pushes();
         }
         driver.release(unread);
@@ -529,17 +603,21 @@ where
         // Handlers get the grace to finish what was dispatched; then the workers are stopped
         // wherever they are, and only what was handled is acknowledged (and so persisted).
         let deadline = Instant::now() + self.config.shutdown_grace;
-        let mut finished = tokio::time::timeout_at(deadline, driver.drain_dispatch())
+        let mut finished = Box::pin(tokio::time::timeout_at(deadline, driver.drain_dispatch()))
             .await
             .is_ok();
-        driver.stream().shutdown();
+        driver.backlog().close();
         finished = finished
-            && tokio::time::timeout_at(deadline, driver.stream().drained())
-                .await
-                .is_ok();
+            && Box::pin(tokio::time::timeout_at(
+                deadline,
+                driver.backlog().drained(),
+            ))
+            .await
+            .is_ok();
         if !finished {
             tracing::warn!(grace = ?self.config.shutdown_grace, "handlers still busy after the shutdown grace: stopping them");
             worker_tasks.abort_all();
+            driver.stop_handlers();
         }
         while worker_tasks.join_next().await.is_some() {}
         driver.settle_all();
@@ -549,9 +627,12 @@ where
         // The final commits were queued by the drain; close the queue and let the writer
         // finish it, within the deadline.
         driver.close_writes();
-        let persisted = tokio::time::timeout(self.config.shutdown_timeout, &mut writer)
-            .await
-            .is_ok();
+        let persisted = Box::pin(tokio::time::timeout(
+            self.config.shutdown_timeout,
+            &mut writer,
+        ))
+        .await
+        .is_ok();
         if !persisted {
             counters.commits_failed.incr();
             tracing::error!(timeout = ?self.config.shutdown_timeout, "final commits not persisted before the shutdown deadline");
@@ -567,6 +648,39 @@ where
             Ok(()) => Ok(summary),
             Err(message) => Err(RunError::Unauthorized { message }),
         }
+    }
+
+    /// The manager's own dispatch: one observer per shard over the shared handler, the workers
+    /// spawned on `tasks`, which belong to the run future, so dropping it (a crash) stops them
+    /// too.
+    fn private_dispatch(
+        &self,
+        tasks: &mut JoinSet<()>,
+        lease: Option<Arc<Held>>,
+    ) -> Result<Sink<UpdateOf<A>, EntitiesOf<A>>, RunError> {
+        let panics = Arc::clone(&self.shared.counters);
+        let (stream, workers) = sync_events::Builder::new()
+            .shards(self.config.shards)
+            .capacity(self.config.shard_capacity)
+            .on_panic(move |panic: &ObserverPanic| {
+                panics.handler_panics.incr();
+                tracing::error!(%panic, "update handler panicked");
+            })
+            .build_async(|_shard| Dispatcher {
+                handler: Arc::clone(&self.handler),
+                counters: Arc::clone(&self.shared.counters),
+                lease: lease.clone(),
+            })
+            .map_err(RunError::Dispatch)?;
+        // Each worker task runs with this manager and its shard in `HANDLING`, so that a
+        // handler's calls on the handle know they come from inside a handler (set once per
+        // task rather than around every call).
+        let manager = self.shared.id;
+        workers.spawn_with(|worker| {
+            let here = (manager, worker.shard());
+            tasks.spawn(HANDLING.scope(here, worker));
+        });
+        Ok(Sink::Private(stream))
     }
 
     /// The engine for what storage holds: resuming from the stored state (or, without

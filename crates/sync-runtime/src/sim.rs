@@ -5,7 +5,8 @@
 //!   as [`ApiFaults`] says.
 //! - [`Producer`] makes the server's events happen at a steady pace and pushes them to a
 //!   manager through a faulty network (drops, duplicates, reordering, too-long summaries:
-//!   the push fields of [`Faults`]).
+//!   the push fields of [`Faults`]); or on a [`Timetable`] shared by several processes, so
+//!   that each one that runs the account in turn makes the same history.
 //! - [`Recorder`] is a handler that logs every delivered update (to be judged by the
 //!   [`Oracle`](sync_testkit::Oracle)), and can be slow, fail, panic or call the manager back
 //!   on purpose ([`Behaviour`]).
@@ -275,6 +276,33 @@ impl Producer {
         self,
         api: &SimulatedApi,
         handle: &ManagerHandle<TestUpdate, TestEntities>,
+        progress: impl FnMut(u64),
+    ) -> ProducerReport {
+        self.drive(Pace::Steady, api, handle, progress).await
+    }
+
+    /// Runs on `timetable`, the server having made `made` of its pushes already (by
+    /// [`Timetable::fast_forward`]): each further push is made once it is due and sent through
+    /// the network; `events`, `interval` and `burst` are ignored. Ends once every push of the
+    /// timetable was made and every push in transit arrived (or the manager stopped).
+    /// `progress` is called once per round with the events made so far.
+    pub async fn run_on(
+        self,
+        timetable: Timetable,
+        made: u64,
+        api: &SimulatedApi,
+        handle: &ManagerHandle<TestUpdate, TestEntities>,
+        progress: impl FnMut(u64),
+    ) -> ProducerReport {
+        self.drive(Pace::Timetable { timetable, made }, api, handle, progress)
+            .await
+    }
+
+    async fn drive(
+        self,
+        mut pace: Pace,
+        api: &SimulatedApi,
+        handle: &ManagerHandle<TestUpdate, TestEntities>,
         mut progress: impl FnMut(u64),
     ) -> ProducerReport {
         let mut rng = Rng::new(self.seed ^ 0x5EED_F00D);
@@ -285,20 +313,35 @@ impl Producer {
         let mut sequence = 0u64;
         let mut next_round = Instant::now();
         'run: loop {
-            let made = api.with_server(|s| s.events());
-            let producing = made < self.events;
+            let (producing, round_at) = match &pace {
+                Pace::Steady => (api.with_server(|s| s.events()) < self.events, next_round),
+                Pace::Timetable { timetable, made } => {
+                    (*made < timetable.pushes, timetable.due_at(*made + 1))
+                }
+            };
             let next_arrival = transit.first_key_value().map(|(&(at, _), _)| at);
             let wake = match (producing, next_arrival) {
-                (true, Some(at)) => at.min(next_round),
-                (true, None) => next_round,
+                (true, Some(at)) => at.min(round_at),
+                (true, None) => round_at,
                 (false, Some(at)) => at,
                 (false, None) => break,
             };
             tokio::time::sleep_until(wake).await;
             let now = Instant::now();
-            if producing && now >= next_round {
-                next_round += self.interval;
-                for _ in 0..self.burst.max(1) {
+            if producing && now >= round_at {
+                // How many pushes this round makes: a burst, or every push now due.
+                let pushes = match &mut pace {
+                    Pace::Steady => {
+                        next_round += self.interval;
+                        u64::from(self.burst.max(1))
+                    }
+                    Pace::Timetable { timetable, made } => {
+                        let due = timetable.due(now).saturating_sub(*made);
+                        *made += due;
+                        due
+                    }
+                };
+                for _ in 0..pushes {
                     let (arrivals, made) = api.with_server(|s| {
                         let push = s.produce();
                         (network.send(&mut rng, s, push), s.events())
@@ -307,7 +350,7 @@ impl Producer {
                         sequence += 1;
                         transit.insert((now + arrival.after, sequence), arrival.updates);
                     }
-                    if made >= self.events {
+                    if matches!(pace, Pace::Steady) && made >= self.events {
                         break;
                     }
                 }
@@ -359,6 +402,65 @@ impl Producer {
             traffic: network.traffic(),
             ..report
         }
+    }
+}
+
+/// How a [`Producer`] paces its pushes.
+enum Pace {
+    /// `burst` pushes every `interval`, until `events` events were made.
+    Steady,
+    /// Each push when the timetable says; `made` of them were made so far.
+    Timetable { timetable: Timetable, made: u64 },
+}
+
+/// A history on a shared clock: push `k` (from 1) of the account's server is due at
+/// `start + k × interval`, up to `pushes`.
+///
+/// The server makes the same history from the same seed, so processes that run the account in
+/// turn (a fleet's fail-over) each build their own copy of it, [fast-forward](Self::fast_forward)
+/// it to the pushes already due when they start, and [produce](Producer::run_on) the rest on
+/// time: every copy agrees on what happened, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timetable {
+    /// When push 0 would be due (the history's origin; the first push is due one `interval`
+    /// later).
+    pub start: Instant,
+    /// Time between two pushes.
+    pub interval: Duration,
+    /// Pushes in the whole history.
+    pub pushes: u64,
+}
+
+impl Timetable {
+    /// How many pushes are due at `now` (at most `pushes`).
+    pub fn due(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.start).as_nanos();
+        let interval = self.interval.as_nanos().max(1);
+        u64::try_from(elapsed / interval)
+            .unwrap_or(u64::MAX)
+            .min(self.pushes)
+    }
+
+    /// When push `k` is due.
+    pub fn due_at(&self, k: u64) -> Instant {
+        let k = u32::try_from(k).unwrap_or(u32::MAX);
+        self.start + self.interval.saturating_mul(k)
+    }
+
+    /// Makes the pushes due now that `api`'s server has not made yet (`made` of them it has),
+    /// as pushes the client never received, as for a client that was offline meanwhile: only
+    /// a difference brings them back (their channels are mentioned in the next one, as is every
+    /// channel after a reconnect). Returns how many pushes the server has made now.
+    pub fn fast_forward(&self, api: &SimulatedApi, made: u64) -> u64 {
+        let due = self.due(Instant::now());
+        api.with_server(|server| {
+            for _ in made..due {
+                let push = server.produce();
+                server.push_lost(&push);
+            }
+            server.client_restarted();
+        });
+        due.max(made)
     }
 }
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use sync_core::{ChannelId, Commit};
 use sync_storage::{AccessHashStorage, AccountId, Error, StateStorage};
-use tokio::sync::mpsc;
 
 use crate::backoff::{Jitter, Policy};
+use crate::handle::mailbox;
 use crate::lease::{Fence, LeaseLoss};
 use crate::stats::{Counters, Timer};
 
@@ -65,7 +65,7 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
     /// the queue in order, and it only coalesces writes that are queued together, hashes
     /// before the commit (a hash written early is harmless; a commit that names a channel
     /// whose hash is not stored yet would leave the channel unreadable after a crash).
-    pub(crate) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Write>) {
+    pub(crate) async fn run(mut self, mut queue: mailbox::Receiver<Write>) {
         while let Some(first) = queue.recv().await {
             let mut hashes = Vec::new();
             let mut commit: Option<Commit> = None;
@@ -81,17 +81,18 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
                 }
             };
             take(first);
-            while let Ok(write) = queue.try_recv() {
+            while let Some(write) = queue.try_recv() {
                 take(write);
             }
             if !hashes.is_empty() {
                 let count = hashes.len() as u64;
-                let written = self
-                    .retry("access hashes", |storage, account| {
-                        let hashes = hashes.clone();
-                        async move { storage.set_access_hashes(account, &hashes).await }
-                    })
-                    .await;
+                // Boxed while a write is under way: the writer waits on its queue inside the
+                // manager's future, which should not hold room for a storage call while idle.
+                let written = Box::pin(self.retry("access hashes", |storage, account| {
+                    let hashes = hashes.clone();
+                    async move { storage.set_access_hashes(account, &hashes).await }
+                }))
+                .await;
                 if written {
                     self.counters.access_hashes_written.add(count);
                 }
@@ -99,23 +100,22 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
             if let Some(commit) = commit.filter(|c| !c.is_empty()) {
                 let fence = self.fence.clone();
                 let timer = Timer::start();
-                let written = self
-                    .retry("commit", |storage, account| {
-                        let commit = commit.clone();
-                        let fence = fence.clone();
-                        async move {
-                            match fence {
-                                None => storage.apply(account, &commit).await,
-                                Some(fence) => {
-                                    fence
-                                        .fencing
-                                        .apply_fenced(account, fence.held.lease.token, commit)
-                                        .await
-                                }
+                let written = Box::pin(self.retry("commit", |storage, account| {
+                    let commit = commit.clone();
+                    let fence = fence.clone();
+                    async move {
+                        match fence {
+                            None => storage.apply(account, &commit).await,
+                            Some(fence) => {
+                                fence
+                                    .fencing
+                                    .apply_fenced(account, fence.held.lease.token, commit)
+                                    .await
                             }
                         }
-                    })
-                    .await;
+                    }
+                }))
+                .await;
                 self.counters.commit_ended(timer, written, commits);
                 if written {
                     tracing::trace!(state = ?commit.state, channels = commit.channels.len(), "commit written");

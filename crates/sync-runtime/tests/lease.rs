@@ -9,28 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{ACCOUNT, Sim, config, producer};
+use common::{ACCOUNT, Sim, TokioClock, config, producer};
 use sync_core::{ChannelId, Commit, State};
 use sync_runtime::sim::{ApiFaults, Recorder};
 use sync_runtime::{LeaseConfig, LeaseLoss, Manager, ManagerHandle, RunError, Summary};
-use sync_storage::lease::Clock;
 use sync_storage::{
-    AccessHashStorage, Acquired, AccountId, FencingToken, Lease, LeaseInfo, LeaseStorage,
+    AccessHashStorage, AccountId, Acquired, FencingToken, Lease, LeaseInfo, LeaseStorage,
     MemoryStorage, Result as StorageResult, StateStorage, UserId,
 };
 use sync_testkit::{Faults, TestEntities, TestUpdate};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// Storage time on tokio's (paused) clock, so that leases expire as the test's time passes.
-#[derive(Debug)]
-struct TokioClock(Instant);
-
-impl Clock for TokioClock {
-    fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-}
 
 const PASS: u8 = 0;
 /// Renewals fail as if storage were unreachable.
@@ -235,11 +224,7 @@ async fn a_standby_takes_over_at_once_after_a_clean_shutdown() {
     sim.judge_deliveries().expect("first owner's deliveries");
     sim.recorder = second_log;
     sim.finish(&*storage).await.expect("oracle");
-    assert_eq!(
-        sim.oracle.repeats(),
-        0,
-        "a clean hand-over repeats nothing"
-    );
+    assert_eq!(sim.oracle.repeats(), 0, "a clean hand-over repeats nothing");
     assert!(sim.recorder.count() > 0, "the second owner handled nothing");
     assert_eq!(
         storage.lease_holder(ACCOUNT).await.expect("holder"),
@@ -267,6 +252,10 @@ async fn a_crashed_owner_is_taken_over_within_the_ttl() {
     let _ = producing.await;
     assert!(first_run.await.is_err_and(|e| e.is_cancelled()));
     let crashed_at = Instant::now();
+    // What the crash left in storage, read while the dead owner's lease still keeps the
+    // standby out: the state the standby resumes from.
+    assert_eq!(second.fencing_token(), None, "the standby took over too early");
+    sim.crashed(&*storage).await.expect("oracle at the crash");
 
     until_owner(&second).await;
     let waited = crashed_at.elapsed();
@@ -274,7 +263,6 @@ async fn a_crashed_owner_is_taken_over_within_the_ttl() {
         waited <= lease("x").ttl + Duration::from_millis(260),
         "took over after {waited:?}"
     );
-    sim.crashed(&*storage).await.expect("oracle at the crash");
     sim.recorder = second_log;
     sim.produce(&second, producer(54, 800, Faults::moderate(), false))
         .await

@@ -5,7 +5,8 @@
 //! await bounded), `shutdown` must return within its grace, and the oracle must hold:
 //! nothing lost, nothing delivered twice without a crash.
 //!
-//! Runs a modest number of cases by default; set `PROPTEST_CASES` for a longer run.
+//! Runs a modest number of cases by default (fewer on a shared [`DispatchPool`](sync_runtime::DispatchPool),
+//! with a second account beside the random one); set `PROPTEST_CASES` for a longer run.
 
 mod common;
 
@@ -176,8 +177,15 @@ async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> Result<T, St
 }
 
 /// One case: a run with random behaviours, shut down, then a plain restart that must
-/// complete it; judged by the oracle throughout.
-async fn case(seed: u64, tiny: Option<(usize, usize, usize)>, faults: usize) -> Result<(), String> {
+/// complete it; judged by the oracle throughout. `pooled`: both runs dispatch through a
+/// [`DispatchPool`](sync_runtime::DispatchPool) of the case's shards and capacity, shared with
+/// a second, quiet account that must stop cleanly whatever the first one's handlers do.
+async fn case(
+    seed: u64,
+    tiny: Option<(usize, usize, usize)>,
+    faults: usize,
+    pooled: bool,
+) -> Result<(), String> {
     let (faults, api) = mix(faults);
     let mut sim = Sim::new(seed, 8, api);
     let mut config = ManagerConfig {
@@ -199,7 +207,26 @@ async fn case(seed: u64, tiny: Option<(usize, usize, usize)>, faults: usize) -> 
     );
     let storage = Arc::new(MemoryStorage::new());
     sim.seed(&*storage).await;
-    let (handle, mut run) = sim.start(&storage, config.clone());
+    let pool = if pooled {
+        let pool = sync_runtime::DispatchPool::new(config.shards, config.shard_capacity)
+            .map_err(|e| e.to_string())?;
+        Some(pool)
+    } else {
+        None
+    };
+    let neighbour = match &pool {
+        Some(pool) => {
+            let sim = Sim::new(seed ^ 0x5EED, 4, ApiFaults::default());
+            let storage = Arc::new(MemoryStorage::new());
+            sim.seed(&*storage).await;
+            let (handle, run) = sim.start_on(&storage, config.clone(), Some(pool));
+            let producing =
+                sim.produce(&handle, producer(seed ^ 0x5EED, 100, Faults::none(), false));
+            Some((sim, storage, handle, run, producing))
+        }
+        None => None,
+    };
+    let (handle, mut run) = sim.start_on(&storage, config.clone(), pool.as_ref());
     slot.set(handle.clone()).map_err(|_| "slot set twice")?;
     let mut push = producer(seed, 250, faults, false);
     push.burst = 1 + (seed % 8) as u32;
@@ -232,7 +259,7 @@ async fn case(seed: u64, tiny: Option<(usize, usize, usize)>, faults: usize) -> 
     // repeat (after a clean stop nothing was left unacknowledged, so nothing may).
     sim.crashed(&*storage).await?;
     sim.recorder = Recorder::new();
-    let (handle, mut run) = sim.start(&storage, config);
+    let (handle, mut run) = sim.start_on(&storage, config, pool.as_ref());
     bounded("caught_up after the restart", handle.caught_up())
         .await?
         .map_err(|e| e.to_string())?;
@@ -250,6 +277,30 @@ async fn case(seed: u64, tiny: Option<(usize, usize, usize)>, faults: usize) -> 
             "{} repeats after a clean stop",
             sim.oracle.repeats()
         ));
+    }
+    // The quiet neighbour on the pool: once the random handlers are gone, it catches up and
+    // stops with everything handled and nothing repeated.
+    if let Some((mut sim, storage, handle, run, producing)) = neighbour {
+        bounded("the neighbour's producer", producing)
+            .await?
+            .map_err(|e| e.to_string())?;
+        bounded("the neighbour's caught_up", handle.caught_up())
+            .await?
+            .map_err(|e| format!("neighbour: {e}"))?;
+        handle.shutdown();
+        let summary = bounded("the neighbour's shutdown", run)
+            .await?
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if summary.abandoned != 0 || !summary.persisted {
+            return Err(format!("neighbour: {summary:?}"));
+        }
+        sim.finish(&*storage)
+            .await
+            .map_err(|e| format!("neighbour: {e}"))?;
+        if sim.oracle.repeats() != 0 {
+            return Err("neighbour: repeats after a clean stop".into());
+        }
     }
     Ok(())
 }
@@ -278,7 +329,29 @@ proptest! {
             .start_paused(true)
             .build()
             .expect("runtime");
-        let verdict = runtime.block_on(case(seed, tiny, faults));
+        let verdict = runtime.block_on(case(seed, tiny, faults, false));
         prop_assert!(verdict.is_ok(), "seed {seed}, {tiny:?}, mix {faults}: {verdict:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: u32::try_from(env_or("PROPTEST_CASES", 8)).unwrap_or(8),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_handler_behaviours_on_a_shared_pool_never_stall_the_managers(
+        seed in 1..u64::MAX / 2,
+        tiny in capacities(),
+        faults in 0..3usize,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let verdict = runtime.block_on(case(seed, tiny, faults, true));
+        prop_assert!(verdict.is_ok(), "pooled, seed {seed}, {tiny:?}, mix {faults}: {verdict:?}");
     }
 }

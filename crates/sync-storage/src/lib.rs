@@ -138,7 +138,7 @@ pub use file::FileStorage;
 pub use lease::{Acquired, FencingToken, Lease, LeaseInfo, LeaseStorage};
 pub use memory::MemoryStorage;
 #[cfg(feature = "redis")]
-pub use redis::{RedisConfig, RedisStorage};
+pub use redis::{RedisConfig, RedisStorage, ReplicationShortfall};
 pub use registry::RegistryStorage;
 
 /// An account's identifier: the Telegram user id of the logged-in user or bot.

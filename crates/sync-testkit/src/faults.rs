@@ -27,7 +27,8 @@ pub struct Faults {
     /// engine must refuse it and accept the correct reply that follows.
     pub corrupt_reply: f64,
     /// After a push, an extra push that the server never made arrives: far-future numbers
-    /// (a common pts, a channel pts or a qts near `i32::MAX`), which the engine must accept
+    /// (a common pts, a channel pts or a qts near `i32::MAX`; the channel may be one the
+    /// client does not track yet, on a fresh start), which the engine must accept
     /// and never deliver, or malformed ones (negative numbers, `pts_count > pts`, a channel
     /// id that is not positive, a `seq_start` beyond `seq`), which it must refuse whole. Their
     /// updates have ids the server never logged: delivering one is a violation.

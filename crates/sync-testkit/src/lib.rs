@@ -12,7 +12,9 @@
 //!   reorders and summarises pushes, adds pushes the server never made (far-future or
 //!   malformed numbers, a malformed update inside a good container, `updatePtsChanged`),
 //!   fails and corrupts replies ([`Faults`]), and crashes the client to restart it from what
-//!   it committed. Once every push has arrived the network goes quiet: the engine must then be
+//!   it committed. The client resumes from stored state with every channel, or starts fresh
+//!   ([`Scenario::fresh_start`]: `getState`, no channel tracked, each learned from its events,
+//!   so absurd pushes also name channels it does not track yet). Once every push has arrived the network goes quiet: the engine must then be
 //!   idle within a bounded number of requests ([`Report::tail_requests`]).
 //! - [`Oracle`] judges the run: every durable update exactly once (repeats only inside the
 //!   window a crash left unacknowledged), each sequence in order, nothing after an unresolved
@@ -24,7 +26,8 @@
 //!   ([`Traffic`]).
 //! - [`lean`] is the leanest update type and a bare engine of it past its startup, for
 //!   measuring the engine itself.
-//! - [`redis_server`] starts a private `redis-server` for tests that need a real one.
+//! - [`redis_server`] starts a private `redis-server`, or a Redis Cluster of them, for tests
+//!   that need a real one.
 //! - [`fuzz`] holds the fuzz bodies that the cargo-fuzz targets (`fuzz/`), the property tests
 //!   and the corpus tests share: raw bytes in, the first broken rule out.
 //!
@@ -36,7 +39,7 @@
 //! | `faults.rs`, `network.rs` | [`Faults`], [`Network`]: what goes wrong between server and client |
 //! | `scenario/` | [`Scenario`]: `mod.rs` the builder and [`Report`], `run.rs` the virtual timeline, `requests.rs` the replies |
 //! | `oracle.rs` | [`Oracle`]: the judge |
-//! | `fuzz.rs`, `lean.rs`, `redis_server.rs`, `rng.rs`, `update.rs` | fuzz bodies, a bare engine of a lean update, a private redis-server, the seeded [`Rng`], [`TestUpdate`] |
+//! | `fuzz.rs`, `lean.rs`, `redis_server.rs`, `rng.rs`, `update.rs` | fuzz bodies, a bare engine of a lean update, a private redis-server or cluster, the seeded [`Rng`], [`TestUpdate`] |
 //!
 //! # Example
 //!

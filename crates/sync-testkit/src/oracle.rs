@@ -16,6 +16,18 @@ struct Positions {
     channels: HashMap<ChannelId, i32>,
 }
 
+/// Where a client that did not start from stored state began to know its sequences: the
+/// events at or below these positions happened before it knew where it stood, and need not
+/// reach it.
+#[derive(Debug, Clone, Default)]
+struct Floors {
+    /// The client started without stored state.
+    fresh: bool,
+    pts: i32,
+    qts: i32,
+    channels: HashMap<ChannelId, i32>,
+}
+
 /// Follows every delivery as it happens, and judges the whole run at the end.
 ///
 /// The rules: every durable event is delivered exactly once unless a too-long answer allowed it
@@ -29,10 +41,15 @@ struct Positions {
 /// outside their sequence: accepted only for events the server sent that way, at most once
 /// (like any event, repeats only inside a crash window), never moving a position, and never
 /// required (skipped events need not be delivered).
+///
+/// A client that starts without stored state ([`Oracle::started_fresh`]) or begins tracking a
+/// channel it did not know ([`Oracle::learned_channel`]) owes nothing from before: events at or
+/// below where it began need not be delivered (and, if delivered, still at most once).
 #[derive(Debug, Default)]
 pub struct Oracle {
     delivered: HashMap<u64, u32>,
     at: Positions,
+    floors: Floors,
     /// Events delivered but not committed when the client crashed.
     may_repeat: HashSet<u64>,
     /// Deliveries of events in `may_repeat` beyond the first.
@@ -62,6 +79,24 @@ impl Oracle {
             seq: state.seq,
             channels: channels.into_iter().collect(),
         };
+    }
+
+    /// The client had no stored state, and its first `getState` answered `state`: common
+    /// events up to it need not be delivered, and deliveries go on from it.
+    pub fn started_fresh(&mut self, state: State) {
+        self.floors.fresh = true;
+        self.floors.pts = self.floors.pts.max(state.pts);
+        self.floors.qts = self.floors.qts.max(state.qts);
+        self.at.pts = state.pts;
+        self.at.qts = state.qts;
+        self.at.seq = state.seq;
+    }
+
+    /// The client began tracking a channel it did not know, at `pts` (where it learned of the
+    /// channel): the channel's events ending at or below it need not be delivered.
+    pub fn learned_channel(&mut self, channel_id: ChannelId, pts: i32) {
+        let floor = self.floors.channels.entry(channel_id).or_insert(pts);
+        *floor = (*floor).max(pts);
     }
 
     /// How many deliveries repeated an event after a crash (the un-acknowledged window).
@@ -190,7 +225,19 @@ impl Oracle {
                 event.sequence,
                 Sequence::Common { pts_count: 0, .. } | Sequence::Channel { pts_count: 0, .. }
             );
-            if count == 0 && !skipped.contains(&event.id) && !zero_count {
+            let before_start = match event.sequence {
+                Sequence::Common { pts, .. } => pts <= self.floors.pts,
+                Sequence::Qts { qts } => qts <= self.floors.qts,
+                Sequence::Channel {
+                    channel_id, pts, ..
+                } => self
+                    .floors
+                    .channels
+                    .get(&channel_id)
+                    .is_some_and(|&floor| pts <= floor),
+                _ => false,
+            };
+            if count == 0 && !skipped.contains(&event.id) && !zero_count && !before_start {
                 return Err(format!(
                     "update {} ({:?}) was never delivered",
                     event.id, event.sequence
@@ -226,7 +273,11 @@ impl Oracle {
         }
         for (channel_id, pts) in server.channel_states() {
             let local = client_channel(channel_id);
-            if local != Some(pts) {
+            // A client that started with no channels learns of one from its events: one that
+            // never had any may stay unknown.
+            let unheard_of =
+                local.is_none() && self.floors.fresh && server.missed_channel(channel_id, 0) == 0;
+            if local != Some(pts) && !unheard_of {
                 return Err(format!(
                     "channel {channel_id} ended at {local:?}, the server at {pts}"
                 ));

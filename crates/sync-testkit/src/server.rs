@@ -229,7 +229,8 @@ impl Server {
         self.next_id - 1
     }
 
-    /// Events that too-long answers allowed the client to skip.
+    /// Events that too-long answers, and answers to a channel pts the server never reached,
+    /// allowed the client to skip.
     pub fn skipped(&self) -> &[u64] {
         &self.skipped
     }
@@ -522,7 +523,8 @@ impl Server {
         }
     }
 
-    /// `updates.getChannelDifference` from the client's `pts`.
+    /// `updates.getChannelDifference` from the client's `pts`. A `pts` beyond the channel's is
+    /// answered as Telegram does: `channelDifferenceEmpty` with the channel's real (lower) pts.
     pub fn get_channel_difference(
         &mut self,
         channel_id: ChannelId,
@@ -544,9 +546,19 @@ impl Server {
             _ => true,
         });
         let missed = &channel.log[first..];
-        let kind = if missed.is_empty() {
+        let kind = if pts > channel.pts {
+            // A pts this channel never reached: Telegram does not know it and answers with the
+            // channel's real pts, which is lower. A client that takes it starts the channel
+            // over from there, so none of the channel's events so far need reach it.
+            self.skipped.extend(channel.log.iter().map(|u| u.id));
             ChannelDifferenceKind::Empty {
-                pts: channel.pts.max(pts),
+                pts: channel.pts,
+                is_final: true,
+                timeout,
+            }
+        } else if missed.is_empty() {
+            ChannelDifferenceKind::Empty {
+                pts: channel.pts,
                 is_final: true,
                 timeout,
             }

@@ -51,6 +51,38 @@ fn absurd_pushes_are_never_delivered() {
     }
 }
 
+/// A fresh client (no stored state: `getState`, no channel tracked) learns its channels from
+/// their events. Absurd pushes then name channels it does not track yet: a far-future channel
+/// pts must not become where the channel starts, or every later update of it would be
+/// dropped as old. The server answers such a pts with its own, lower one.
+#[test]
+fn absurd_pushes_for_channels_not_tracked_yet_do_not_poison_them() {
+    let faults = Faults {
+        absurd_push: 0.3,
+        ..Faults::none()
+    };
+    for scenario in scenarios(60..64, &faults) {
+        let report = run(scenario.fresh_start(true));
+        assert!(report.traffic.absurd > 20, "{report:?}");
+        assert!(report.stats.updates_discarded > 0, "{report:?}");
+    }
+}
+
+/// The same among every other fault, crashes included.
+#[test]
+fn a_fresh_start_survives_every_fault() {
+    let faults = Faults {
+        absurd_push: 0.05,
+        ..Faults::harsh()
+    };
+    for scenario in scenarios(70..74, &faults) {
+        run(scenario
+            .fresh_start(true)
+            .crashes(2)
+            .ack_delay(Duration::from_millis(100)));
+    }
+}
+
 /// A far-future push alone, on a perfect network: the engine asks once and is idle again.
 #[test]
 fn far_future_numbers_do_not_keep_the_engine_busy() {

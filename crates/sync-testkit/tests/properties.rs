@@ -73,7 +73,8 @@ fn config() -> impl Strategy<Value = EngineConfig> {
 proptest! {
     #![proptest_config(cases(256))]
 
-    /// Random workloads × random fault schedules: the oracle holds.
+    /// Random workloads × random fault schedules, resuming from stored state or starting
+    /// fresh (no stored state, no channel tracked): the oracle holds.
     #[test]
     fn every_update_exactly_once_in_order(
         seed in any::<u64>(),
@@ -82,8 +83,9 @@ proptest! {
         faults in faults(),
         limits in limits(),
         config in config(),
+        fresh in any::<bool>(),
     ) {
-        check(&Scenario::new(seed).events(events).channels(channels).faults(faults).limits(limits).config(config))?;
+        check(&Scenario::new(seed).events(events).channels(channels).faults(faults).limits(limits).config(config).fresh_start(fresh))?;
     }
 
     /// Crashes at random points, restarting from the last committed state: nothing is lost,
@@ -96,6 +98,7 @@ proptest! {
         crashes in 1u32..5,
         ack_delay in 0u64..400,
         faults in faults(),
+        fresh in any::<bool>(),
     ) {
         check(&
             Scenario::new(seed)
@@ -103,7 +106,8 @@ proptest! {
                 .channels(channels)
                 .faults(faults)
                 .crashes(crashes)
-                .ack_delay(Duration::from_millis(ack_delay)),
+                .ack_delay(Duration::from_millis(ack_delay))
+                .fresh_start(fresh),
         )?;
     }
 

@@ -87,6 +87,9 @@ impl<U> CommonBox<U> {
 pub(super) struct ChannelBox<U> {
     pub(super) buffer: Buffer<Entry<U>>,
     pub(super) fetch: Fetcher,
+    /// The channel's pts came from a push that first named it, not from the application,
+    /// storage or the server: see [`Engine::track_unverified`].
+    pub(super) unverified: bool,
 }
 
 impl<U> ChannelBox<U> {
@@ -94,8 +97,19 @@ impl<U> ChannelBox<U> {
         Self {
             buffer: Buffer::default(),
             fetch: Fetcher::new(),
+            unverified: false,
         }
     }
+}
+
+/// Where an input comes from: a channel it is the first to name is trusted only from the
+/// server's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// A push (`handle_updates`): its numbers may be anything a buggy client or adapter sent.
+    Push,
+    /// An answer of the server (a difference, or the pts of the application's own call).
+    Server,
 }
 
 /// Gap bookkeeping shared by the common box and channels: a box whose buffers hold something
@@ -282,6 +296,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         start: i32,
         end: i32,
         entry: Entry<U>,
+        source: Source,
     ) -> bool {
         // Most channels have no box (nothing buffered, nothing fetched): skip the lookup then.
         let channel_box = if self.channel_boxes.is_empty() {
@@ -290,16 +305,12 @@ impl<U: Update, E: Entities> Engine<U, E> {
             self.channel_boxes.get(&channel_id)
         };
         let (boxed, held) = match channel_box {
-            Some(channel) => (true, channel.fetch.in_flight()),
+            // An unverified channel's pushes wait for the server's answer too.
+            Some(channel) => (true, channel.fetch.in_flight() || channel.unverified),
             None => (false, false),
         };
         let Some(local) = self.channels.get_mut(&channel_id) else {
-            // First seen: nothing is known about earlier history, so the update starts the
-            // channel's sequence.
-            self.channels.insert(channel_id, end);
-            self.open_change.channel(channel_id, false);
-            self.apply_entry(entry);
-            return false;
+            return self.first_seen_channel(channel_id, start, end, entry, source);
         };
         if held {
             return self.buffer_channel(now, channel_id, start, end, entry);
@@ -361,6 +372,70 @@ impl<U: Update, E: Entities> Engine<U, E> {
         true
     }
 
+    /// The first update of a channel the engine does not track. Returns true when it waits.
+    ///
+    /// From the server it starts the channel's sequence: nothing is known about earlier
+    /// history. From a push it is not trusted (see [`Engine::track_unverified`]): it waits,
+    /// and the server's difference from where it starts decides.
+    #[cold]
+    #[inline(never)]
+    fn first_seen_channel(
+        &mut self,
+        channel_id: ChannelId,
+        start: i32,
+        end: i32,
+        entry: Entry<U>,
+        source: Source,
+    ) -> bool {
+        if source == Source::Server {
+            self.channels.insert(channel_id, end);
+            self.open_change.channel(channel_id, false);
+            self.apply_entry(entry);
+            return false;
+        }
+        self.track_unverified(channel_id, start);
+        // Buffered before the request is sent, so a final answer below it discards it.
+        if self.buffered_total < self.config.max_buffered_total {
+            let arrival = self.arrival();
+            if let Some(channel) = self.channel_boxes.get_mut(&channel_id)
+                && channel.buffer.insert(start, end, arrival, entry)
+            {
+                self.buffered_total += 1;
+            }
+        }
+        // Past the cap the update is dropped: the difference from `start` brings it back.
+        self.start_channel_fetch(channel_id);
+        true
+    }
+
+    /// Tracks a channel first named by a push at `pts`, *unverified*.
+    ///
+    /// Invariant (a push cannot poison a channel): a pushed pts for a channel that neither
+    /// the application, storage nor the server told the engine about is only a claim. Taken
+    /// as the channel's start, an absurd one (`i32::MAX - 5`) would make every real update
+    /// of the channel look old. So until the server's first answer about it:
+    /// - its updates wait (nothing is delivered or applied, [`Engine::drain_channel`] holds
+    ///   back too), and its pts is not committed;
+    /// - the caller asks `getChannelDifference` from `pts`, and that answer is taken even
+    ///   when it is lower than `pts` (the server does not know such a pts and answers with its
+    ///   own): a verified re-base, committed as a reset. Buffered updates beyond a final
+    ///   answer that waited before the request are discarded, as for any final answer.
+    ///
+    /// A real first update is then delivered by the difference (which starts where it
+    /// starts), exactly once and in order. This is a cold path: at most one request per
+    /// channel the engine first meets in a push.
+    pub(super) fn track_unverified(&mut self, channel_id: ChannelId, pts: i32) {
+        self.channels.insert(channel_id, pts);
+        // A change left from an earlier tracking of the channel would commit this pts.
+        self.open_change
+            .channels
+            .retain(|&(id, _)| id != channel_id);
+        self.channel_boxes
+            .entry(channel_id)
+            .or_insert_with(ChannelBox::new)
+            .unverified = true;
+    }
+
     pub(super) fn apply_channel(&mut self, channel_id: ChannelId, end: i32, entry: Entry<U>) {
         self.channels.insert(channel_id, end);
         self.open_change.channel(channel_id, false);
@@ -388,6 +463,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
             let Some(channel) = self.channel_boxes.get_mut(&channel_id) else {
                 return;
             };
+            if channel.unverified {
+                return; // its pts is only a claim until the server answers
+            }
             let Some((kind, pending)) = channel.buffer.pop_ready(local) else {
                 return;
             };

@@ -10,7 +10,7 @@ use crate::output::{Failure, Notice, Output, Request, RequestId, RequestKind};
 use crate::state::{ChannelId, State};
 use crate::update::{ChannelDifference, ChannelDifferenceKind, Difference, Entities, Update};
 
-use super::boxes::{ChannelBox, Rebase, SLOTS};
+use super::boxes::{ChannelBox, Rebase, SLOTS, Source};
 use super::intake::{Place, check_non_negative, classify};
 use super::timers::Timer;
 use super::{Engine, check_state};
@@ -168,7 +168,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                             self.deliver(update);
                         }
                         _ => {
-                            self.route(now, place, update, None);
+                            self.route(now, place, update, None, Source::Server);
                         }
                     }
                 }
@@ -210,6 +210,10 @@ impl<U: Update, E: Entities> Engine<U, E> {
     }
 
     /// The answer to a `getChannelDifference` request.
+    ///
+    /// A pts below the channel's is refused ([`Error::Regression`]), except for a channel
+    /// first seen in a push and not yet answered for (unverified): the server did not know
+    /// the pushed pts, and its own is where the channel starts (committed as a reset).
     pub fn handle_channel_difference(
         &mut self,
         now: Instant,
@@ -255,7 +259,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
             ChannelDifferenceKind::TooLong { pts, timeout, .. } => (*pts, true, *timeout),
         };
         check_non_negative("channel pts", pts)?;
-        if pts < local {
+        // An unverified channel's pts came from a push (see `Engine::track_unverified`): the
+        // server's answer is taken even when lower. A verified pts never goes back.
+        let unverified = self
+            .channel_boxes
+            .get(&channel_id)
+            .is_some_and(|c| c.unverified);
+        if pts < local && !unverified {
             return Err(Error::Regression {
                 sequence: "channel pts",
                 local,
@@ -265,9 +275,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
         self.requests.remove(&id);
         self.channel_requests_in_flight = self.channel_requests_in_flight.saturating_sub(1);
-        let reset = matches!(difference.kind, ChannelDifferenceKind::TooLong { .. });
+        let too_long = matches!(difference.kind, ChannelDifferenceKind::TooLong { .. });
+        // A verified re-base below the pushed pts is committed as a reset. It skips nothing
+        // the engine knew of (it had delivered nothing of the channel): no notice.
+        let reset = too_long || pts < local;
         if let Some(channel) = self.channel_boxes.get_mut(&channel_id) {
             channel.fetch.attempts = 0;
+            channel.unverified = false;
         }
         let mut latest = None;
         match difference.kind {
@@ -284,7 +298,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                         }
                         Place::Unordered => self.deliver(update),
                         _ => {
-                            self.route(now, place, update, None);
+                            self.route(now, place, update, None, Source::Server);
                         }
                     }
                 }
@@ -296,11 +310,12 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 latest = Some((updates, entities));
             }
         }
-        if pts != local || reset || !self.channels.contains_key(&channel_id) {
+        // A channel just verified is committed for the first time, even at the pts it had.
+        if pts != local || reset || unverified || !self.channels.contains_key(&channel_id) {
             self.channels.insert(channel_id, pts);
             self.open_change.channel(channel_id, reset);
         }
-        if reset {
+        if too_long {
             self.notify(Notice::ChannelTooLong {
                 channel_id,
                 pts: Some(pts),

@@ -12,7 +12,7 @@ use crate::state::ChannelId;
 use crate::update::{Affected, Entities, Sequence, Update, Updates};
 
 use super::Engine;
-use super::boxes::{Entry, Rebase, Slot};
+use super::boxes::{Entry, Rebase, Slot, Source};
 
 /// An update's place, checked and normalised: every numbered place is a range
 /// `start..=end` (see [`crate::buffer`]).
@@ -126,9 +126,13 @@ impl<U: Update, E: Entities> Engine<U, E> {
     /// A push with a malformed number is refused whole (an error; nothing of it is applied or
     /// delivered), but it is not forgotten: the engine fetches the difference of every
     /// sequence it names (the common box, and each channel it names), so its good updates
-    /// come back that way. A channel the engine did not track yet is tracked from where its
-    /// good update starts; one whose own numbers are bad is reported with
+    /// come back that way. A channel the engine did not track yet is tracked, unverified,
+    /// from where its good update starts; one whose own numbers are bad is reported with
     /// [`Notice::ChannelTooLong`] and `pts: None`.
+    ///
+    /// A well-formed push is not trusted to say where a channel the engine does not track
+    /// starts either: its update waits while the channel's difference is fetched from where
+    /// the update starts, and the server's answer decides (see the crate's guarantee 5).
     pub fn handle_updates(&mut self, now: Instant, updates: Updates<U, E>) -> Result<(), Error> {
         match updates {
             Updates::TooLong => {
@@ -144,7 +148,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                     }
                 };
                 self.last_activity = now;
-                let waiting = self.route(now, place, update, None);
+                let waiting = self.route(now, place, update, None, Source::Push);
                 if !waiting {
                     self.advance_date(date);
                 }
@@ -167,7 +171,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 let mut unordered = (seq != 0).then(Vec::new);
                 let mut waiting = false;
                 for (update, &place) in updates.into_iter().zip(&places) {
-                    waiting |= self.route(now, place, update, unordered.as_mut());
+                    waiting |= self.route(now, place, update, unordered.as_mut(), Source::Push);
                 }
                 self.scratch = places;
                 match unordered {
@@ -218,7 +222,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
             .map(|(channel_id, range)| (channel_id, range.map(|(start, _)| start)))
             .filter(|&(channel_id, _)| channel_id > 0)
             .collect();
-        channels.sort_unstable();
+        // Per channel, the lowest good start first: a malformed update of a channel must not
+        // hide where its good update starts.
+        channels.sort_unstable_by_key(|&(channel_id, start)| (channel_id, start.is_none(), start));
         channels.dedup_by_key(|&mut (channel_id, _)| channel_id);
         self.start_common_fetch();
         for (channel_id, start) in channels {
@@ -229,14 +235,14 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
     /// A refused update named this channel: fetch its difference from where it stands, or,
     /// if it was not tracked, from `start` (where the refused update starts, when its own
-    /// numbers are good). A channel nobody knows the position of is reported.
+    /// numbers are good), unverified: a pushed start is only a claim. A channel nobody knows
+    /// the position of is reported.
     pub(super) fn recover_channel(&mut self, channel_id: ChannelId, start: Option<i32>) {
         match (self.channels.entry(channel_id), start) {
             (MapEntry::Occupied(_), _) => {}
-            (MapEntry::Vacant(vacant), Some(start)) => {
+            (MapEntry::Vacant(_), Some(start)) => {
                 // What the server has from where the update starts includes it.
-                vacant.insert(start);
-                self.open_change.channel(channel_id, false);
+                self.track_unverified(channel_id, start);
             }
             (MapEntry::Vacant(_), None) => {
                 self.notify(Notice::ChannelTooLong {
@@ -284,7 +290,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
             } => {
                 let channel_id = check_channel(channel_id)?;
                 if let Some((start, end)) = pts_range(pts, pts_count)? {
-                    self.offer_channel(now, channel_id, start, end, Entry::Affected);
+                    // The pts of the application's own call is the server's answer.
+                    let source = Source::Server;
+                    self.offer_channel(now, channel_id, start, end, Entry::Affected, source);
                 }
             }
         }
@@ -301,6 +309,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
         place: Place,
         update: U,
         container: Option<&mut Vec<U>>,
+        source: Source,
     ) -> bool {
         match place {
             Place::Unordered => {
@@ -320,9 +329,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 channel_id,
                 start,
                 end,
-            } => self.offer_channel(now, channel_id, start, end, Entry::Update(update)),
+            } => self.offer_channel(now, channel_id, start, end, Entry::Update(update), source),
             Place::ChannelTooLong { channel_id, pts } => {
-                self.channel_too_long(channel_id, pts);
+                self.channel_too_long(channel_id, pts, source);
                 false
             }
             Place::PtsChanged => {
@@ -356,11 +365,30 @@ impl<U: Update, E: Entities> Engine<U, E> {
     }
 
     /// `updateChannelTooLong`: fetch the channel's difference. Never rewinds a known pts.
-    pub(super) fn channel_too_long(&mut self, channel_id: ChannelId, pts: Option<i32>) {
+    ///
+    /// For a channel not tracked yet, the server's pts is where it starts (reported, history
+    /// before it is not fetched); a pushed one is only a claim: the channel is tracked
+    /// unverified from it and its difference fetched, as Telegram says to ("start fetching
+    /// from the specified pts").
+    pub(super) fn channel_too_long(
+        &mut self,
+        channel_id: ChannelId,
+        pts: Option<i32>,
+        source: Source,
+    ) {
         match (self.channels.get(&channel_id).copied(), pts) {
             (Some(local), Some(pts)) if pts <= local => {} // nothing newer than what we have
             (Some(_), _) => {
                 self.stats.too_long += 1;
+                self.start_channel_fetch(channel_id);
+            }
+            (None, Some(pts)) if source == Source::Push => {
+                self.stats.too_long += 1;
+                self.track_unverified(channel_id, pts);
+                self.notify(Notice::ChannelTooLong {
+                    channel_id,
+                    pts: Some(pts),
+                });
                 self.start_channel_fetch(channel_id);
             }
             (None, Some(pts)) => {

@@ -242,7 +242,9 @@ impl<U: Update, E: Entities> Engine<U, E> {
 
     /// Start tracking a channel from `pts` (learned from the dialogs, or after
     /// [`Notice::ChannelTooLong`](crate::Notice::ChannelTooLong) with no pts). For a channel tracked already, a higher `pts`
-    /// means news: its difference is fetched (the pts is never jumped to, nor rewound).
+    /// means news: its difference is fetched (the pts is never jumped to, nor rewound). For a
+    /// channel first seen in a push whose difference is still being asked, the server's
+    /// answer decides where it stands.
     pub fn track_channel(&mut self, channel_id: ChannelId, pts: i32) -> Result<(), Error> {
         let channel_id = check_channel(channel_id)?;
         check_non_negative("channel pts", pts)?;

@@ -126,6 +126,7 @@ impl<U: Update, E: Entities> Engine<U, E> {
                 && c.fetch.scheduled.is_none()
                 && !c.fetch.gap_open
                 && !c.fetch.refetch
+                && !c.unverified
         });
         if idle && !self.open_channels.contains(&channel_id) {
             self.channel_boxes.remove(&channel_id);

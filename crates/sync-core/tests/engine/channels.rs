@@ -141,11 +141,73 @@ fn unknown_channel_too_long_is_reported() {
 }
 
 #[test]
-fn first_seen_channel_starts_its_sequence() {
+fn a_channel_first_seen_in_a_push_starts_where_the_server_confirms() {
     let mut h = Harness::ready();
     h.push_all([Up::Chan(3, 20, 1), Up::Chan(3, 21, 1)]);
+    // A pushed pts is only a claim: nothing applies until the server answers from it.
+    assert!(h.take_delivered().is_empty());
+    assert!(h.commits.is_empty());
+    let request = h.take_request();
+    assert_eq!(
+        request.kind,
+        RequestKind::GetChannelDifference {
+            channel_id: 3,
+            pts: 19,
+            limit: 100
+        }
+    );
+    h.engine
+        .handle_channel_difference(
+            h.now,
+            request.id,
+            channel_difference(3, vec![Up::Chan(3, 20, 1)], 20, true),
+        )
+        .unwrap();
+    h.pump();
+    // The first update came by the difference, the second was waiting for it: each once.
     assert_eq!(h.take_delivered(), [Up::Chan(3, 20, 1), Up::Chan(3, 21, 1)]);
     assert_eq!(h.engine.channel_pts(3), Some(21));
+    h.push(Up::Chan(3, 22, 1));
+    assert_eq!(h.take_delivered(), [Up::Chan(3, 22, 1)]);
+    assert!(h.requests.is_empty());
+}
+
+#[test]
+fn a_channel_first_seen_in_a_difference_starts_its_sequence() {
+    let mut h = Harness::ready();
+    h.engine.request_difference(h.now);
+    h.pump();
+    let request = h.take_request();
+    h.engine
+        .handle_difference(
+            h.now,
+            request.id,
+            difference(vec![Up::Chan(3, 20, 1)], State { pts: 100, ..STATE }),
+        )
+        .unwrap();
+    h.pump();
+    assert_eq!(h.take_delivered(), [Up::Chan(3, 20, 1)]);
+    assert_eq!(h.engine.channel_pts(3), Some(20));
+    assert!(h.requests.is_empty());
+}
+
+#[test]
+fn a_verified_channel_still_refuses_a_lower_pts() {
+    let mut h = Harness::ready();
+    h.push(Up::Chan(3, 20, 1));
+    let request = h.take_request();
+    h.engine
+        .handle_channel_difference(h.now, request.id, empty_channel_difference(3, 20, None))
+        .unwrap();
+    h.pump();
+    h.engine.open_channel(3).unwrap();
+    h.pump();
+    let request = h.take_request();
+    let lower = empty_channel_difference(3, 12, None);
+    assert!(matches!(
+        h.engine.handle_channel_difference(h.now, request.id, lower),
+        Err(Error::Regression { .. })
+    ));
 }
 
 #[test]

@@ -296,6 +296,10 @@ struct Fake {
     calls: Mutex<Vec<Call>>,
     /// Messages the server stored after pts 10, one pts each: what `getDifference` returns.
     stored: Mutex<Vec<tl::enums::Message>>,
+    /// The channels' pts as the server knows them: `getChannelDifference` from below answers
+    /// "nothing new" at this pts (a server never answers below its own position), from above
+    /// at the asked pts.
+    channel_top: Mutex<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -355,7 +359,7 @@ impl Fake {
             Call::ChannelDifference(d) => tl::enums::updates::ChannelDifference::from(
                 tl::types::updates::ChannelDifferenceEmpty {
                     r#final: true,
-                    pts: d.pts,
+                    pts: d.pts.max(*self.channel_top.lock().unwrap()),
                     timeout: None,
                 },
             )
@@ -689,7 +693,8 @@ async fn affected_channel_messages_advance_the_channel() {
     const CHANNEL: ChannelId = 50;
     let running = start().await;
     let converter = Converter::new(AllKnown);
-    // The channel's hash arrives with an update, which tracks it at pts 100.
+    *running.fake.channel_top.lock().unwrap() = 100;
+    // The channel's hash arrives with an update, which the server confirms at pts 100.
     let first = container(
         new_channel_message(CHANNEL, 100),
         vec![channel(CHANNEL, Some(99), false)],

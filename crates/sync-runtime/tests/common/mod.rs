@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sync_core::{ChannelId, Commit, State};
 use sync_runtime::sim::{ApiFaults, Producer, Recorder, SimulatedApi};
-use sync_runtime::{Manager, ManagerConfig, ManagerHandle, RunError, Summary};
+use sync_runtime::{DispatchPool, Manager, ManagerConfig, ManagerHandle, RunError, Summary};
 use sync_storage::{AccessHashStorage, StateStorage};
 use sync_testkit::{Faults, Limits, Oracle, Server, TestEntities, TestUpdate, Workload};
 use tokio::task::JoinHandle;
@@ -49,7 +49,18 @@ impl Sim {
 
     /// Writes the account's starting point to storage, as a client that loaded its dialogs.
     pub async fn seed<S: StateStorage + AccessHashStorage>(&self, storage: &S) {
-        let (state, channels, hashes) = self.api.with_server(|s| {
+        seed_account(&self.api, storage, ACCOUNT).await;
+    }
+}
+
+/// Writes the starting point of the server behind `api` to storage for `account`.
+pub async fn seed_account<S: StateStorage + AccessHashStorage>(
+    api: &SimulatedApi,
+    storage: &S,
+    account: i64,
+) {
+    {
+        let (state, channels, hashes) = api.with_server(|s| {
             let channels = s
                 .channel_states()
                 .map(|(channel_id, pts)| sync_core::ChannelCommit {
@@ -68,13 +79,15 @@ impl Sim {
             channels,
             ..Commit::default()
         };
-        storage.apply(ACCOUNT, &commit).await.expect("seed state");
+        storage.apply(account, &commit).await.expect("seed state");
         storage
-            .set_access_hashes(ACCOUNT, &hashes)
+            .set_access_hashes(account, &hashes)
             .await
             .expect("seed hashes");
     }
+}
 
+impl Sim {
     /// Starts a manager on `storage`.
     pub fn start<S>(
         &self,
@@ -87,13 +100,32 @@ impl Sim {
     where
         S: StateStorage + AccessHashStorage + 'static,
     {
-        let manager = Manager::with_config(
+        self.start_on(storage, config, None)
+    }
+
+    /// Starts a manager on `storage`, dispatching through `pool` when one is given.
+    pub fn start_on<S>(
+        &self,
+        storage: &Arc<S>,
+        config: ManagerConfig,
+        pool: Option<&DispatchPool>,
+    ) -> (
+        ManagerHandle<TestUpdate, TestEntities>,
+        JoinHandle<Result<Summary, RunError>>,
+    )
+    where
+        S: StateStorage + AccessHashStorage + 'static,
+    {
+        let mut manager = Manager::with_config(
             ACCOUNT,
             self.api.clone(),
             Arc::clone(storage),
             self.recorder.clone(),
             config,
         );
+        if let Some(pool) = pool {
+            manager = manager.with_pool(pool);
+        }
         let handle = manager.handle();
         (handle, tokio::spawn(manager.run()))
     }
@@ -142,6 +174,17 @@ impl Sim {
                 snapshot.channels.get(&id).copied()
             })
         })
+    }
+}
+
+/// Storage time on tokio's (paused) clock, so that leases and heartbeats expire as the test's
+/// time passes.
+#[derive(Debug)]
+pub struct TokioClock(pub tokio::time::Instant);
+
+impl sync_storage::lease::Clock for TokioClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
     }
 }
 

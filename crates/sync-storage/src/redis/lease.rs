@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::Value;
 use sync_core::Commit;
 
-use super::{BACKEND, Op, RedisStorage, commit_args, commit_outcome, corrupt, strings};
+use super::{BACKEND, Evaluated, Op, RedisStorage, Run, corrupt, strings};
 use crate::lease::{Acquired, FencingToken, Lease, LeaseInfo};
 use crate::{AccountId, Error, LeaseStorage, RegistryStorage, Result};
 
@@ -60,15 +60,30 @@ fn holder_info(owner: &str, token: &str, left: &str, reply: &Value) -> Result<Le
 }
 
 impl RedisStorage {
-    /// Runs one lease operation (`lease.lua`) on the account's lease and fence keys.
-    async fn lease_script(&self, kind: Op, account: AccountId, args: &[String]) -> Result<Value> {
-        let (lease_key, fence_key) = (self.lease_key(account), self.fence_key(account));
-        self.with_retries(kind, "lease script", |mut connection| {
-            let mut invocation = self.lease.prepare_invoke();
-            invocation.key(&lease_key).key(&fence_key).arg(args);
-            async move { invocation.invoke_async(&mut connection).await }
-        })
-        .await
+    /// The run of `lease.lua` on the account's lease and fence keys.
+    fn lease_run(&self, account: AccountId, args: &[String]) -> Run {
+        Run {
+            route: self.route(account),
+            command: Self::evalsha(
+                &self.lease,
+                &[self.lease_key(account), self.fence_key(account)],
+                args,
+            ),
+        }
+    }
+
+    /// Runs one lease operation (`lease.lua`) on the account's lease and fence keys; a write
+    /// (`Op::Write`: an acquisition, which bumps the fence) waits for the replicas when
+    /// writes do.
+    async fn lease_script(
+        &self,
+        kind: Op,
+        account: AccountId,
+        args: &[String],
+    ) -> Result<Evaluated> {
+        let run = self.lease_run(account, args);
+        self.eval_one(&self.lease, kind, kind == Op::Write, &run)
+            .await
     }
 
     fn renew_args(lease: &Lease) -> Vec<String> {
@@ -91,14 +106,19 @@ impl LeaseStorage for RedisStorage {
         // A write that is not repeated once it may have run: a second run would give out
         // another token (safe, the first is merely fenced off, but the caller would hold a
         // lease it does not know the token of), so an unanswered send is `Ambiguous`.
-        let reply = self.lease_script(Op::Write, account, &args).await?;
+        let Evaluated { reply, replicated } = self.lease_script(Op::Write, account, &args).await?;
         match lease_reply(&reply)?.as_slice() {
-            [tag, token] if tag == "held" => Ok(Acquired::Held(Lease {
-                account,
-                owner: owner.into(),
-                token: FencingToken(number(token, &reply)?),
-                ttl,
-            })),
+            // A held lease bumped the fence: it counts only once the replicas have the bump,
+            // or a fail-over could hand the same token out again.
+            [tag, token] if tag == "held" => {
+                replicated?;
+                Ok(Acquired::Held(Lease {
+                    account,
+                    owner: owner.into(),
+                    token: FencingToken(number(token, &reply)?),
+                    ttl,
+                }))
+            }
             [tag, owner, token, left] if tag == "busy" => {
                 Ok(Acquired::Busy(holder_info(owner, token, left, &reply)?))
             }
@@ -108,33 +128,32 @@ impl LeaseStorage for RedisStorage {
 
     async fn renew(&self, lease: &Lease) -> Result<()> {
         // Safe to repeat (it only extends the current token's lease), so retried like a read.
-        let reply = self
+        let evaluated = self
             .lease_script(Op::Read, lease.account, &Self::renew_args(lease))
             .await?;
-        renew_outcome(lease, &reply)
+        renew_outcome(lease, &evaluated.reply)
     }
 
     async fn renew_many(&self, leases: &[Lease]) -> Result<Vec<Result<()>>> {
-        let replies = self
-            .eval_pipeline(&self.lease, Op::Read, leases.len(), |pipe, i| {
-                let lease = &leases[i];
-                pipe.arg(2)
-                    .arg(self.lease_key(lease.account))
-                    .arg(self.fence_key(lease.account))
-                    .arg(Self::renew_args(lease));
-            })
-            .await?;
+        let runs: Vec<Run> = leases
+            .iter()
+            .map(|lease| self.lease_run(lease.account, &Self::renew_args(lease)))
+            .collect();
+        let results = self.eval_many(&self.lease, Op::Read, false, &runs).await?;
         Ok(leases
             .iter()
-            .zip(replies)
-            .map(|(lease, reply)| renew_outcome(lease, &reply?))
+            .zip(results)
+            .map(|(lease, result)| renew_outcome(lease, &result?.reply))
             .collect())
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
         // Safe to repeat: a second run finds the lease gone, or another token, and does nothing.
         let args = ["release".to_owned(), lease.token.0.to_string()];
-        let reply = self.lease_script(Op::Read, lease.account, &args).await?;
+        let reply = self
+            .lease_script(Op::Read, lease.account, &args)
+            .await?
+            .reply;
         match lease_reply(&reply)?.as_slice() {
             [ok] if ok == "ok" => Ok(()),
             _ => Err(corrupt("lease script reply", &reply)),
@@ -144,7 +163,8 @@ impl LeaseStorage for RedisStorage {
     async fn lease_holder(&self, account: AccountId) -> Result<Option<LeaseInfo>> {
         let reply = self
             .lease_script(Op::Read, account, &["holder".to_owned()])
-            .await?;
+            .await?
+            .reply;
         match lease_reply(&reply)?.as_slice() {
             [free] if free == "free" => Ok(None),
             [tag, owner, token, left] if tag == "held" => {
@@ -160,29 +180,10 @@ impl LeaseStorage for RedisStorage {
         token: FencingToken,
         commit: &Commit,
     ) -> impl Future<Output = Result<()>> + Send {
-        let args = commit_args(commit);
-        async move {
-            let keys = [
-                self.state_key(account),
-                self.channels_key(account),
-                self.fence_key(account),
-            ];
-            // The commit script with the fence as a third key and the token last: one
-            // EVALSHA, the token checked with the sequences. Retried like a plain commit.
-            let reply: Value = self
-                .with_retries(Op::Write, "commit script", |mut connection| {
-                    let mut invocation = self.commit.prepare_invoke();
-                    invocation
-                        .key(&keys[0])
-                        .key(&keys[1])
-                        .key(&keys[2])
-                        .arg(&args)
-                        .arg(token.0);
-                    async move { invocation.invoke_async(&mut connection).await }
-                })
-                .await?;
-            commit_outcome(account, Some(token), reply)
-        }
+        // The commit script with the fence as a third key and the token last: one EVALSHA,
+        // the token checked with the sequences. Retried like a plain commit.
+        let run = self.commit_run(account, Some(token), commit);
+        self.commit_one(account, Some(token), run)
     }
 }
 
@@ -193,11 +194,16 @@ impl RedisStorage {
             return Ok(());
         }
         let key = self.registry_accounts_key();
-        self.with_retries(Op::Read, command, |mut connection| {
-            let mut cmd = redis::cmd(command);
-            cmd.arg(&key).arg(accounts);
-            async move { cmd.query_async::<()>(&mut connection).await }
-        })
+        self.with_retries(
+            Op::Read,
+            command,
+            self.registry_route(),
+            |mut connection| {
+                let mut cmd = redis::cmd(command);
+                cmd.arg(&key).arg(accounts);
+                async move { cmd.query_async::<()>(&mut connection).await }
+            },
+        )
         .await
     }
 }
@@ -214,15 +220,20 @@ impl RegistryStorage for RedisStorage {
     async fn registered(&self) -> Result<Vec<AccountId>> {
         let key = self.registry_accounts_key();
         let reply: Value = self
-            .with_retries(Op::Read, "SMEMBERS", |mut connection| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("SMEMBERS")
-                        .arg(key)
-                        .query_async(&mut connection)
-                        .await
-                }
-            })
+            .with_retries(
+                Op::Read,
+                "SMEMBERS",
+                self.registry_route(),
+                |mut connection| {
+                    let key = key.clone();
+                    async move {
+                        redis::cmd("SMEMBERS")
+                            .arg(key)
+                            .query_async(&mut connection)
+                            .await
+                    }
+                },
+            )
             .await?;
         let (Value::Array(items) | Value::Set(items)) = &reply else {
             return Err(corrupt(key, &reply));
@@ -243,11 +254,16 @@ impl RegistryStorage for RedisStorage {
         let ttl = ttl_millis(ttl);
         // Safe to repeat: a second beat moves the same member's end a little later.
         let reply: Value = self
-            .with_retries(Op::Read, "heartbeat script", |mut connection| {
-                let mut invocation = self.heartbeat.prepare_invoke();
-                invocation.key(&key).arg(member).arg(ttl);
-                async move { invocation.invoke_async(&mut connection).await }
-            })
+            .with_retries(
+                Op::Read,
+                "heartbeat script",
+                self.registry_route(),
+                |mut connection| {
+                    let mut invocation = self.heartbeat.prepare_invoke();
+                    invocation.key(&key).arg(member).arg(ttl);
+                    async move { invocation.invoke_async(&mut connection).await }
+                },
+            )
             .await?;
         let mut members = strings(&reply).ok_or_else(|| corrupt(key, &reply))?;
         members.sort_unstable();
@@ -256,7 +272,7 @@ impl RegistryStorage for RedisStorage {
 
     async fn leave(&self, member: &str) -> Result<()> {
         let key = self.registry_members_key();
-        self.with_retries(Op::Read, "ZREM", |mut connection| {
+        self.with_retries(Op::Read, "ZREM", self.registry_route(), |mut connection| {
             let key = key.clone();
             async move {
                 redis::cmd("ZREM")

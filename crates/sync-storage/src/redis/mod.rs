@@ -4,8 +4,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
 use sync_core::{ChannelId, Commit, State};
 
 use crate::lease::FencingToken;
@@ -28,13 +31,19 @@ const HEARTBEAT_LUA: &str = include_str!("heartbeat.lua");
 
 /// How to reach Redis and how to lay out and retry things there.
 ///
-/// Build it with [`RedisConfig::new`] and change the public fields as needed
+/// Build it with [`RedisConfig::new`] (one server) or [`RedisConfig::cluster`] (a Redis
+/// Cluster) and change the public fields as needed
 /// (`RedisConfig { retries: 5, ..RedisConfig::new(url) }`).
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// Where the server is: `redis://[user:password@]host:port/db`, `rediss://…` for TLS
-    /// (feature `redis-tls`), or `redis+unix:///path/to.sock?user=…&pass=…`.
+    /// (feature `redis-tls`), or `redis+unix:///path/to.sock?user=…&pass=…`. Not used when
+    /// [`nodes`](Self::nodes) is set.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://[user:password@]host:port` each; any reachable
+    /// one is enough, the client discovers the rest). When not empty the storage is a cluster
+    /// client and [`url`](Self::url) is not used. Default empty (one server).
+    pub nodes: Vec<String>,
     /// Prefix of every key, so several applications can share a server. Keys are
     /// `{prefix}:{<account>}:state`, `…:channels`, `…:access_hashes` and
     /// `…:user_access_hashes`: the braces make the account id the Redis Cluster hash tag, so
@@ -57,6 +66,19 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// How long one connection attempt may take. Default 2 s.
     pub connection_timeout: Duration,
+    /// How many replicas must have a write before it is acknowledged. Redis replicates
+    /// asynchronously, so a write acknowledged by a master alone is lost if the master fails
+    /// and a replica that did not get it takes over. With `n > 0` every write is followed, on
+    /// the same connection to the same master, by `WAIT n` (bounded by
+    /// [`replica_timeout`](Self::replica_timeout)); if fewer than `n` replicas confirmed it
+    /// the write is reported as [`Error::Ambiguous`] with a [`ReplicationShortfall`] as its
+    /// source: it happened on the master but may be lost. Default 0 (acknowledged by the
+    /// master alone).
+    pub replicas_to_wait: usize,
+    /// How long `WAIT` may wait for the replicas; must not be zero when
+    /// [`replicas_to_wait`](Self::replicas_to_wait) is set (Redis reads 0 as "forever"), and
+    /// should stay below [`response_timeout`](Self::response_timeout). Default 1 s.
+    pub replica_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -64,11 +86,26 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            nodes: Vec::new(),
             prefix: "tgsync".into(),
             retries: 3,
             retry_delay: Duration::from_millis(25),
             response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(2),
+            replicas_to_wait: 0,
+            replica_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The defaults, for the Redis Cluster reachable through `nodes` (seed node URLs).
+    pub fn cluster<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            ..Self::new(String::new())
         }
     }
 
@@ -77,13 +114,105 @@ impl RedisConfig {
         self.prefix = prefix.into();
         self
     }
+
+    /// The same configuration, acknowledging writes only once `replicas` replicas have them
+    /// (waiting at most `timeout`; see [`replicas_to_wait`](Self::replicas_to_wait)).
+    pub fn with_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.replicas_to_wait = replicas;
+        self.replica_timeout = timeout;
+        self
+    }
 }
 
-/// Keeps the state on a Redis server, shared by every process that uses the same server and
-/// prefix.
+/// Why a write was reported as [`Error::Ambiguous`] with
+/// [`RedisConfig::replicas_to_wait`] set: the master applied it, but fewer replicas than
+/// asked confirmed it within [`RedisConfig::replica_timeout`], so a fail-over may lose it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("only {confirmed} of {wanted} replicas confirmed the write in time")]
+pub struct ReplicationShortfall {
+    /// How many replicas were asked for.
+    pub wanted: usize,
+    /// How many confirmed.
+    pub confirmed: usize,
+}
+
+/// One run of a script: its `EVALSHA` and the slot it goes to.
+struct Run {
+    route: Route,
+    command: Cmd,
+}
+
+/// A script's reply, and whether the replicas confirmed the run (`Ok` when nobody waited).
+struct Evaluated {
+    reply: Value,
+    replicated: Result<()>,
+}
+
+/// The connection: one server (a manager that reconnects) or a cluster client.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The connection, bound to the slot of the account an operation is about. Every command
+/// and pipeline of the backend goes through it, so the command code is the same for one
+/// server and for a cluster: on a cluster each one is sent to the master of that slot, by
+/// explicit route rather than redis-rs's guess from the command (which sends a keyless
+/// `WAIT` or `SCRIPT LOAD` to every master and a two-key `DEL` through its multi-slot
+/// splitting).
+#[derive(Clone)]
+struct Routed {
+    connection: Connection,
+    route: Route,
+}
+
+impl ConnectionLike for Routed {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.connection {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => {
+                let routing =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(self.route));
+                Box::pin(connection.route_command(cmd.clone(), routing))
+            }
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.connection {
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            // One slot means one node, so the pipeline travels whole on one connection:
+            // what follows a write there (WAIT) sees that write.
+            Connection::Cluster(connection) => Box::pin(connection.route_pipeline(
+                pipeline.clone(),
+                offset,
+                count,
+                SingleNodeRoutingInfo::SpecificNode(self.route),
+            )),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.connection {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(_) => 0,
+        }
+    }
+}
+
+/// Keeps the state on a Redis server or a Redis Cluster, shared by every process that uses
+/// the same server (or cluster) and prefix.
 ///
 /// - **Monotonic and atomic server-side.** Every sequence write runs one Lua script
-///   (`EVALSHA` through [`redis::Script`]) that checks the whole commit against the stored
+///   (`EVALSHA` of [`redis::Script`]s) that checks the whole commit against the stored
 ///   values and only then writes; Redis runs scripts one at a time, so racing writers on one
 ///   account can never move a sequence backwards. No `WATCH`/`MULTI` is used: the one
 ///   multiplexed connection is shared by all callers.
@@ -95,21 +224,37 @@ impl RedisConfig {
 ///   (set) and `{prefix}:{registry}:members` (sorted set scored by the end of each
 ///   heartbeat, server milliseconds). Values are decimal strings. A value that does not
 ///   parse is reported as [`Error::Corrupt`].
-/// - **Connection.** One [`ConnectionManager`] (a multiplexed connection that reconnects on
-///   its own); clones of a `RedisStorage` share it.
+/// - **Connection.** One server: one [`ConnectionManager`] (a multiplexed connection that
+///   reconnects on its own). A cluster ([`RedisConfig::cluster`]): one
+///   [`ClusterConnection`], which keeps a connection per node and follows the slot map.
+///   Clones of a `RedisStorage` share it.
+/// - **Cluster.** The account id is the hash tag of all of its keys, so an account lives in
+///   one slot, on one master: every command about an account is routed there, the commit
+///   script's two keys are valid together, and `WAIT` follows the write on the same
+///   connection. The cluster client's own retries are off (it would re-send a write whose
+///   answer was lost); a redirect (`MOVED`, `ASK`), `TRYAGAIN`, `CLUSTERDOWN` or a write on
+///   a demoted master (`READONLY`) was not executed, so it is retried here like a refused
+///   connection, after the client refreshed its slot map. A slot in the middle of a
+///   migration answers `ASK` to such retries until it is done, which shows as
+///   [`Error::Unavailable`] once the retries are spent.
+/// - **Durability.** Replication is asynchronous; with [`RedisConfig::replicas_to_wait`]
+///   every write is acknowledged only once `WAIT` confirmed it on that many replicas, and
+///   reported as [`Error::Ambiguous`] (a [`ReplicationShortfall`]) otherwise.
 /// - **Retries.** Reads and access-hash writes are retried with exponential backoff on
 ///   connection failures and timeouts. Sequence writes are retried only when the command
-///   cannot have reached the server (connection refused, server still loading): after an
-///   unanswered send, repeating a commit could undo a newer writer's reset, so the caller
-///   gets [`Error::Ambiguous`] and decides (reading the state back tells what happened).
+///   cannot have reached the server (connection refused, server still loading, the cluster
+///   answers above): after an unanswered send, repeating a commit could undo a newer
+///   writer's reset, so the caller gets [`Error::Ambiguous`] and decides (reading the state
+///   back tells what happened).
 /// - **Deletes.** [`StateStorage::delete`] is one `DEL` of the state and channel hashes, and
 ///   [`AccessHashStorage::delete_access_hashes`] one `DEL` of the two access-hash hashes: each
 ///   atomic. Deleting the state is a write (retried only when it cannot have run, like a
 ///   commit); deleting access hashes is retried like a read.
 /// - **Pipelining.** [`RedisStorage::apply_many`] (and [`RedisStorage::apply_many_fenced`])
-///   sends many accounts' commits in one round trip; [`AccessHashStorage::set_access_hashes`]
+///   sends many accounts' commits in one round trip (on a cluster: concurrently, one request
+///   per commit, which the client pipelines per node); [`AccessHashStorage::set_access_hashes`]
 ///   is one `HSET`; [`LeaseStorage::renew_many`](crate::LeaseStorage::renew_many) is one
-///   pipeline of renewals.
+///   pipeline of renewals (split the same way on a cluster).
 /// - **Leases** ([`LeaseStorage`](crate::LeaseStorage)): each operation is one run of
 ///   `redis/lease.lua` on the account's `…:lease` and `…:fence` keys, timed by the server
 ///   (`PEXPIRE`, `PTTL`), never by a client clock. The fence is a counter with no expiry that
@@ -118,19 +263,20 @@ impl RedisConfig {
 ///   same script as the sequences. Acquiring is retried only when it cannot have run (a repeat
 ///   would bump the token again: harmless, but the caller should know), else
 ///   [`Error::Ambiguous`]; renewing and releasing are safe to repeat and retried like reads.
+///   With [`RedisConfig::replicas_to_wait`] an acquisition waits for the replicas too: a
+///   fence bump lost in a fail-over would hand the same token out twice.
 /// - **Registry** ([`RegistryStorage`](crate::RegistryStorage)): `SADD`/`SREM`/`SMEMBERS` on
 ///   `{prefix}:{registry}:accounts`; the heartbeat is `redis/heartbeat.lua`, which scores the
 ///   member by the server's `TIME` plus its ttl in `{prefix}:{registry}:members` and prunes
-///   the ended beats in the same step.
-///
-/// The client talks to one server (or a primary); the key layout is ready for Redis Cluster,
-/// but a cluster client is not wired in.
+///   the ended beats in the same step. On a cluster the two keys share the `{registry}` slot.
 #[derive(Clone)]
 pub struct RedisStorage {
-    connection: ConnectionManager,
+    connection: Connection,
     prefix: String,
     retries: u32,
     retry_delay: Duration,
+    replicas_to_wait: usize,
+    replica_timeout_ms: u64,
     commit: Script,
     load: Script,
     lease: Script,
@@ -141,6 +287,11 @@ impl std::fmt::Debug for RedisStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStorage")
             .field("prefix", &self.prefix)
+            .field(
+                "cluster",
+                &matches!(self.connection, Connection::Cluster(_)),
+            )
+            .field("replicas_to_wait", &self.replicas_to_wait)
             .finish_non_exhaustive()
     }
 }
@@ -151,8 +302,19 @@ impl RedisStorage {
         Self::with_config(RedisConfig::new(url)).await
     }
 
+    /// Connects to the Redis Cluster reachable through `nodes` with the default
+    /// configuration.
+    pub async fn connect_cluster<I, S>(nodes: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::with_config(RedisConfig::cluster(nodes)).await
+    }
+
     /// Connects with the given configuration. Fails with [`Error::Config`] for a bad URL,
-    /// prefix or credentials, and with [`Error::Unavailable`] if the server cannot be reached.
+    /// prefix, credentials or replica timeout, and with [`Error::Unavailable`] if the server
+    /// (or no seed node of the cluster) cannot be reached.
     pub async fn with_config(config: RedisConfig) -> Result<Self> {
         if config.prefix.contains(['{', '}']) {
             return Err(Error::Config(format!(
@@ -160,6 +322,33 @@ impl RedisStorage {
                 config.prefix
             )));
         }
+        let replica_timeout_ms =
+            u64::try_from(config.replica_timeout.as_millis()).unwrap_or(u64::MAX);
+        if config.replicas_to_wait > 0 && replica_timeout_ms == 0 {
+            return Err(Error::Config(
+                "replica_timeout must be at least 1 ms: WAIT reads 0 as waiting forever".into(),
+            ));
+        }
+        let connection = if config.nodes.is_empty() {
+            Connection::Single(Self::connect_single(&config).await?)
+        } else {
+            Connection::Cluster(Self::connect_cluster_client(&config).await?)
+        };
+        Ok(Self {
+            connection,
+            prefix: config.prefix,
+            retries: config.retries,
+            retry_delay: config.retry_delay,
+            replicas_to_wait: config.replicas_to_wait,
+            replica_timeout_ms,
+            commit: Script::new(COMMIT_LUA),
+            load: Script::new(LOAD_LUA),
+            lease: Script::new(LEASE_LUA),
+            heartbeat: Script::new(HEARTBEAT_LUA),
+        })
+    }
+
+    async fn connect_single(config: &RedisConfig) -> Result<ConnectionManager> {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| Error::Config(format!("bad Redis URL: {e}")))?;
         // The manager's own reconnect retries are kept short: our retry loop does the
@@ -170,19 +359,26 @@ impl RedisStorage {
             .set_max_delay(config.retry_delay.saturating_mul(8))
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(config.connection_timeout));
-        let connection = ConnectionManager::new_with_config(client, manager_config)
+        ConnectionManager::new_with_config(client, manager_config)
             .await
-            .map_err(|e| classify(e, Op::Read, "connect"))?;
-        Ok(Self {
-            connection,
-            prefix: config.prefix,
-            retries: config.retries,
-            retry_delay: config.retry_delay,
-            commit: Script::new(COMMIT_LUA),
-            load: Script::new(LOAD_LUA),
-            lease: Script::new(LEASE_LUA),
-            heartbeat: Script::new(HEARTBEAT_LUA),
-        })
+            .map_err(|e| classify(e, Op::Read, "connect"))
+    }
+
+    async fn connect_cluster_client(config: &RedisConfig) -> Result<ClusterConnection> {
+        // No retries inside the client: it would re-send a command after a lost connection,
+        // and a commit must not be repeated once it may have run. Redirects and
+        // "cluster busy" answers come back to `with_retries`, which retries what was not
+        // executed; the client still refreshes its slot map on them.
+        let client = ClusterClient::builder(config.nodes.iter().map(String::as_str))
+            .retries(0)
+            .connection_timeout(config.connection_timeout)
+            .response_timeout(config.response_timeout)
+            .build()
+            .map_err(|e| Error::Config(format!("bad Redis Cluster configuration: {e}")))?;
+        client
+            .get_async_connection()
+            .await
+            .map_err(|e| classify(e, Op::Read, "connect to the cluster"))
     }
 
     /// The key of the account's common state hash (for operators and tools).
@@ -225,42 +421,328 @@ impl RedisStorage {
         format!("{}:{{registry}}:members", self.prefix)
     }
 
-    /// Deletes `keys` in one `DEL` (atomic; all of an account's keys share a hash tag).
-    async fn del(&self, kind: Op, keys: [String; 2]) -> Result<()> {
-        self.with_retries(kind, "DEL", |mut connection| {
-            let keys = keys.clone();
-            async move {
-                redis::cmd("DEL")
-                    .arg(&keys[..])
-                    .query_async::<()>(&mut connection)
-                    .await
+    /// True when connected to a Redis Cluster rather than one server.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
+    /// Where the account's commands go: the master of its slot (all of its keys share the
+    /// slot: the account id is their hash tag). On one server it routes nothing.
+    fn route(&self, account: AccountId) -> Route {
+        Route::with_key(self.state_key(account), SlotAddr::Master)
+    }
+
+    /// Where the registry's commands go: the master of the `{registry}` slot.
+    fn registry_route(&self) -> Route {
+        Route::with_key(self.registry_accounts_key(), SlotAddr::Master)
+    }
+
+    /// True when writes wait for replicas.
+    fn durable(&self) -> bool {
+        self.replicas_to_wait > 0
+    }
+
+    /// Appends `WAIT` to a pipeline of writes when writes wait for replicas.
+    fn push_wait(&self, pipe: &mut Pipeline) {
+        if self.durable() {
+            pipe.cmd("WAIT")
+                .arg(self.replicas_to_wait)
+                .arg(self.replica_timeout_ms);
+        }
+    }
+
+    /// Reads `WAIT`'s answer: `Ok` when enough replicas confirmed (or none were asked for),
+    /// [`Error::Ambiguous`] otherwise.
+    fn confirm(&self, wait: Option<&Value>) -> Result<()> {
+        if !self.durable() {
+            return Ok(());
+        }
+        let confirmed = match wait {
+            Some(Value::Int(count)) => usize::try_from(*count).unwrap_or(0),
+            Some(Value::ServerError(error)) => {
+                return Err(Error::Ambiguous {
+                    backend: BACKEND,
+                    source: format!("WAIT failed after the write: {error:?}").into(),
+                });
             }
-        })
-        .await
+            other => {
+                return Err(Error::Ambiguous {
+                    backend: BACKEND,
+                    source: format!("WAIT answered {other:?} after the write").into(),
+                });
+            }
+        };
+        if confirmed >= self.replicas_to_wait {
+            Ok(())
+        } else {
+            Err(Error::Ambiguous {
+                backend: BACKEND,
+                source: ReplicationShortfall {
+                    wanted: self.replicas_to_wait,
+                    confirmed,
+                }
+                .into(),
+            })
+        }
+    }
+
+    /// Sends one write command for `account` (followed by `WAIT` when writes wait for
+    /// replicas) and returns its reply once the replicas confirmed it.
+    async fn write(&self, kind: Op, what: &str, account: AccountId, command: Cmd) -> Result<Value> {
+        let route = self.route(account);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().add_command(command);
+        self.push_wait(&mut pipe);
+        let mut replies: Vec<Value> = self
+            .with_retries(kind, what, route, |mut connection| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut connection).await }
+            })
+            .await?;
+        let wait = (replies.len() > 1).then(|| replies.pop()).flatten();
+        let reply = replies.pop().ok_or_else(|| corrupt(what, &Value::Nil))?;
+        if let Value::ServerError(error) = reply {
+            return Err(classify(error.into(), kind, what));
+        }
+        self.confirm(wait.as_ref())?;
+        Ok(reply)
+    }
+
+    /// Deletes `keys` of `account` in one `DEL` (atomic; all of an account's keys share a
+    /// hash tag).
+    async fn del(&self, kind: Op, account: AccountId, keys: [String; 2]) -> Result<()> {
+        let mut command = redis::cmd("DEL");
+        command.arg(&keys[..]);
+        self.write(kind, "DEL", account, command).await.map(drop)
     }
 
     /// Writes `id → number` fields of one hash in one `HSET`: atomic, and safe to repeat (the
     /// same values again), so retried like a read. For an id listed twice Redis keeps the later
     /// value.
-    async fn hset_numbers(&self, key: String, entries: Vec<(i64, i64)>) -> Result<()> {
+    async fn hset_numbers(
+        &self,
+        account: AccountId,
+        key: String,
+        entries: Vec<(i64, i64)>,
+    ) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        self.with_retries(Op::Read, "HSET", |mut connection| {
-            let mut command = redis::cmd("HSET");
-            command.arg(&key);
-            for (id, number) in &entries {
-                command.arg(id).arg(number);
-            }
-            async move { command.query_async::<()>(&mut connection).await }
-        })
-        .await
+        let mut command = redis::cmd("HSET");
+        command.arg(&key);
+        for (id, number) in &entries {
+            command.arg(id).arg(number);
+        }
+        self.write(Op::Read, "HSET", account, command)
+            .await
+            .map(drop)
     }
 
-    /// Applies many commits (of one or many accounts) in one round trip: a pipeline of
-    /// `EVALSHA`s. Each commit is atomic and monotonic on its own, exactly as with
-    /// [`StateStorage::apply`]; the outer error is for the transport (nothing is known to
-    /// be applied), the inner results say how each commit fared, in order.
+    /// The `EVALSHA` of `script` on `keys` with `args`.
+    fn evalsha(script: &Script, keys: &[String], args: impl redis::ToRedisArgs) -> Cmd {
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        command
+    }
+
+    /// The run of the commit script for one account's commit (fenced: the fence as a third
+    /// key and the token as the last argument).
+    fn commit_run(&self, account: AccountId, token: Option<FencingToken>, commit: &Commit) -> Run {
+        let mut keys = vec![self.state_key(account), self.channels_key(account)];
+        if token.is_some() {
+            keys.push(self.fence_key(account));
+        }
+        let mut command = Self::evalsha(&self.commit, &keys, commit_args(commit));
+        if let Some(token) = token {
+            command.arg(token.0);
+        }
+        Run {
+            route: self.route(account),
+            command,
+        }
+    }
+
+    /// Loads `script` on the master of `route`'s slot (the node that answered NOSCRIPT: each
+    /// node has its own script cache, empty after a restart or a promotion).
+    async fn load_script(&self, script: &Script, route: Route) -> Result<()> {
+        self.with_retries(
+            Op::Read,
+            "SCRIPT LOAD",
+            route,
+            |mut connection| async move { script.load_async(&mut connection).await },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Runs one script run (and `WAIT` after it when `durable` and writes wait for replicas)
+    /// on its slot's master, loading the script there once if it answers NOSCRIPT (which it
+    /// did not run).
+    async fn eval_one(
+        &self,
+        script: &Script,
+        kind: Op,
+        durable: bool,
+        run: &Run,
+    ) -> Result<Evaluated> {
+        let waits = durable && self.durable();
+        for round in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors().add_command(run.command.clone());
+            if waits {
+                self.push_wait(&mut pipe);
+            }
+            let mut replies: Vec<Value> = self
+                .with_retries(kind, "EVALSHA", run.route, |mut connection| {
+                    let pipe = pipe.clone();
+                    async move { pipe.query_async(&mut connection).await }
+                })
+                .await?;
+            let wait = if waits { replies.pop() } else { None };
+            let reply = replies
+                .pop()
+                .ok_or_else(|| corrupt("script reply", &Value::Nil))?;
+            match reply {
+                Value::ServerError(error)
+                    if error.kind() == Some(ServerErrorKind::NoScript) && round == 0 =>
+                {
+                    self.load_script(script, run.route).await?;
+                }
+                Value::ServerError(error) => {
+                    return Err(classify(error.into(), kind, "EVALSHA"));
+                }
+                reply => {
+                    let replicated = if waits {
+                        self.confirm(wait.as_ref())
+                    } else {
+                        Ok(())
+                    };
+                    return Ok(Evaluated { reply, replicated });
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            backend: BACKEND,
+            source: "the server kept answering NOSCRIPT".into(),
+        })
+    }
+
+    /// Runs many script runs in one round trip. On one server: one pipeline of `EVALSHA`s
+    /// (and one `WAIT` after them when `durable`: it covers every write sent before it on
+    /// the connection); the outer error is for the transport (nothing is known to have
+    /// run). On a cluster the runs' slots live on different nodes and a pipeline must stay
+    /// in one slot, so every run is its own request to its slot's master, all sent at once
+    /// (the client pipelines them per node): each may fail on its own, so transport failures
+    /// are reported per run and the outer result is `Ok`.
+    async fn eval_many(
+        &self,
+        script: &Script,
+        kind: Op,
+        durable: bool,
+        runs: &[Run],
+    ) -> Result<Vec<Result<Evaluated>>> {
+        if let Connection::Cluster(_) = self.connection {
+            return Ok(futures::future::join_all(
+                runs.iter()
+                    .map(|run| self.eval_one(script, kind, durable, run)),
+            )
+            .await);
+        }
+        let Some(first) = runs.first() else {
+            return Ok(Vec::new());
+        };
+        let waits = durable && self.durable();
+        let mut results: Vec<Option<Result<Evaluated>>> = runs.iter().map(|_| None).collect();
+        // Two rounds at most: the second only re-sends the runs the server rejected with
+        // NOSCRIPT (its script cache was empty, e.g. after a restart), which never ran.
+        for round in 0..2 {
+            let pending: Vec<usize> = (0..runs.len()).filter(|&i| results[i].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            if round > 0 {
+                self.load_script(script, first.route).await?;
+            }
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &pending {
+                pipe.add_command(runs[i].command.clone());
+            }
+            if waits {
+                self.push_wait(&mut pipe);
+            }
+            let mut replies: Vec<Value> = self
+                .with_retries(kind, "EVALSHA pipeline", first.route, |mut connection| {
+                    let pipe = pipe.clone();
+                    async move { pipe.query_async(&mut connection).await }
+                })
+                .await?;
+            let wait = if waits { replies.pop() } else { None };
+            let replicated = if waits {
+                self.confirm(wait.as_ref())
+            } else {
+                Ok(())
+            };
+            for (&i, reply) in pending.iter().zip(replies) {
+                results[i] = match reply {
+                    Value::ServerError(error)
+                        if error.kind() == Some(ServerErrorKind::NoScript) && round == 0 =>
+                    {
+                        None
+                    }
+                    Value::ServerError(error) => Some(Err(classify(error.into(), kind, "EVALSHA"))),
+                    reply => Some(Ok(Evaluated {
+                        reply,
+                        replicated: replicated.as_ref().map(|_| ()).map_err(|error| {
+                            Error::Ambiguous {
+                                backend: BACKEND,
+                                source: error.to_string().into(),
+                            }
+                        }),
+                    })),
+                };
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(Error::Unavailable {
+                        backend: BACKEND,
+                        source: "the server kept answering NOSCRIPT".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Runs one commit and reads its outcome; a commit that wrote is acknowledged only once
+    /// the replicas confirmed it (a refused one wrote nothing to confirm).
+    async fn commit_one(
+        &self,
+        account: AccountId,
+        token: Option<FencingToken>,
+        run: Run,
+    ) -> Result<()> {
+        let evaluated = self.eval_one(&self.commit, Op::Write, true, &run).await?;
+        commit_outcome(account, token, evaluated.reply)?;
+        evaluated.replicated
+    }
+
+    /// Applies many commits (of one or many accounts) in one round trip. Each commit is
+    /// atomic and monotonic on its own, exactly as with [`StateStorage::apply`]; the inner
+    /// results say how each commit fared, in order.
+    ///
+    /// On one server it is one pipeline of `EVALSHA`s (and one `WAIT` after them when writes
+    /// wait for replicas); the outer error is for the transport (nothing is known to be
+    /// applied). On a cluster the accounts' slots live on different nodes, and a pipeline
+    /// must stay in one slot, so every commit is its own request to its slot's master, all
+    /// sent at once (the client pipelines them per node): each may fail on its own, so
+    /// transport failures are reported per commit and the outer result is always `Ok`.
     pub async fn apply_many(&self, commits: &[(AccountId, &Commit)]) -> Result<Vec<Result<()>>> {
         let commits: Vec<_> = commits
             .iter()
@@ -288,100 +770,42 @@ impl RedisStorage {
         &self,
         commits: &[(AccountId, Option<FencingToken>, &Commit)],
     ) -> Result<Vec<Result<()>>> {
-        let replies = self
-            .eval_pipeline(&self.commit, Op::Write, commits.len(), |pipe, i| {
-                let (account, token, commit) = commits[i];
-                pipe.arg(if token.is_some() { 3 } else { 2 })
-                    .arg(self.state_key(account))
-                    .arg(self.channels_key(account));
-                if token.is_some() {
-                    pipe.arg(self.fence_key(account));
-                }
-                pipe.arg(commit_args(commit));
-                if let Some(token) = token {
-                    pipe.arg(token.0);
-                }
-            })
-            .await?;
+        let runs: Vec<Run> = commits
+            .iter()
+            .map(|&(account, token, commit)| self.commit_run(account, token, commit))
+            .collect();
+        let results = self.eval_many(&self.commit, Op::Write, true, &runs).await?;
         Ok(commits
             .iter()
-            .zip(replies)
-            .map(|(&(account, token, _), reply)| commit_outcome(account, token, reply?))
-            .collect())
-    }
-
-    /// Runs `script` `count` times in one pipeline of `EVALSHA`s, `add(pipe, i)` appending the
-    /// number of keys, the keys and the arguments of run `i`. The outer error is for the
-    /// transport; the inner results are each run's reply or its error, in order.
-    async fn eval_pipeline(
-        &self,
-        script: &Script,
-        kind: Op,
-        count: usize,
-        add: impl Fn(&mut redis::Pipeline, usize),
-    ) -> Result<Vec<Result<Value>>> {
-        let mut results: Vec<Option<Result<Value>>> = (0..count).map(|_| None).collect();
-        // Two rounds at most: the second only re-sends the runs the server rejected with
-        // NOSCRIPT (its script cache was empty, e.g. after a restart), which never ran.
-        for round in 0..2 {
-            let pending: Vec<usize> = (0..count).filter(|&i| results[i].is_none()).collect();
-            if pending.is_empty() {
-                break;
-            }
-            if round > 0 {
-                let mut connection = self.connection.clone();
-                script
-                    .load_async(&mut connection)
-                    .await
-                    .map_err(|e| classify(e, Op::Read, "SCRIPT LOAD"))?;
-            }
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &i in &pending {
-                pipe.cmd("EVALSHA").arg(script.get_hash());
-                add(&mut pipe, i);
-            }
-            let replies: Vec<Value> = self
-                .with_retries(kind, "EVALSHA pipeline", |mut connection| {
-                    let pipe = pipe.clone();
-                    async move { pipe.query_async(&mut connection).await }
-                })
-                .await?;
-            for (&i, reply) in pending.iter().zip(replies) {
-                results[i] = match reply {
-                    Value::ServerError(error)
-                        if error.kind() == Some(ServerErrorKind::NoScript) && round == 0 =>
-                    {
-                        None
-                    }
-                    Value::ServerError(error) => Some(Err(classify(error.into(), kind, "EVALSHA"))),
-                    reply => Some(Ok(reply)),
-                };
-            }
-        }
-        Ok(results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| {
-                    Err(Error::Unavailable {
-                        backend: BACKEND,
-                        source: "the server kept answering NOSCRIPT".into(),
-                    })
-                })
+            .zip(results)
+            .map(|(&(account, token, _), result)| {
+                let evaluated = result?;
+                commit_outcome(account, token, evaluated.reply)?;
+                evaluated.replicated
             })
             .collect())
     }
 
-    /// Runs `op` on a clone of the shared connection, retrying with exponential backoff
-    /// as long as `kind` allows for the error met, at most `retries` times.
-    async fn with_retries<T, F, Fut>(&self, kind: Op, what: &str, mut op: F) -> Result<T>
+    /// Runs `op` on the connection routed to `route`'s slot, retrying with exponential
+    /// backoff as long as `kind` allows for the error met, at most `retries` times.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        kind: Op,
+        what: &str,
+        route: Route,
+        mut op: F,
+    ) -> Result<T>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Routed) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        let routed = Routed {
+            connection: self.connection.clone(),
+            route,
+        };
         let mut attempt = 0;
         loop {
-            match op(self.connection.clone()).await {
+            match op(routed.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(error) if attempt < self.retries && may_retry(&error, kind) => {
                     tracing::debug!(%error, attempt, what, "redis storage: retrying");
@@ -404,9 +828,13 @@ enum Op {
     Write,
 }
 
-/// True when the command cannot have been executed by the server.
+/// True when the command cannot have been executed by the server. A cluster's redirects
+/// (`MOVED`, `ASK`) and a demoted master's `READONLY` refuse a command before running it,
+/// like a server still loading; so does the cluster client when it has no connection to the
+/// slot's node.
 fn not_executed(error: &RedisError) -> bool {
     error.is_connection_refusal()
+        || error.kind() == ErrorKind::ClusterConnectionNotFound
         || matches!(
             error.kind(),
             ErrorKind::Server(
@@ -414,6 +842,9 @@ fn not_executed(error: &RedisError) -> bool {
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::ClusterDown
                     | ServerErrorKind::MasterDown
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+                    | ServerErrorKind::ReadOnly
             )
         )
 }
@@ -659,11 +1090,12 @@ impl RedisStorage {
     /// number: `None` when absent, [`Error::Corrupt`] when it does not parse.
     async fn hget_number<T: std::str::FromStr>(
         &self,
+        account: AccountId,
         key: String,
         channel: ChannelId,
     ) -> Result<Option<T>> {
         let value: Value = self
-            .with_retries(Op::Read, "HGET", |mut connection| {
+            .with_retries(Op::Read, "HGET", self.route(account), |mut connection| {
                 let key = key.clone();
                 async move {
                     redis::cmd("HGET")
@@ -682,7 +1114,7 @@ impl StateStorage for RedisStorage {
     async fn get_state(&self, account: AccountId) -> Result<Option<State>> {
         let key = self.state_key(account);
         let values: Vec<Value> = self
-            .with_retries(Op::Read, "HMGET", |mut connection| {
+            .with_retries(Op::Read, "HMGET", self.route(account), |mut connection| {
                 let key = key.clone();
                 async move {
                     redis::cmd("HMGET")
@@ -697,21 +1129,27 @@ impl StateStorage for RedisStorage {
     }
 
     async fn get_channel_pts(&self, account: AccountId, channel: ChannelId) -> Result<Option<i32>> {
-        self.hget_number(self.channels_key(account), channel).await
+        self.hget_number(account, self.channels_key(account), channel)
+            .await
     }
 
     async fn channels(&self, account: AccountId) -> Result<BTreeMap<ChannelId, i32>> {
         let key = self.channels_key(account);
         let value: Value = self
-            .with_retries(Op::Read, "HGETALL", |mut connection| {
-                let key = key.clone();
-                async move {
-                    redis::cmd("HGETALL")
-                        .arg(key)
-                        .query_async(&mut connection)
-                        .await
-                }
-            })
+            .with_retries(
+                Op::Read,
+                "HGETALL",
+                self.route(account),
+                |mut connection| {
+                    let key = key.clone();
+                    async move {
+                        redis::cmd("HGETALL")
+                            .arg(key)
+                            .query_async(&mut connection)
+                            .await
+                    }
+                },
+            )
             .await?;
         parse_hash(&value, &key)
     }
@@ -721,28 +1159,23 @@ impl StateStorage for RedisStorage {
         account: AccountId,
         commit: &Commit,
     ) -> impl Future<Output = Result<()>> + Send {
-        let args = commit_args(commit);
-        async move {
-            let (state_key, channels_key) = (self.state_key(account), self.channels_key(account));
-            let reply: Value = self
-                .with_retries(Op::Write, "commit script", |mut connection| {
-                    let mut invocation = self.commit.prepare_invoke();
-                    invocation.key(&state_key).key(&channels_key).arg(&args);
-                    async move { invocation.invoke_async(&mut connection).await }
-                })
-                .await?;
-            commit_outcome(account, None, reply)
-        }
+        let run = self.commit_run(account, None, commit);
+        self.commit_one(account, None, run)
     }
 
     async fn load(&self, account: AccountId) -> Result<Snapshot> {
         let (state_key, channels_key) = (self.state_key(account), self.channels_key(account));
         let reply: Value = self
-            .with_retries(Op::Read, "load script", |mut connection| {
-                let mut invocation = self.load.prepare_invoke();
-                invocation.key(&state_key).key(&channels_key);
-                async move { invocation.invoke_async(&mut connection).await }
-            })
+            .with_retries(
+                Op::Read,
+                "load script",
+                self.route(account),
+                |mut connection| {
+                    let mut invocation = self.load.prepare_invoke();
+                    invocation.key(&state_key).key(&channels_key);
+                    async move { invocation.invoke_async(&mut connection).await }
+                },
+            )
             .await?;
         let Value::Array(parts) = &reply else {
             return Err(corrupt("load script reply", &reply));
@@ -758,13 +1191,13 @@ impl StateStorage for RedisStorage {
 
     async fn delete(&self, account: AccountId) -> Result<()> {
         let keys = [self.state_key(account), self.channels_key(account)];
-        self.del(Op::Write, keys).await
+        self.del(Op::Write, account, keys).await
     }
 }
 
 impl AccessHashStorage for RedisStorage {
     async fn get_access_hash(&self, account: AccountId, channel: ChannelId) -> Result<Option<i64>> {
-        self.hget_number(self.access_hashes_key(account), channel)
+        self.hget_number(account, self.access_hashes_key(account), channel)
             .await
     }
 
@@ -773,11 +1206,11 @@ impl AccessHashStorage for RedisStorage {
         account: AccountId,
         hashes: &[(ChannelId, i64)],
     ) -> impl Future<Output = Result<()>> + Send {
-        self.hset_numbers(self.access_hashes_key(account), hashes.to_vec())
+        self.hset_numbers(account, self.access_hashes_key(account), hashes.to_vec())
     }
 
     async fn get_user_access_hash(&self, account: AccountId, user: UserId) -> Result<Option<i64>> {
-        self.hget_number(self.user_access_hashes_key(account), user)
+        self.hget_number(account, self.user_access_hashes_key(account), user)
             .await
     }
 
@@ -786,7 +1219,11 @@ impl AccessHashStorage for RedisStorage {
         account: AccountId,
         hashes: &[(UserId, i64)],
     ) -> impl Future<Output = Result<()>> + Send {
-        self.hset_numbers(self.user_access_hashes_key(account), hashes.to_vec())
+        self.hset_numbers(
+            account,
+            self.user_access_hashes_key(account),
+            hashes.to_vec(),
+        )
     }
 
     async fn delete_access_hashes(&self, account: AccountId) -> Result<()> {
@@ -794,7 +1231,7 @@ impl AccessHashStorage for RedisStorage {
             self.access_hashes_key(account),
             self.user_access_hashes_key(account),
         ];
-        self.del(Op::Read, keys).await
+        self.del(Op::Read, account, keys).await
     }
 }
 

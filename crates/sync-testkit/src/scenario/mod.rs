@@ -102,6 +102,7 @@ pub struct Scenario {
     push_interval: Duration,
     latency: Duration,
     max_steps: u64,
+    fresh_start: bool,
 }
 
 impl Scenario {
@@ -119,6 +120,7 @@ impl Scenario {
             push_interval: Duration::from_millis(20),
             latency: Duration::from_millis(40),
             max_steps: 0,
+            fresh_start: false,
         }
     }
 
@@ -181,6 +183,14 @@ impl Scenario {
     /// workload size.
     pub fn max_steps(mut self, steps: u64) -> Self {
         self.max_steps = steps;
+        self
+    }
+
+    /// Whether the client starts with no stored state (a first login): it asks `getState`,
+    /// tracks no channel, and learns each channel from its events. Otherwise (the default) it
+    /// resumes from the server's initial state with every channel stored.
+    pub fn fresh_start(mut self, fresh: bool) -> Self {
+        self.fresh_start = fresh;
         self
     }
 

@@ -92,7 +92,13 @@ impl Run<'_> {
                 {
                     Ok(difference) => {
                         if corrupt {
-                            let bad = corrupt_channel_difference(&mut self.rng, channel_id, pts);
+                            let verified = self.verified.contains(&channel_id);
+                            let bad = corrupt_channel_difference(
+                                &mut self.rng,
+                                channel_id,
+                                pts,
+                                verified,
+                            );
                             self.schedule(
                                 round_trip,
                                 Event::Reply {
@@ -127,7 +133,14 @@ impl Run<'_> {
         let now = self.instant();
         let before = (self.engine.state(), self.engine.stats());
         let outcome = match reply {
-            Reply::State(state) => self.engine.handle_state(now, id, state),
+            Reply::State(state) => {
+                let outcome = self.engine.handle_state(now, id, state);
+                if before.0.is_none() && outcome.is_ok() {
+                    // A fresh client's first state: it owes nothing from before.
+                    self.oracle.started_fresh(state);
+                }
+                outcome
+            }
             Reply::Difference(difference) => {
                 self.log(|| format!("difference for {id}: {}", describe_difference(&difference)));
                 self.engine.handle_difference(now, id, difference)
@@ -139,7 +152,12 @@ impl Run<'_> {
                         difference.kind_summary()
                     )
                 });
-                self.engine.handle_channel_difference(now, id, difference)
+                let channel_id = difference.channel_id;
+                let outcome = self.engine.handle_channel_difference(now, id, difference);
+                if outcome.is_ok() {
+                    self.verified.insert(channel_id);
+                }
+                outcome
             }
             Reply::Failure(failure) => {
                 self.log(|| format!("failure for {id}: {failure:?}"));
@@ -209,14 +227,17 @@ pub(super) fn corrupt_difference(
     }
 }
 
-/// A channel difference the engine must refuse: the wrong channel or a regressed pts.
+/// A channel difference the engine must refuse: the wrong channel, or a regressed pts when
+/// the channel's position is `verified` (for a position the engine has not had confirmed, a
+/// lower pts is the server's correction, which it must accept).
 pub(super) fn corrupt_channel_difference(
     rng: &mut Rng,
     channel_id: ChannelId,
     pts: i32,
+    verified: bool,
 ) -> ChannelDifference<TestUpdate, TestEntities> {
     use sync_core::ChannelDifferenceKind;
-    if pts > 0 && rng.chance(0.5) {
+    if pts > 0 && rng.chance(0.5) && verified {
         let kind = ChannelDifferenceKind::Empty {
             pts: pts - 1,
             is_final: true,

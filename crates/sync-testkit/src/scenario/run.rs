@@ -2,7 +2,7 @@
 //! judged by the oracle, acknowledgements, crashes and restarts from what was committed, and
 //! the quiet tail in which the engine must become idle.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::mem;
 use std::time::{Duration, Instant};
 
@@ -42,10 +42,10 @@ pub(super) enum Event {
     Crash,
 }
 
-/// What storage holds: the committed state.
+/// What storage holds: the committed state (none before a fresh client's first commit).
 #[derive(Debug, Clone)]
 pub(super) struct Stored {
-    pub(super) state: State,
+    pub(super) state: Option<State>,
     pub(super) channels: HashMap<ChannelId, i32>,
 }
 
@@ -69,6 +69,15 @@ pub(super) struct Run<'a> {
     pub(super) trace_length: usize,
     /// The quiet tail, once it has begun.
     pub(super) tail: Option<Tail>,
+    /// The server's state when the run began.
+    pub(super) initial: State,
+    /// Channels the engine tracks, as last seen: a channel new to it is reported to the
+    /// oracle with where it was learned.
+    pub(super) known: HashSet<ChannelId>,
+    /// Channels whose position the server has confirmed to the engine since it (re)started
+    /// (stored, or a channel difference accepted): only for these is a lower channel pts a
+    /// corruption the engine must refuse.
+    pub(super) verified: HashSet<ChannelId>,
 }
 
 /// The end of a run: every push has arrived, no crash is left, and the network no longer
@@ -96,17 +105,28 @@ impl<'a> Run<'a> {
             scenario.limits.clone(),
         );
         let state = server.state();
-        let channels: HashMap<ChannelId, i32> = server.channel_states().collect();
+        let channels: HashMap<ChannelId, i32> = if scenario.fresh_start {
+            HashMap::new()
+        } else {
+            server.channel_states().collect()
+        };
+        let stored = Stored {
+            state: (!scenario.fresh_start).then_some(state),
+            channels,
+        };
         let hashes = server.access_hashes().collect();
         let start = Instant::now();
-        let engine = Self::start_engine(&scenario.config, start, state, &channels);
+        let engine = Self::start_engine(&scenario.config, start, &stored);
         Self {
             scenario,
             rng: Rng::new(scenario.seed ^ 0xA5A5_5A5A_F00D_CAFE),
-            oracle: Oracle::new(state, channels.iter().map(|(&id, &pts)| (id, pts))),
+            oracle: Oracle::new(state, stored.channels.iter().map(|(&id, &pts)| (id, pts))),
             server,
             engine,
-            stored: Stored { state, channels },
+            known: stored.channels.keys().copied().collect(),
+            verified: stored.channels.keys().copied().collect(),
+            initial: state,
+            stored,
             hashes,
             start,
             now: Duration::ZERO,
@@ -128,12 +148,25 @@ impl<'a> Run<'a> {
     pub(super) fn start_engine(
         config: &EngineConfig,
         now: Instant,
-        state: State,
-        channels: &HashMap<ChannelId, i32>,
+        stored: &Stored,
     ) -> Engine<TestUpdate, TestEntities> {
-        let mut channels: Vec<(ChannelId, i32)> =
-            channels.iter().map(|(&id, &pts)| (id, pts)).collect();
+        let mut channels: Vec<(ChannelId, i32)> = stored
+            .channels
+            .iter()
+            .map(|(&id, &pts)| (id, pts))
+            .collect();
         channels.sort_unstable();
+        let Some(state) = stored.state else {
+            // No common state was committed yet, but channels may have been: the application
+            // hands them over as its own.
+            let mut engine = Engine::new(config.clone(), now);
+            for (channel_id, pts) in channels {
+                if let Err(error) = engine.track_channel(channel_id, pts) {
+                    unreachable!("stored channel refused: {error}");
+                }
+            }
+            return engine;
+        };
         // The stored state is what this driver committed from the engine's own commits, which
         // are checked as they arrive: it is always valid.
         match Engine::from_state(config.clone(), now, state, channels) {
@@ -373,8 +406,32 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Tells the oracle where the engine began tracking each channel new to it: at the pts
+    /// it took, or the server's own when that is lower (a pts beyond the server's is no
+    /// knowledge of the channel's history).
+    pub(super) fn learn_channels(&mut self) {
+        if self.engine.stats().channels_tracked == self.known.len() {
+            return;
+        }
+        let learned: Vec<(ChannelId, i32)> = self
+            .server
+            .channel_states()
+            .filter(|(channel_id, _)| !self.known.contains(channel_id))
+            .filter_map(|(channel_id, server_pts)| {
+                let pts = self.engine.channel_pts(channel_id)?;
+                Some((channel_id, pts.min(server_pts)))
+            })
+            .collect();
+        for (channel_id, pts) in learned {
+            self.log(|| format!("channel {channel_id} learned at {pts}"));
+            self.known.insert(channel_id);
+            self.oracle.learned_channel(channel_id, pts);
+        }
+    }
+
     /// Polls the engine dry, doing what it says.
     pub(super) fn drain(&mut self) -> Result<(), Violation> {
+        self.learn_channels();
         let mut after_notice = false;
         while let Some(output) = self.engine.poll_output() {
             // Requests, commits and hashes may come between a notice and its batch.
@@ -436,15 +493,16 @@ impl<'a> Run<'a> {
                 Output::Request(request) => self.request(request)?,
                 Output::Commit(commit) => {
                     if let Some(state) = commit.state {
-                        let old = self.stored.state;
-                        let regressed =
-                            state.pts < old.pts || state.qts < old.qts || state.seq < old.seq;
-                        if regressed && !commit.state_reset {
-                            return Err(self.violation(format!(
-                                "commit moved the state back from {old:?} to {state:?}"
-                            )));
+                        if let Some(old) = self.stored.state {
+                            let regressed =
+                                state.pts < old.pts || state.qts < old.qts || state.seq < old.seq;
+                            if regressed && !commit.state_reset {
+                                return Err(self.violation(format!(
+                                    "commit moved the state back from {old:?} to {state:?}"
+                                )));
+                            }
                         }
-                        self.stored.state = state;
+                        self.stored.state = Some(state);
                     }
                     for channel_id in &commit.removed_channels {
                         self.stored.channels.remove(channel_id);
@@ -493,14 +551,14 @@ impl<'a> Run<'a> {
         self.report.crashes += 1;
         self.epoch += 1;
         add_stats(&mut self.finished_stats, &self.engine.stats());
-        self.oracle.crash(self.stored.state, &self.stored.channels);
-        self.server.client_restarted();
-        self.engine = Self::start_engine(
-            &self.scenario.config,
-            self.instant(),
-            self.stored.state,
+        self.oracle.crash(
+            self.stored.state.unwrap_or(self.initial),
             &self.stored.channels,
         );
+        self.server.client_restarted();
+        self.engine = Self::start_engine(&self.scenario.config, self.instant(), &self.stored);
+        self.known = self.stored.channels.keys().copied().collect();
+        self.verified = self.known.clone();
     }
 
     pub(super) fn finish(mut self) -> Result<Report, Violation> {
@@ -512,7 +570,7 @@ impl<'a> Run<'a> {
             return Err(self.violation(message));
         }
         if self.engine.stats().unacknowledged_batches == 0
-            && Some(self.stored.state) != self.engine.state()
+            && self.stored.state != self.engine.state()
         {
             return Err(self.violation(format!(
                 "everything was acknowledged but storage holds {:?}, the engine {:?}",
