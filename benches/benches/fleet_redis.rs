@@ -15,7 +15,8 @@
 //!
 //! `cargo bench -p sync-benches --bench fleet_redis` (about 30 s). `FLEET_ACCOUNTS` (default
 //! `1000,10000`), `FLEET_SECONDS` (the live phase, default 3), `FLEET_CEILING_SECONDS`
-//! (default 1), `FLEET_SHARDS` (dispatch shards per manager, default 1); `REDIS_SERVER` or
+//! (default 1), `FLEET_SHARDS` (dispatch shards per manager, default 1), `FLEET_POOL` (when
+//! set, the shards of one `DispatchPool` all managers share instead); `REDIS_SERVER` or
 //! `PATH` for redis-server (the bench prints a note and does nothing without it). Figures in
 //! `docs/PERFORMANCE.md`, "Many accounts on one Redis".
 #![allow(
@@ -31,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use sync_core::{ChannelCommit, Commit};
 use sync_runtime::sim::{ApiFaults, SimulatedApi};
-use sync_runtime::{BoxError, Handler, Manager, ManagerConfig, ManagerHandle, Summary};
+use sync_runtime::{
+    BoxError, DispatchPool, Handler, Manager, ManagerConfig, ManagerHandle, Summary,
+};
 use sync_storage::{AccessHashStorage, RedisStorage};
 use sync_testkit::redis_server::RedisServer;
 use sync_testkit::{Limits, Server, TestEntities, TestUpdate, Workload};
@@ -263,6 +266,9 @@ async fn fleet(url: &str, n: usize, seconds: f64) {
     let started = Instant::now();
     let mut runs = tokio::task::JoinSet::new();
     let mut accounts = Vec::with_capacity(n);
+    let pool_shards = env_u64("FLEET_POOL", 0) as usize;
+    let pool =
+        (pool_shards > 0).then(|| DispatchPool::new(pool_shards, 4_096).expect("dispatch pool"));
     for (i, api) in apis.into_iter().enumerate() {
         let manager = Manager::with_config(
             account_id(i),
@@ -271,6 +277,10 @@ async fn fleet(url: &str, n: usize, seconds: f64) {
             Arc::clone(&handled),
             config(),
         );
+        let manager = match &pool {
+            Some(pool) => manager.with_pool(pool),
+            None => manager,
+        };
         accounts.push(Account {
             api,
             handle: manager.handle(),
@@ -336,6 +346,14 @@ async fn fleet(url: &str, n: usize, seconds: f64) {
         let summary: Summary = done.expect("manager task").expect("manager run");
         abandoned += summary.abandoned;
     }
+    if let Some(pool) = &pool {
+        pool.shutdown();
+    }
+    let dispatch = match pool {
+        Some(_) => format!("one shared pool of {pool_shards} shards"),
+        None => format!("{} shard(s) per manager", config().shards),
+    };
+    println!("fleet_redis/{n} accounts: dispatch through {dispatch}");
 
     println!(
         "fleet_redis/{n} accounts: start-up {start_up:.2} s ({:.0} accounts/s)",
