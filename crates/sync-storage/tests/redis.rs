@@ -313,6 +313,108 @@ async fn pipelined_commits_report_each_outcome() {
     assert!(s.apply_many(&[]).await.expect("empty").is_empty());
 }
 
+/// The script reads and writes channels in chunks of 1,000 fields: commits larger than that
+/// (a long difference touching thousands of channels) apply whole, in the commit's order, and
+/// a stale or corrupt entry past the first chunk still rejects the commit before any write.
+#[tokio::test]
+async fn commits_of_thousands_of_channels_apply_whole() {
+    let Some((server, s)) = make().await else {
+        return;
+    };
+    let a = 5;
+    let entries = |pts: i32| -> Vec<ChannelCommit> {
+        (1..=2_500)
+            .map(|channel_id| ChannelCommit {
+                channel_id,
+                pts,
+                reset: false,
+            })
+            .collect()
+    };
+    s.apply(
+        a,
+        &Commit {
+            channels: entries(10),
+            ..Commit::default()
+        },
+    )
+    .await
+    .expect("2,500 channels");
+    assert_eq!(s.channels(a).await.expect("read").len(), 2_500);
+
+    // Removes 1..=1,500, then sets 1,001..=2,500 again (at 20), the last one twice.
+    let mut channels = entries(20).split_off(1_000);
+    channels.push(ChannelCommit {
+        channel_id: 2_500,
+        pts: 30,
+        reset: false,
+    });
+    let commit = Commit {
+        state: Some(uniform_state(3)),
+        channels,
+        removed_channels: (1..=1_500).collect(),
+        ..Commit::default()
+    };
+    s.apply(a, &commit).await.expect("remove and set");
+    let stored = s.channels(a).await.expect("read");
+    let mut expected: BTreeMap<i64, i32> = (1_001..=2_500).map(|id| (id, 20)).collect();
+    expected.insert(2_500, 30);
+    assert_eq!(stored, expected);
+
+    // An entry in the second chunk is stale: nothing at all is written.
+    let mut channels = entries(40);
+    channels[1_700].pts = 1;
+    let rejected = s
+        .apply(
+            a,
+            &Commit {
+                state: Some(uniform_state(4)),
+                channels,
+                ..Commit::default()
+            },
+        )
+        .await;
+    assert!(rejected.is_err_and(|e| e.is_stale()));
+    assert_eq!(s.channels(a).await.expect("read"), expected);
+    assert_eq!(s.get_state(a).await.expect("read"), Some(uniform_state(3)));
+
+    // A corrupt value in the second chunk: reported, nothing written.
+    server.raw(&["HSET", &s.channels_key(a), "2400", "x"]);
+    let rejected = s
+        .apply(
+            a,
+            &Commit {
+                state: Some(uniform_state(4)),
+                channels: entries(40),
+                ..Commit::default()
+            },
+        )
+        .await;
+    assert!(rejected.is_err_and(|e| e.is_corrupt()));
+    assert_eq!(s.get_state(a).await.expect("read"), Some(uniform_state(3)));
+}
+
+/// A commit that only removes channels reads nothing from the channel hash, and still finds
+/// one of the wrong type before writing.
+#[tokio::test]
+async fn removals_alone_still_check_the_channel_key() {
+    let Some((server, s)) = make().await else {
+        return;
+    };
+    let a = 6;
+    server.raw(&["LPUSH", &s.channels_key(a), "x"]);
+    let commit = Commit {
+        state: Some(uniform_state(7)),
+        removed_channels: vec![1, 2],
+        ..Commit::default()
+    };
+    assert!(s.apply(a, &commit).await.is_err_and(|e| e.is_corrupt()));
+    assert_eq!(s.get_state(a).await.expect("read"), None, "nothing written");
+    server.raw(&["DEL", &s.channels_key(a)]);
+    s.apply(a, &commit).await.expect("a missing hash is empty");
+    assert_eq!(s.get_state(a).await.expect("read"), Some(uniform_state(7)));
+}
+
 /// Separate clients (as separate processes would have) race on one account; the server-side
 /// script keeps the stored state at the maximum, whatever the interleaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
