@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{ACCOUNT, Sim, TokioClock, config, producer};
+use common::{ACCOUNT, Sim, TokioClock, config, producer, start_leased};
 use sync_core::{ChannelId, Commit, State};
 use sync_runtime::sim::{ApiFaults, Recorder};
-use sync_runtime::{LeaseConfig, LeaseLoss, Manager, ManagerHandle, RunError, Summary};
+use sync_runtime::{LeaseConfig, LeaseLoss, ManagerHandle, RunError, Summary};
 use sync_storage::{
-    AccessHashStorage, AccountId, Acquired, FencingToken, Lease, LeaseInfo, LeaseStorage,
-    MemoryStorage, Result as StorageResult, StateStorage, UserId,
+    AccountId, Acquired, FencingToken, Lease, LeaseInfo, LeaseStorage, MemoryStorage,
+    Result as StorageResult, StateStorage,
 };
 use sync_testkit::{Faults, TestEntities, TestUpdate};
 use tokio::task::JoinHandle;
@@ -69,39 +69,7 @@ impl StateStorage for Leases {
     }
 }
 
-impl AccessHashStorage for Leases {
-    async fn get_access_hash(
-        &self,
-        account: AccountId,
-        channel: ChannelId,
-    ) -> StorageResult<Option<i64>> {
-        self.inner.get_access_hash(account, channel).await
-    }
-    async fn set_access_hashes(
-        &self,
-        account: AccountId,
-        hashes: &[(ChannelId, i64)],
-    ) -> StorageResult<()> {
-        self.inner.set_access_hashes(account, hashes).await
-    }
-    async fn get_user_access_hash(
-        &self,
-        account: AccountId,
-        user: UserId,
-    ) -> StorageResult<Option<i64>> {
-        self.inner.get_user_access_hash(account, user).await
-    }
-    async fn set_user_access_hashes(
-        &self,
-        account: AccountId,
-        hashes: &[(UserId, i64)],
-    ) -> StorageResult<()> {
-        self.inner.set_user_access_hashes(account, hashes).await
-    }
-    async fn delete_access_hashes(&self, account: AccountId) -> StorageResult<()> {
-        self.inner.delete_access_hashes(account).await
-    }
-}
+common::forward_access_hashes!(Leases);
 
 impl LeaseStorage for Leases {
     async fn acquire(
@@ -149,37 +117,25 @@ fn lease(owner: &str) -> LeaseConfig {
     }
 }
 
-/// Starts a manager for the simulated account under a lease held by `owner`, handing its
-/// updates to `recorder`.
+/// Starts a manager for the simulated account under a lease held by `owner`.
 fn start(
     sim: &Sim,
     storage: &Arc<Leases>,
     recorder: &Recorder,
     owner: &str,
 ) -> (ManagerHandle<TestUpdate, TestEntities>, Run) {
-    let manager = Manager::with_config(
-        ACCOUNT,
-        sim.api.clone(),
-        Arc::clone(storage),
-        recorder.clone(),
+    start_leased(
+        sim,
+        storage,
+        recorder,
         config(sim.seed, false),
+        lease(owner),
     )
-    .with_lease(lease(owner));
-    let handle = manager.handle();
-    (handle, tokio::spawn(manager.run()))
 }
 
 /// Waits (on the paused clock) until `handle` runs under a lease, and says how long it took.
 async fn until_owner(handle: &ManagerHandle<TestUpdate, TestEntities>) -> Duration {
-    let started = Instant::now();
-    while handle.fencing_token().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "never became the owner"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
+    common::until_owner(handle, Duration::from_millis(10), Duration::from_secs(120)).await
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,9 +19,7 @@ use metrics::{
 use sync_core::{ChannelId, Commit, State};
 use sync_runtime::sim::ApiFaults;
 use sync_runtime::{Manager, MetricsConfig, Stats};
-use sync_storage::{
-    AccessHashStorage, AccountId, MemoryStorage, Result, Snapshot, StateStorage, UserId,
-};
+use sync_storage::{AccountId, MemoryStorage, Result, Snapshot, StateStorage};
 use sync_testkit::Faults;
 
 /// One series: its name and labels, sorted.
@@ -247,31 +245,7 @@ impl StateStorage for Counting {
     }
 }
 
-impl AccessHashStorage for Counting {
-    async fn get_access_hash(&self, account: AccountId, channel: ChannelId) -> Result<Option<i64>> {
-        self.inner.get_access_hash(account, channel).await
-    }
-    async fn set_access_hashes(
-        &self,
-        account: AccountId,
-        hashes: &[(ChannelId, i64)],
-    ) -> Result<()> {
-        self.inner.set_access_hashes(account, hashes).await
-    }
-    async fn get_user_access_hash(&self, account: AccountId, user: UserId) -> Result<Option<i64>> {
-        self.inner.get_user_access_hash(account, user).await
-    }
-    async fn set_user_access_hashes(
-        &self,
-        account: AccountId,
-        hashes: &[(UserId, i64)],
-    ) -> Result<()> {
-        self.inner.set_user_access_hashes(account, hashes).await
-    }
-    async fn delete_access_hashes(&self, account: AccountId) -> Result<()> {
-        self.inner.delete_access_hashes(account).await
-    }
-}
+common::forward_access_hashes!(Counting);
 
 /// Reads one of the engine's counters.
 type Field = fn(&sync_core::Stats) -> u64;

@@ -12,9 +12,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ACCOUNT, Sim, config, producer};
+use common::{ACCOUNT, Sim, config, producer, start_leased};
 use sync_runtime::sim::{ApiFaults, Recorder};
-use sync_runtime::{LeaseConfig, Manager, ManagerHandle, RunError, Summary};
+use sync_runtime::{LeaseConfig, ManagerHandle, RunError, Summary};
 use sync_storage::{LeaseStorage, RedisConfig, RedisStorage};
 use sync_testkit::redis_server::RedisCluster;
 use sync_testkit::{Faults, TestEntities, TestUpdate};
@@ -37,28 +37,11 @@ fn start(
     recorder: &Recorder,
     owner: &str,
 ) -> (ManagerHandle<TestUpdate, TestEntities>, Run) {
-    let manager = Manager::with_config(
-        ACCOUNT,
-        sim.api.clone(),
-        Arc::clone(storage),
-        recorder.clone(),
-        config(sim.seed, true),
-    )
-    .with_lease(lease(owner));
-    let handle = manager.handle();
-    (handle, tokio::spawn(manager.run()))
+    start_leased(sim, storage, recorder, config(sim.seed, true), lease(owner))
 }
 
 async fn until_owner(handle: &ManagerHandle<TestUpdate, TestEntities>) -> Duration {
-    let started = Instant::now();
-    while handle.fencing_token().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never became the owner"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    started.elapsed()
+    common::until_owner(handle, Duration::from_millis(5), Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

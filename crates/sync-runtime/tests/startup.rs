@@ -15,7 +15,7 @@ use sync_runtime::{
     BadState, BadStatePolicy, BoxError, ControlError, Handler, Manager, ManagerConfig, RunError,
 };
 use sync_storage::{
-    AccessHashStorage, AccountId, Error, MemoryStorage, Result, Snapshot, StateStorage, UserId,
+    AccessHashStorage, AccountId, Error, MemoryStorage, Result, Snapshot, StateStorage,
 };
 use sync_testkit::{TestEntities, TestUpdate};
 
@@ -212,31 +212,7 @@ impl StateStorage for CorruptLoad {
     }
 }
 
-impl AccessHashStorage for CorruptLoad {
-    async fn get_access_hash(&self, account: AccountId, channel: ChannelId) -> Result<Option<i64>> {
-        self.inner.get_access_hash(account, channel).await
-    }
-    async fn set_access_hashes(
-        &self,
-        account: AccountId,
-        hashes: &[(ChannelId, i64)],
-    ) -> Result<()> {
-        self.inner.set_access_hashes(account, hashes).await
-    }
-    async fn get_user_access_hash(&self, account: AccountId, user: UserId) -> Result<Option<i64>> {
-        self.inner.get_user_access_hash(account, user).await
-    }
-    async fn set_user_access_hashes(
-        &self,
-        account: AccountId,
-        hashes: &[(UserId, i64)],
-    ) -> Result<()> {
-        self.inner.set_user_access_hashes(account, hashes).await
-    }
-    async fn delete_access_hashes(&self, account: AccountId) -> Result<()> {
-        self.inner.delete_access_hashes(account).await
-    }
-}
+common::forward_access_hashes!(CorruptLoad);
 
 /// The recorder, and what it was told of discarded state.
 #[derive(Clone)]

@@ -1,5 +1,5 @@
 //! Shared test code: a simulated account wired to a manager, and the oracle's verdicts.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -237,4 +237,90 @@ pub fn producer(seed: u64, events: u64, faults: Faults, fast: bool) -> Producer 
 /// The initial state of a fresh server (every seed starts here).
 pub fn start_state() -> State {
     Server::new(0, Workload::default(), Limits::default()).state()
+}
+
+/// Implements `AccessHashStorage` for a test's storage wrapper by handing every call to its
+/// `inner` field: the wrappers change how state is read or written, never access hashes.
+macro_rules! forward_access_hashes {
+    ($wrapper:ty) => {
+        impl sync_storage::AccessHashStorage for $wrapper {
+            async fn get_access_hash(
+                &self,
+                account: sync_storage::AccountId,
+                channel: sync_core::ChannelId,
+            ) -> sync_storage::Result<Option<i64>> {
+                self.inner.get_access_hash(account, channel).await
+            }
+            async fn set_access_hashes(
+                &self,
+                account: sync_storage::AccountId,
+                hashes: &[(sync_core::ChannelId, i64)],
+            ) -> sync_storage::Result<()> {
+                self.inner.set_access_hashes(account, hashes).await
+            }
+            async fn get_user_access_hash(
+                &self,
+                account: sync_storage::AccountId,
+                user: sync_storage::UserId,
+            ) -> sync_storage::Result<Option<i64>> {
+                self.inner.get_user_access_hash(account, user).await
+            }
+            async fn set_user_access_hashes(
+                &self,
+                account: sync_storage::AccountId,
+                hashes: &[(sync_storage::UserId, i64)],
+            ) -> sync_storage::Result<()> {
+                self.inner.set_user_access_hashes(account, hashes).await
+            }
+            async fn delete_access_hashes(
+                &self,
+                account: sync_storage::AccountId,
+            ) -> sync_storage::Result<()> {
+                self.inner.delete_access_hashes(account).await
+            }
+        }
+    };
+}
+pub(crate) use forward_access_hashes;
+
+/// Starts a manager for the simulated account under a lease, handing its updates to
+/// `recorder`.
+pub fn start_leased<S>(
+    sim: &Sim,
+    storage: &Arc<S>,
+    recorder: &Recorder,
+    config: ManagerConfig,
+    lease: sync_runtime::LeaseConfig,
+) -> (
+    ManagerHandle<TestUpdate, TestEntities>,
+    JoinHandle<Result<Summary, RunError>>,
+)
+where
+    S: StateStorage + AccessHashStorage + sync_storage::LeaseStorage + 'static,
+{
+    let manager = Manager::with_config(
+        ACCOUNT,
+        sim.api.clone(),
+        Arc::clone(storage),
+        recorder.clone(),
+        config,
+    )
+    .with_lease(lease);
+    let handle = manager.handle();
+    (handle, tokio::spawn(manager.run()))
+}
+
+/// Waits until `handle` runs under a lease (checking every `poll`, for at most `bound`), and
+/// says how long it took.
+pub async fn until_owner(
+    handle: &ManagerHandle<TestUpdate, TestEntities>,
+    poll: Duration,
+    bound: Duration,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    while handle.fencing_token().is_none() {
+        assert!(started.elapsed() < bound, "never became the owner");
+        tokio::time::sleep(poll).await;
+    }
+    started.elapsed()
 }
