@@ -13,53 +13,17 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+
+use common::{Count, env_u64};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sync_core::{Sequence, Updates};
 use sync_runtime::sim::{ApiFaults, SimulatedApi};
-use sync_runtime::{BoxError, Handler, Manager, ManagerConfig};
+use sync_runtime::{Manager, ManagerConfig};
 use sync_storage::MemoryStorage;
 use sync_testkit::{Limits, Rng, Server, TestEntities, TestUpdate, Workload};
-
-/// One thread's share of the count, on a cache line of its own.
-#[derive(Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
-
-/// A handler that counts what it is given. Each thread counts on its own cache line, so that
-/// the count does not add contention of its own between the dispatch workers (one shared
-/// counter costs about a quarter of the live figure on two cores).
-#[derive(Default)]
-struct Count([Stripe; 16]);
-
-impl Count {
-    fn total(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
-    }
-}
-
-static THREADS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static STRIPE: usize = (THREADS.fetch_add(1, Ordering::Relaxed) % 16) as usize;
-}
-
-impl Handler<TestUpdate, TestEntities> for Count {
-    async fn handle(&self, _: TestUpdate, _: Arc<[TestEntities]>) -> Result<(), BoxError> {
-        let stripe = STRIPE.with(|s| *s);
-        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn workload() -> Workload {
     // Common-box traffic plus channels: what a busy user account sees.
@@ -78,7 +42,7 @@ fn config() -> ManagerConfig {
             ..sync_core::EngineConfig::bot()
         },
         intake_capacity: 65_536,
-        shards: env("E2E_SHARDS", ManagerConfig::default().shards as u64) as usize,
+        shards: env_u64("E2E_SHARDS", ManagerConfig::default().shards as u64) as usize,
         ..ManagerConfig::default()
     }
 }
@@ -397,10 +361,10 @@ fn main() {
     let events = if quick {
         2_000
     } else {
-        env("E2E_EVENTS", 1_000_000)
+        env_u64("E2E_EVENTS", 1_000_000)
     };
-    let runs = if quick { 1 } else { env("E2E_RUNS", 3) };
-    let read = env("E2E_READ", 256) as usize;
+    let runs = if quick { 1 } else { env_u64("E2E_RUNS", 3) };
+    let read = env_u64("E2E_READ", 256) as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -26,15 +26,15 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+
+use common::{Count, env_u64};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sync_core::{ChannelCommit, Commit};
 use sync_runtime::sim::{ApiFaults, SimulatedApi};
-use sync_runtime::{
-    BoxError, DispatchPool, Handler, Manager, ManagerConfig, ManagerHandle, Summary,
-};
+use sync_runtime::{DispatchPool, Manager, ManagerConfig, ManagerHandle, Summary};
 use sync_storage::{AccessHashStorage, RedisStorage};
 use sync_testkit::redis_server::RedisServer;
 use sync_testkit::{Limits, Server, TestEntities, TestUpdate, Workload};
@@ -50,42 +50,6 @@ const PIPELINE: usize = 100;
 const IN_FLIGHT: usize = 4;
 /// Pushes the reader lets queue per account before it skips the account for a round.
 const QUEUE_PER_ACCOUNT: usize = 8;
-
-/// One thread's share of the count, on a cache line of its own.
-#[derive(Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
-
-/// A handler that counts what it is given, each thread on its own cache line.
-#[derive(Default)]
-struct Count([Stripe; 16]);
-
-impl Count {
-    fn total(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
-    }
-}
-
-static THREADS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static STRIPE: usize = (THREADS.fetch_add(1, Ordering::Relaxed) % 16) as usize;
-}
-
-impl Handler<TestUpdate, TestEntities> for Count {
-    async fn handle(&self, _: TestUpdate, _: Arc<[TestEntities]>) -> Result<(), BoxError> {
-        let stripe = STRIPE.with(|s| *s);
-        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn accounts_to_run() -> Vec<usize> {
     let list = std::env::var("FLEET_ACCOUNTS").unwrap_or_else(|_| "1000,10000".to_owned());
