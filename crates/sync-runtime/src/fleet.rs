@@ -715,6 +715,12 @@ where
                 .with_held_lease(held);
             let handle = manager.handle();
             shared.managers().insert(account, handle.clone());
+            // A fleet that began to stop after this build started has shut down the
+            // managers it knew: this one, inserted since, shuts itself down (the insert comes
+            // before the check, and the fleet cancels before it looks).
+            if shared.cancel.is_cancelled() {
+                handle.shutdown();
+            }
             factory.started(account, handle);
             let outcome = manager.run().await.map_err(Stop::Run);
             shared.managers().remove(&account);

@@ -90,6 +90,8 @@ struct World {
     events: u64,
     /// Builds still to fail, per account (a login that fails for a while).
     failing_builds: Arc<Mutex<HashMap<AccountId, u32>>>,
+    /// How long a build takes (a slow login).
+    build_time: Arc<Mutex<Duration>>,
 }
 
 impl World {
@@ -125,6 +127,7 @@ impl World {
             accounts: Arc::new(Mutex::new(all)),
             events,
             failing_builds: Arc::default(),
+            build_time: Arc::default(),
         }
     }
 
@@ -248,6 +251,8 @@ impl AccountFactory for Member {
     type Handler = Recorder;
 
     async fn build(&self, account: AccountId) -> Result<(SimulatedApi, Recorder), BoxError> {
+        let build_time = *self.world.build_time.lock().expect("world");
+        tokio::time::sleep(build_time).await;
         if let Some(left) = self
             .world
             .failing_builds
@@ -413,4 +418,26 @@ async fn a_failing_account_is_retried_and_a_lost_one_left_alone() {
     fleet.shutdown();
     let stats = run.await.expect("join");
     assert_eq!(stats.lost, 0, "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_stopping_while_accounts_are_still_built_stops_them_too() {
+    let world = World::new(4, 100).await;
+    *world.build_time.lock().expect("world") = Duration::from_secs(5);
+    let (fleet, run) = world.start("only");
+    // Claimed, still being built.
+    until("every account is claimed", || fleet.stats().claimed == 4).await;
+    assert!(fleet.accounts().is_empty());
+    fleet.shutdown();
+    let stats = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the fleet did not stop")
+        .expect("join");
+    assert_eq!(stats.released, 4, "{stats:?}");
+    for account in 1_000..1_004 {
+        assert_eq!(
+            futures_block(world.storage.lease_holder(account)).expect("holder"),
+            None
+        );
+    }
 }
