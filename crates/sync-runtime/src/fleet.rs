@@ -602,6 +602,12 @@ where
             .filter(|a| !self.slots.contains_key(a) && !self.benched.contains_key(a))
             .collect();
         for account in claims {
+            // Claiming thousands of accounts (a start-up, a member gone) takes round trips
+            // each: the leases already held are renewed in between, on time.
+            if Instant::now() >= self.next_renewal {
+                self.renew().await;
+            }
+            let sent = Instant::now();
             match storage
                 .acquire(account, &config.member, config.lease_ttl)
                 .await
@@ -609,12 +615,12 @@ where
                 Ok(Acquired::Held(lease)) => {
                     tracing::info!(account, token = %lease.token, "account claimed");
                     self.fleet.shared.stats().claimed += 1;
-                    let held = Held::new(lease);
+                    let held = Held::new(lease, sent);
                     self.slots.insert(
                         account,
                         Slot {
                             held: Arc::clone(&held),
-                            renewed: now,
+                            renewed: sent,
                             phase: Phase::Running,
                             failures: 0,
                         },

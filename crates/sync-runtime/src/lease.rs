@@ -157,9 +157,9 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    /// A lease acquired just now.
-    pub(crate) fn new(lease: Lease) -> Arc<Self> {
-        let fresh_until = Instant::now() + lease.ttl;
+    /// A lease acquired by a request sent at `sent` (storage started its ttl no earlier).
+    pub(crate) fn new(lease: Lease, sent: Instant) -> Arc<Self> {
+        let fresh_until = sent + lease.ttl;
         Arc::new(Self {
             lease,
             lost: CancellationToken::new(),

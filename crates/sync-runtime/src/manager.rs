@@ -460,6 +460,7 @@ where
         let mut attempt = 0;
         let mut waiting = false;
         loop {
+            let sent = tokio::time::Instant::now();
             let acquired = tokio::select! {
                 () = cancel.cancelled() => return Ok(None),
                 acquired = fencing.acquire(self.account, Arc::clone(&config.owner), config.ttl) => acquired,
@@ -467,7 +468,7 @@ where
             let delay = match acquired {
                 Ok(sync_storage::Acquired::Held(lease)) => {
                     tracing::info!(token = %lease.token, owner = %lease.owner, "account lease acquired");
-                    return Ok(Some(Held::new(lease)));
+                    return Ok(Some(Held::new(lease, sent)));
                 }
                 Ok(sync_storage::Acquired::Busy(holder)) => {
                     if !waiting {
