@@ -481,6 +481,8 @@ where
             next_renewal: Instant::now() + config.renew_every,
             next_registry: Instant::now(),
             jitter: Jitter::new(config.manager.jitter_seed),
+            #[cfg(feature = "metrics")]
+            series: FleetSeries::new(config),
         };
         run.run().instrument(span).await;
         drop(run);
@@ -506,6 +508,8 @@ struct Run<'a, S, F: AccountFactory> {
     next_renewal: Instant,
     next_registry: Instant,
     jitter: Jitter,
+    #[cfg(feature = "metrics")]
+    series: FleetSeries,
 }
 
 impl<S, F> Run<'_, S, F>
@@ -839,12 +843,80 @@ where
         tracing::info!("fleet stopped");
     }
 
-    fn publish(&self) {
-        let mut stats = self.fleet.shared.stats();
-        stats.members = self.members.len();
-        stats.accounts = self.accounts.len();
-        stats.assigned = self.assigned.len();
-        stats.running = self.slots.len();
+    fn publish(&mut self) {
+        let stats = {
+            let mut stats = self.fleet.shared.stats();
+            stats.members = self.members.len();
+            stats.accounts = self.accounts.len();
+            stats.assigned = self.assigned.len();
+            stats.running = self.slots.len();
+            *stats
+        };
+        #[cfg(feature = "metrics")]
+        self.series.publish(&stats);
+        #[cfg(not(feature = "metrics"))]
+        let _ = stats;
+    }
+}
+
+/// The fleet's series in the `metrics` facade (feature `metrics`), labelled with the member
+/// and the managers' extra labels (`docs/METRICS.md`).
+#[cfg(feature = "metrics")]
+struct FleetSeries {
+    members: metrics::Gauge,
+    accounts: metrics::Gauge,
+    assigned: metrics::Gauge,
+    running: metrics::Gauge,
+    claimed: metrics::Counter,
+    released: metrics::Counter,
+    restarts: metrics::Counter,
+    lost: metrics::Counter,
+    failed: metrics::Counter,
+    /// What the counters were last given, so each publication adds only what is new.
+    published: FleetStats,
+}
+
+#[cfg(feature = "metrics")]
+impl FleetSeries {
+    fn new(config: &FleetConfig) -> Self {
+        let mut labels: Vec<metrics::Label> = config
+            .manager
+            .metrics
+            .labels
+            .iter()
+            .map(|(key, value)| metrics::Label::new(key.clone(), value.clone()))
+            .collect();
+        labels.push(metrics::Label::new("member", config.member.to_string()));
+        Self {
+            members: metrics::gauge!("sync_fleet_members", labels.clone()),
+            accounts: metrics::gauge!("sync_fleet_accounts_registered", labels.clone()),
+            assigned: metrics::gauge!("sync_fleet_accounts_assigned", labels.clone()),
+            running: metrics::gauge!("sync_fleet_accounts_running", labels.clone()),
+            claimed: metrics::counter!("sync_fleet_claims_total", labels.clone()),
+            released: metrics::counter!("sync_fleet_releases_total", labels.clone()),
+            restarts: metrics::counter!("sync_fleet_restarts_total", labels.clone()),
+            lost: metrics::counter!("sync_fleet_leases_lost_total", labels.clone()),
+            failed: metrics::counter!("sync_fleet_accounts_failed_total", labels),
+            published: FleetStats::default(),
+        }
+    }
+
+    fn publish(&mut self, stats: &FleetStats) {
+        self.members.set(stats.members as f64);
+        self.accounts.set(stats.accounts as f64);
+        self.assigned.set(stats.assigned as f64);
+        self.running.set(stats.running as f64);
+        let last = self.published;
+        self.claimed
+            .increment(stats.claimed.saturating_sub(last.claimed));
+        self.released
+            .increment(stats.released.saturating_sub(last.released));
+        self.restarts
+            .increment(stats.restarts.saturating_sub(last.restarts));
+        self.lost.increment(stats.lost.saturating_sub(last.lost));
+        self.failed
+            .increment(stats.failed.saturating_sub(last.failed));
+        self.published = *stats;
     }
 }
 

@@ -453,3 +453,70 @@ fn managers_without_the_account_label_share_their_handles() {
         assert_eq!(recorder.registrations("sync_runtime_requests_total"), 5);
     });
 }
+
+/// A fleet's factory for the metrics test: a simulated server per account, a recorder each.
+struct Accounts;
+
+impl sync_runtime::AccountFactory for Accounts {
+    type Api = sync_runtime::sim::SimulatedApi;
+    type Handler = sync_runtime::sim::Recorder;
+
+    async fn build(
+        &self,
+        account: AccountId,
+    ) -> std::result::Result<(Self::Api, Self::Handler), sync_runtime::BoxError> {
+        let server = sync_testkit::Server::new(
+            account as u64,
+            sync_testkit::Workload::default(),
+            sync_testkit::Limits::default(),
+        );
+        let api = sync_runtime::sim::SimulatedApi::new(
+            server,
+            ApiFaults::none(Duration::from_millis(1)),
+            account as u64,
+        );
+        Ok((api, sync_runtime::sim::Recorder::new()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_exports_its_members_accounts_and_lease_counts() {
+    use sync_storage::RegistryStorage;
+
+    let recorder = TestRecorder::default();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let storage = Arc::new(MemoryStorage::with_clock(common::TokioClock(
+        tokio::time::Instant::now(),
+    )));
+    storage.register(&[1, 2, 3]).await.expect("register");
+    let config = sync_runtime::FleetConfig {
+        member: "only".into(),
+        tick: Duration::from_millis(100),
+        ..sync_runtime::FleetConfig::new()
+    };
+    let fleet = sync_runtime::Fleet::new(Arc::clone(&storage), Accounts, config);
+    let handle = fleet.handle();
+    let run = tokio::spawn(fleet.run());
+    while handle.accounts().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(recorder.gauge("sync_fleet_accounts_running"), 3.0);
+    assert_eq!(recorder.gauge("sync_fleet_accounts_assigned"), 3.0);
+    assert_eq!(recorder.gauge("sync_fleet_members"), 1.0);
+    assert_eq!(recorder.counter("sync_fleet_claims_total"), 3);
+    assert!(
+        recorder
+            .series()
+            .iter()
+            .filter(|s| s.name.starts_with("sync_fleet_"))
+            .all(|s| s.label("member") == Some("only")),
+        "every fleet series names its member"
+    );
+
+    handle.shutdown();
+    let stats = run.await.expect("join").expect("fleet");
+    assert_eq!(stats.released, 3);
+    assert_eq!(recorder.counter("sync_fleet_releases_total"), 3);
+    assert_eq!(recorder.gauge("sync_fleet_accounts_running"), 0.0);
+}
