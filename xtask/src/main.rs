@@ -3,7 +3,8 @@
 //! - `test`: the project's one test command. Makes sure `redis-server` and `redis-cli` are on
 //!   the machine (installing them with apt-get when missing and running as root), then runs
 //!   every test of the workspace. Under `CI=true` a missing one fails the run.
-//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`.
+//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` with rustdoc's
+//!   warnings as errors, then `test`.
 //! - `bench [ARGS..]`: the criterion benchmarks (`cargo bench -p sync-benches`).
 //! - `fuzz [TARGET] [--time SECONDS]`: runs a cargo-fuzz target of `fuzz/` (or every target in
 //!   turn), installing cargo-fuzz when missing. When rustup has a nightly toolchain it runs
@@ -61,7 +62,7 @@ fn usage() -> &'static str {
      \n\
      commands:\n\
      \x20 test [ARGS..]   run every test of the workspace (starts from a redis-server check)\n\
-     \x20 ci              fmt --check, clippy -D warnings, then test\n\
+     \x20 ci              fmt --check, clippy -D warnings, doc -D warnings, then test\n\
      \x20 bench [ARGS..]  run the criterion benchmarks\n\
      \x20 fuzz [TARGET] [--time SECONDS]\n\
      \x20                 run one cargo-fuzz target (or each in turn) for SECONDS (default 60)\n\
@@ -127,6 +128,11 @@ fn ci(args: &[String]) -> Result {
         "warnings",
     ]);
     run(clippy)?;
+    // Broken intra-doc links and other rustdoc warnings are errors, as on docs.rs.
+    let mut doc = cargo();
+    doc.args(["doc", "--workspace", "--no-deps", "--all-features"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    run(doc)?;
     test(args)
 }
 
