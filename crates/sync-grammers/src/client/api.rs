@@ -59,8 +59,8 @@ impl<I: Invoke> Invoke for std::sync::Arc<I> {
 
 /// The [`Api`] the manager calls, over grammers' client (or any [`Invoke`]): `updates.getState`,
 /// `updates.getDifference` and `updates.getChannelDifference`, built as
-/// [`request`](crate::request) builds them (so `getDifference` goes out with `date` at least
-/// 1) and converted back by
+/// [`request`](crate::request) builds them (so `getDifference` always goes out with a
+/// positive `date`) and converted back by
 /// [`state`](crate::state), [`difference`](crate::difference) and
 /// [`channel_difference`](crate::channel_difference). Errors are mapped by [`api_error`].
 ///
