@@ -55,7 +55,7 @@ pub(crate) struct Driver<A: Api, S> {
     account: AccountId,
     api: Arc<A>,
     storage: Arc<S>,
-    config: ManagerConfig,
+    config: Arc<ManagerConfig>,
     shared: Arc<Shared>,
     engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
     /// The hand-over to the dispatch and the acknowledgements of what was handled.
@@ -97,7 +97,7 @@ where
         account: AccountId,
         api: Arc<A>,
         storage: Arc<S>,
-        config: ManagerConfig,
+        config: Arc<ManagerConfig>,
         shared: Arc<Shared>,
         engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
         sink: Sink<UpdateOf<A>, EntitiesOf<A>>,
