@@ -3,7 +3,7 @@
 //! shutdown sequence, with what a run ends in ([`Summary`], [`RunError`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use sync_core::{Engine, State};
@@ -209,7 +209,7 @@ where
             api: Arc::new(api),
             storage: Arc::new(storage),
             handler: Arc::new(handler),
-            config: Arc::new(config),
+            config: shared_config(config),
             shared,
             intake,
             control,
@@ -816,6 +816,22 @@ struct Started<A: Api, S> {
     worker_tasks: JoinSet<()>,
     writer: Writer<S>,
     queue: mailbox::Receiver<Write>,
+}
+
+/// `config` in an `Arc`, shared with the managers built before with an equal one while any of
+/// them is alive (a fleet's, or many built from the same settings): one copy for all of them
+/// rather than one each.
+fn shared_config(config: ManagerConfig) -> Arc<ManagerConfig> {
+    static LAST: Mutex<Weak<ManagerConfig>> = Mutex::new(Weak::new());
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = last.upgrade()
+        && *known == config
+    {
+        return known;
+    }
+    let config = Arc::new(config);
+    *last = Arc::downgrade(&config);
+    config
 }
 
 /// Aborts a spawned task when dropped (however the run ends).
