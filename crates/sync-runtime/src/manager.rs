@@ -508,8 +508,6 @@ where
     /// Loads the state, builds the engine, the dispatch and the writer, runs the driver until
     /// shutdown and shuts down in order.
     async fn serve(&mut self, fence: Option<Fence>, jitter: Jitter) -> Result<Summary, RunError> {
-        let cancel = self.shared.cancel.clone();
-        let counters = Arc::clone(&self.shared.counters);
         // Boxed, like the waits after the main loop: the idle future holds only what the main
         // loop needs, not the room of the start's locals (the engine before it moved into the
         // driver, the stored snapshot, the dispatch being built).
@@ -518,7 +516,7 @@ where
             mut worker_tasks,
             writer,
             queue,
-        }) = Box::pin(self.start(&cancel, fence, jitter)).await?
+        }) = Box::pin(self.start(fence, jitter)).await?
         else {
             return Ok(self.stopped());
         };
@@ -527,7 +525,11 @@ where
         // in this future while the manager runs.
         let mut writer = std::pin::pin!(writer.run(queue));
         let outcome = {
-            let mut main = std::pin::pin!(driver.run(&mut self.intake, &mut self.control, &cancel));
+            let mut main = std::pin::pin!(driver.run(
+                &mut self.intake,
+                &mut self.control,
+                &self.shared.cancel,
+            ));
             // The writer only ends once the driver has dropped its queue, so this waits for
             // the driver while letting the writer make progress.
             tokio::select! {
@@ -585,7 +587,7 @@ where
         .await
         .is_ok();
         if !persisted {
-            counters.commits_failed.incr();
+            self.shared.counters.commits_failed.incr();
             tracing::error!(timeout = ?self.config.shutdown_timeout, "final commits not persisted before the shutdown deadline");
         }
         let summary = Summary {
@@ -606,10 +608,10 @@ where
     /// if shut down first.
     async fn start(
         &mut self,
-        cancel: &CancellationToken,
         fence: Option<Fence>,
         mut jitter: Jitter,
     ) -> Result<Option<Started<A, S>>, RunError> {
+        let cancel = &self.shared.cancel.clone();
         let counters = &self.shared.counters;
         let now = now();
         let built = match Box::pin(self.load(cancel, &mut jitter)).await {

@@ -28,12 +28,13 @@ pub(crate) struct Writer<S> {
     pub(crate) fence: Option<Fence>,
 }
 
+/// What one turn of the writer writes: access hashes, the commit (if not empty) and how many
+/// engine commits it folds.
+type Batch = (Vec<(ChannelId, i64)>, Option<Commit>, u64);
+
 /// Takes `first` and whatever else is queued behind it: the access hashes, and the commits
-/// folded into one with how many they were.
-fn take_queued(
-    first: Write,
-    queue: &mut mailbox::Receiver<Write>,
-) -> (Vec<(ChannelId, i64)>, Option<Commit>, u64) {
+/// folded into one with how many they were; `None` when there is nothing to write.
+fn take_queued(first: Write, queue: &mut mailbox::Receiver<Write>) -> Option<Batch> {
     let mut hashes = Vec::new();
     let mut commit: Option<Commit> = None;
     let mut commits = 0u64;
@@ -51,7 +52,8 @@ fn take_queued(
     while let Some(write) = queue.try_recv() {
         take(write);
     }
-    (hashes, commit, commits)
+    let commit = commit.filter(|c| !c.is_empty());
+    (!hashes.is_empty() || commit.is_some()).then_some((hashes, commit, commits))
 }
 
 /// Folds `later` into `earlier`, as if storage had applied both in order. Storage applies a
@@ -93,11 +95,11 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
     /// whose hash is not stored yet would leave the channel unreadable after a crash).
     pub(crate) async fn run(mut self, mut queue: mailbox::Receiver<Write>) {
         while let Some(first) = queue.recv().await {
-            let (hashes, commit, commits) = take_queued(first, &mut queue);
-            let commit = commit.filter(|c| !c.is_empty());
-            if hashes.is_empty() && commit.is_none() {
+            // Taken by a plain function and moved on whole: a value the loop looked at here
+            // would keep its room in the writer's future while it waits.
+            let Some((hashes, commit, commits)) = take_queued(first, &mut queue) else {
                 continue;
-            }
+            };
             // Boxed while a write is under way: the writer waits on its queue inside the
             // manager's future, which should not hold room for a storage call (nor for what
             // it writes) while idle.
