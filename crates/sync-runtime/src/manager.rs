@@ -137,7 +137,8 @@ pub struct Manager<A: Api, S, H> {
     intake: mailbox::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
     control: mailbox::Receiver<Control>,
     handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
-    ownership: Option<Ownership>,
+    /// Boxed: the run future holds the manager, and most managers have no lease config.
+    ownership: Option<Box<Ownership>>,
     /// The shared dispatch, if the manager runs on one (see [`Manager::with_pool`]).
     pool: Option<DispatchPool>,
 }
@@ -238,7 +239,7 @@ where
         S: LeaseStorage,
     {
         let fencing: Arc<dyn Fencing> = Arc::new(Arc::clone(&self.storage));
-        self.ownership = Some(Ownership::Own(config, fencing));
+        self.ownership = Some(Box::new(Ownership::Own(config, fencing)));
         self
     }
 
@@ -249,7 +250,7 @@ where
         S: LeaseStorage,
     {
         let fencing: Arc<dyn Fencing> = Arc::new(Arc::clone(&self.storage));
-        self.ownership = Some(Ownership::Given(Fence { fencing, held }));
+        self.ownership = Some(Box::new(Ownership::Given(Fence { fencing, held })));
         self
     }
 
@@ -374,7 +375,7 @@ where
             None => self.serve(None, jitter).await,
             // Boxed: the future would otherwise hold room for the lease's waits and state
             // beside the serving future, with or without a lease.
-            Some(ownership) => Box::pin(self.leased(ownership, jitter)).await,
+            Some(ownership) => Box::pin(self.leased(*ownership, jitter)).await,
         }
     }
 
