@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::Poll;
 
 use sync_core::{Batch, BatchId, Engine, Entities, Update};
 use sync_events::{AsyncObserver, Event, EventStream, NotHandled, Receipt, TrySent};
@@ -370,17 +371,24 @@ where
 
     /// Waits for an armed wake-up: the oldest dispatched batch handled first, then room on
     /// the blocked shard. Pending forever when none is armed (callers only poll it when
-    /// [`is_armed`](Self::is_armed)).
-    pub(crate) async fn wake(&mut self) -> Wake {
+    /// [`is_armed`](Self::is_armed)). A plain poll of the two boxed waits: the main loop
+    /// holds this future beside its others on every turn, so it holds no more than the two
+    /// references.
+    pub(crate) fn wake(&mut self) -> impl Future<Output = Wake> + '_ {
         let Self { waiting, room, .. } = self;
-        tokio::select! {
-            biased;
-            (batch, handled) = wait_handled(waiting), if waiting.is_some() => {
-                Wake::Handled(batch, handled)
+        std::future::poll_fn(move |cx| {
+            if let Some((batch, handled)) = waiting
+                && let Poll::Ready(handled) = handled.as_mut().poll(cx)
+            {
+                return Poll::Ready(Wake::Handled(*batch, handled));
             }
-            () = wait_room(room), if room.is_some() => Wake::Room,
-            else => std::future::pending().await,
-        }
+            if let Some(room) = room
+                && room.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Wake::Room);
+            }
+            Poll::Pending
+        })
     }
 
     /// Acts on what [`wake`](Self::wake) returned: acknowledges what was handled, or hands the
@@ -579,24 +587,5 @@ where
             return;
         }
         self.waiting = Some((*front, self.sink.handled(receipt.clone())));
-    }
-}
-
-/// Waits for the armed wait of [`Backlog::watch_oldest`]; pending forever when none is armed
-/// (the main loop only polls it when one is).
-async fn wait_handled(
-    waiting: &mut Option<(BatchId, BoxFuture<Result<(), NotHandled>>)>,
-) -> (BatchId, Result<(), NotHandled>) {
-    match waiting {
-        Some((batch, future)) => (*batch, future.await),
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for the armed wait for room of [`Backlog::flush`]; pending forever when none is armed.
-async fn wait_room(room: &mut Option<BoxFuture<()>>) {
-    match room {
-        Some(future) => future.await,
-        None => std::future::pending().await,
     }
 }

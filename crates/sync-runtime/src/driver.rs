@@ -3,6 +3,7 @@
 //! and the stats published for the handles.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use sync_core::{
 };
 use sync_storage::{AccessHashStorage, AccountId, StateStorage};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -55,7 +56,7 @@ pub(crate) struct Driver<A: Api, S> {
     account: AccountId,
     api: Arc<A>,
     storage: Arc<S>,
-    config: ManagerConfig,
+    config: Arc<ManagerConfig>,
     shared: Arc<Shared>,
     engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
     /// The hand-over to the dispatch and the acknowledgements of what was handled.
@@ -63,9 +64,10 @@ pub(crate) struct Driver<A: Api, S> {
     /// The writer's queue; `None` once closed at shutdown.
     writes: Option<mailbox::Sender<Write>>,
     requests: FuturesUnordered<BoxFuture<Done<UpdateOf<A>, EntitiesOf<A>>>>,
-    /// A full intake waiting on a backlog past its bound: when the watch ends, and how many
+    /// A full intake waiting on a backlog past its bound: the timer of the watch's end (boxed,
+    /// so that the driver holds room for it only while a stall is watched), and how many
     /// events the backlog had handed over when it began.
-    stall: Option<(Instant, u64)>,
+    stall: Option<(Pin<Box<Sleep>>, u64)>,
     /// Requests held back while the backlog is past its bound.
     held: Vec<Request>,
     /// Consecutive failures per target, for the backoff; cleared on success.
@@ -75,8 +77,8 @@ pub(crate) struct Driver<A: Api, S> {
     jitter: Jitter,
     /// `caught_up` callers, with the shard of the handler each called from, if any.
     waiters: Vec<(oneshot::Sender<()>, Option<usize>)>,
-    /// The engine stats last looked at, for logging what changed.
-    seen: sync_core::Stats,
+    /// The gap counters of the engine stats last looked at, for logging what changed.
+    seen: Gaps,
     /// Shutting down: requests are no longer sent.
     stopping: bool,
     /// The engine's stats as last exported to `metrics`.
@@ -97,7 +99,7 @@ where
         account: AccountId,
         api: Arc<A>,
         storage: Arc<S>,
-        config: ManagerConfig,
+        config: Arc<ManagerConfig>,
         shared: Arc<Shared>,
         engine: Engine<UpdateOf<A>, EntitiesOf<A>>,
         sink: Sink<UpdateOf<A>, EntitiesOf<A>>,
@@ -123,7 +125,7 @@ where
             hashes: HashMap::new(),
             jitter,
             waiters: Vec::new(),
-            seen: sync_core::Stats::default(),
+            seen: Gaps::default(),
             stopping: false,
             metrics,
         }
@@ -207,7 +209,7 @@ where
                 () = self.shared.full.notified(), if self.backlog.backlogged() => {
                     self.watch_stall();
                 }
-                () = stall_over(self.stall), if self.stall.is_some() => {
+                () = stall_over(&mut self.stall), if self.stall.is_some() => {
                     self.stall_check(intake);
                 }
                 Some(input) = intake.recv(), if !self.backlog.backlogged() => {
@@ -314,7 +316,8 @@ where
     /// waits for room in this very intake).
     fn watch_stall(&mut self) {
         if self.stall.is_none() && self.intake_full() {
-            self.stall = Some((Instant::now() + Self::STALL, self.backlog.handed()));
+            let over = Box::pin(tokio::time::sleep_until(Instant::now() + Self::STALL));
+            self.stall = Some((over, self.backlog.handed()));
         }
     }
 
@@ -710,7 +713,7 @@ where
             );
         }
         self.metrics.publish(&stats);
-        self.seen = stats;
+        self.seen = Gaps::of(&stats);
     }
 }
 
@@ -731,9 +734,29 @@ fn log_difference<U, E>(id: RequestId, difference: &Difference<U, E>) {
 
 /// Waits until the stall watch `stall` is over; pending forever without one (the main loop
 /// only polls it when there is one).
-async fn stall_over(stall: Option<(Instant, u64)>) {
+async fn stall_over(stall: &mut Option<(Pin<Box<Sleep>>, u64)>) {
     match stall {
-        Some((at, _)) => tokio::time::sleep_until(at).await,
+        Some((over, _)) => over.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The gap counters of [`sync_core::Stats`] that [`Driver::publish`] logs the changes of.
+#[derive(Debug, Clone, Copy, Default)]
+struct Gaps {
+    gaps_detected: u64,
+    gaps_filled_by_wait: u64,
+    gaps_resolved_by_difference: u64,
+    buffer_overflows: u64,
+}
+
+impl Gaps {
+    fn of(stats: &sync_core::Stats) -> Self {
+        Self {
+            gaps_detected: stats.gaps_detected,
+            gaps_filled_by_wait: stats.gaps_filled_by_wait,
+            gaps_resolved_by_difference: stats.gaps_resolved_by_difference,
+            buffer_overflows: stats.buffer_overflows,
+        }
     }
 }

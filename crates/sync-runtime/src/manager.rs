@@ -3,7 +3,7 @@
 //! shutdown sequence, with what a run ends in ([`Summary`], [`RunError`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use sync_core::{Engine, State};
@@ -25,7 +25,7 @@ use crate::handler::Handler;
 use crate::lease::{self, Fence, Fencing, Held, LeaseConfig, LeaseLoss};
 use crate::pool::DispatchPool;
 use crate::stats::{Counters, Stats};
-use crate::writer::Writer;
+use crate::writer::{Write, Writer};
 
 /// Why [`Manager::run`] stopped other than by a shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -131,12 +131,14 @@ pub struct Manager<A: Api, S, H> {
     api: Arc<A>,
     storage: Arc<S>,
     handler: Arc<H>,
-    config: ManagerConfig,
+    /// Shared with the driver (one copy per manager rather than one in each part).
+    config: Arc<ManagerConfig>,
     shared: Arc<Shared>,
     intake: mailbox::Receiver<Input<UpdateOf<A>, EntitiesOf<A>>>,
     control: mailbox::Receiver<Control>,
     handle: ManagerHandle<UpdateOf<A>, EntitiesOf<A>>,
-    ownership: Option<Ownership>,
+    /// Boxed: the run future holds the manager, and most managers have no lease config.
+    ownership: Option<Box<Ownership>>,
     /// The shared dispatch, if the manager runs on one (see [`Manager::with_pool`]).
     pool: Option<DispatchPool>,
 }
@@ -208,7 +210,7 @@ where
             api: Arc::new(api),
             storage: Arc::new(storage),
             handler: Arc::new(handler),
-            config,
+            config: shared_config(config),
             shared,
             intake,
             control,
@@ -237,7 +239,7 @@ where
         S: LeaseStorage,
     {
         let fencing: Arc<dyn Fencing> = Arc::new(Arc::clone(&self.storage));
-        self.ownership = Some(Ownership::Own(config, fencing));
+        self.ownership = Some(Box::new(Ownership::Own(config, fencing)));
         self
     }
 
@@ -248,7 +250,7 @@ where
         S: LeaseStorage,
     {
         let fencing: Arc<dyn Fencing> = Arc::new(Arc::clone(&self.storage));
-        self.ownership = Some(Ownership::Given(Fence { fencing, held }));
+        self.ownership = Some(Box::new(Ownership::Given(Fence { fencing, held })));
         self
     }
 
@@ -368,15 +370,28 @@ where
     async fn run_inner(mut self) -> Result<Summary, RunError> {
         self.shared.running.store(true, Ordering::Release);
         let _running = RunningGuard(Arc::clone(&self.shared));
-        let cancel = self.shared.cancel.clone();
-        let mut jitter = Jitter::new(self.config.jitter_seed);
+        let jitter = Jitter::new(self.config.jitter_seed);
+        match self.ownership.take() {
+            None => self.serve(None, jitter).await,
+            // Boxed: the future would otherwise hold room for the lease's waits and state
+            // beside the serving future, with or without a lease.
+            Some(ownership) => Box::pin(self.leased(*ownership, jitter)).await,
+        }
+    }
 
+    /// The run under a lease: acquired first (unless given), fenced, released after a clean
+    /// stop.
+    async fn leased(
+        &mut self,
+        ownership: Ownership,
+        mut jitter: Jitter,
+    ) -> Result<Summary, RunError> {
+        let cancel = self.shared.cancel.clone();
         // Ownership first: the stored state is only read once the lease is ours, so it is the
         // state the previous owner left.
-        let (fence, own) = match self.ownership.take() {
-            None => (None, None),
-            Some(Ownership::Given(fence)) => (Some(fence), None),
-            Some(Ownership::Own(config, fencing)) => {
+        let (fence, own) = match ownership {
+            Ownership::Given(fence) => (fence, None),
+            Ownership::Own(config, fencing) => {
                 // Boxed, like every wait of the run other than the main loop's: a future holds
                 // room for the largest of its waits, and an idle manager should only hold the
                 // main loop's.
@@ -390,11 +405,8 @@ where
                     Arc::clone(&held),
                     config.clone(),
                 ));
-                (Some(Fence { fencing, held }), Some(AbortOnDrop(renewal)))
+                (Fence { fencing, held }, Some(AbortOnDrop(renewal)))
             }
-        };
-        let Some(fence) = fence else {
-            return self.serve(None, jitter).await;
         };
         let token = fence.held.lease.token;
         lease::publish_token(&self.shared.token, Some(token));
@@ -408,8 +420,7 @@ where
         // dispatch workers (handlers included) and the writer, as a crash would, so nothing
         // more is handled beside the new owner; storage would refuse the commits anyway.
         let outcome = tokio::select! {
-            // Boxed: the future would otherwise hold room for two serving futures, this one
-            // and the one without a lease above.
+            // Boxed, like every wait of the run other than the main loop's.
             outcome = Box::pin(self.serve(Some(fence.clone()), jitter)) => outcome,
             () = fence.held.lost.cancelled() => Err(lost(&fence.held)),
         };
@@ -497,87 +508,29 @@ where
 
     /// Loads the state, builds the engine, the dispatch and the writer, runs the driver until
     /// shutdown and shuts down in order.
-    async fn serve(
-        &mut self,
-        fence: Option<Fence>,
-        mut jitter: Jitter,
-    ) -> Result<Summary, RunError> {
-        let cancel = self.shared.cancel.clone();
-        let counters = Arc::clone(&self.shared.counters);
-        let stopped = |handle: &ManagerHandle<_, _>| Summary {
-            stats: handle.stats(),
-            state: None,
-            persisted: true,
-            abandoned: 0,
+    async fn serve(&mut self, fence: Option<Fence>, jitter: Jitter) -> Result<Summary, RunError> {
+        // Boxed, like the waits after the main loop: the idle future holds only what the main
+        // loop needs, not the room of the start's locals (the engine before it moved into the
+        // driver, the stored snapshot, the dispatch being built).
+        let Some(Started {
+            mut driver,
+            mut worker_tasks,
+            writer,
+            queue,
+        }) = Box::pin(self.start(fence, jitter)).await?
+        else {
+            return Ok(self.stopped());
         };
-        let now = now();
-        // The waits before and after the main loop are boxed (see `run_inner`).
-        let built = match Box::pin(self.load(&cancel, &mut jitter)).await {
-            Ok(Some(snapshot)) => self.engine(now, snapshot).map_err(BadState::Invalid),
-            Ok(None) => return Ok(stopped(&self.handle)),
-            Err(RunError::Storage(error)) if error.is_corrupt() => Err(BadState::Unreadable(error)),
-            Err(error) => return Err(error),
-        };
-        let engine = match built {
-            Ok(engine) => engine,
-            Err(bad) if self.config.on_bad_state == BadStatePolicy::Stop => {
-                tracing::error!(%bad, "unusable stored state: stopping");
-                return Err(bad.into());
-            }
-            Err(bad) => {
-                tracing::warn!(%bad, "unusable stored state: deleting it and starting with getState");
-                if !Box::pin(self.forget(&cancel, &mut jitter)).await? {
-                    return Ok(stopped(&self.handle));
-                }
-                tokio::select! {
-                    () = cancel.cancelled() => return Ok(stopped(&self.handle)),
-                    () = Box::pin(self.handler.state_discarded(bad)) => {}
-                }
-                Engine::new(self.config.engine.clone(), now)
-            }
-        };
-
-        let mut worker_tasks = JoinSet::new();
-        let lease = fence.as_ref().map(|fence| Arc::clone(&fence.held));
-        let sink = match &self.pool {
-            Some(pool) => Sink::Pooled(pool.attach(
-                self.shared.id,
-                Arc::clone(&self.handler),
-                Arc::clone(&counters),
-                lease,
-            )),
-            None => self.private_dispatch(&mut worker_tasks, lease)?,
-        };
-
-        let (writes, queue) = mailbox::channel();
         // Pinned where they are made, the writer here and the main loop below: pinning a
         // future made earlier moves it, and the place it was made in would keep its room
         // in this future while the manager runs.
-        let mut writer = std::pin::pin!(
-            Writer {
-                account: self.account,
-                storage: Arc::clone(&self.storage),
-                counters: Arc::clone(&counters),
-                retry: Policy::storage(&self.config),
-                jitter: jitter.fork(),
-                fence,
-            }
-            .run(queue)
-        );
-
-        let mut driver = Driver::new(
-            self.account,
-            Arc::clone(&self.api),
-            Arc::clone(&self.storage),
-            self.config.clone(),
-            Arc::clone(&self.shared),
-            engine,
-            sink,
-            writes,
-            jitter,
-        );
+        let mut writer = std::pin::pin!(writer.run(queue));
         let outcome = {
-            let mut main = std::pin::pin!(driver.run(&mut self.intake, &mut self.control, &cancel));
+            let mut main = std::pin::pin!(driver.run(
+                &mut self.intake,
+                &mut self.control,
+                &self.shared.cancel,
+            ));
             // The writer only ends once the driver has dropped its queue, so this waits for
             // the driver while letting the writer make progress.
             tokio::select! {
@@ -635,7 +588,7 @@ where
         .await
         .is_ok();
         if !persisted {
-            counters.commits_failed.incr();
+            self.shared.counters.commits_failed.incr();
             tracing::error!(timeout = ?self.config.shutdown_timeout, "final commits not persisted before the shutdown deadline");
         }
         let summary = Summary {
@@ -649,6 +602,82 @@ where
             Ok(()) => Ok(summary),
             Err(message) => Err(RunError::Unauthorized { message }),
         }
+    }
+
+    /// Everything before the main loop: loads the state and builds the engine (handling
+    /// unusable stored state as configured), the dispatch, the writer and the driver; `None`
+    /// if shut down first.
+    async fn start(
+        &mut self,
+        fence: Option<Fence>,
+        mut jitter: Jitter,
+    ) -> Result<Option<Started<A, S>>, RunError> {
+        let cancel = &self.shared.cancel.clone();
+        let counters = &self.shared.counters;
+        let now = now();
+        let built = match Box::pin(self.load(cancel, &mut jitter)).await {
+            Ok(Some(snapshot)) => self.engine(now, snapshot).map_err(BadState::Invalid),
+            Ok(None) => return Ok(None),
+            Err(RunError::Storage(error)) if error.is_corrupt() => Err(BadState::Unreadable(error)),
+            Err(error) => return Err(error),
+        };
+        let engine = match built {
+            Ok(engine) => engine,
+            Err(bad) if self.config.on_bad_state == BadStatePolicy::Stop => {
+                tracing::error!(%bad, "unusable stored state: stopping");
+                return Err(bad.into());
+            }
+            Err(bad) => {
+                tracing::warn!(%bad, "unusable stored state: deleting it and starting with getState");
+                if !Box::pin(self.forget(cancel, &mut jitter)).await? {
+                    return Ok(None);
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(None),
+                    () = Box::pin(self.handler.state_discarded(bad)) => {}
+                }
+                Engine::new(self.config.engine.clone(), now)
+            }
+        };
+
+        let mut worker_tasks = JoinSet::new();
+        let lease = fence.as_ref().map(|fence| Arc::clone(&fence.held));
+        let sink = match &self.pool {
+            Some(pool) => Sink::Pooled(pool.attach(
+                self.shared.id,
+                Arc::clone(&self.handler),
+                Arc::clone(counters),
+                lease,
+            )),
+            None => self.private_dispatch(&mut worker_tasks, lease)?,
+        };
+
+        let (writes, queue) = mailbox::channel();
+        let writer = Writer {
+            account: self.account,
+            storage: Arc::clone(&self.storage),
+            counters: Arc::clone(counters),
+            retry: Policy::storage(&self.config),
+            jitter: jitter.fork(),
+            fence,
+        };
+        let driver = Driver::new(
+            self.account,
+            Arc::clone(&self.api),
+            Arc::clone(&self.storage),
+            Arc::clone(&self.config),
+            Arc::clone(&self.shared),
+            engine,
+            sink,
+            writes,
+            jitter,
+        );
+        Ok(Some(Started {
+            driver,
+            worker_tasks,
+            writer,
+            queue,
+        }))
     }
 
     /// The manager's own dispatch: one observer per shard over the shared handler, the workers
@@ -781,6 +810,31 @@ fn unreachable_writer_end() -> Result<(), String> {
     // it ever did, stopping cleanly is the safe reaction.
     tracing::error!("the storage writer ended before the manager");
     Ok(())
+}
+
+/// What [`Manager::start`] built for the main loop.
+struct Started<A: Api, S> {
+    driver: Driver<A, S>,
+    /// The workers of the manager's own dispatch (none on a pool).
+    worker_tasks: JoinSet<()>,
+    writer: Writer<S>,
+    queue: mailbox::Receiver<Write>,
+}
+
+/// `config` in an `Arc`, shared with the managers built before with an equal one while any of
+/// them is alive (a fleet's, or many built from the same settings): one copy for all of them
+/// rather than one each.
+fn shared_config(config: ManagerConfig) -> Arc<ManagerConfig> {
+    static LAST: Mutex<Weak<ManagerConfig>> = Mutex::new(Weak::new());
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = last.upgrade()
+        && *known == config
+    {
+        return known;
+    }
+    let config = Arc::new(config);
+    *last = Arc::downgrade(&config);
+    config
 }
 
 /// Aborts a spawned task when dropped (however the run ends).

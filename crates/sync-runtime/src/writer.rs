@@ -28,6 +28,34 @@ pub(crate) struct Writer<S> {
     pub(crate) fence: Option<Fence>,
 }
 
+/// What one turn of the writer writes: access hashes, the commit (if not empty) and how many
+/// engine commits it folds.
+type Batch = (Vec<(ChannelId, i64)>, Option<Commit>, u64);
+
+/// Takes `first` and whatever else is queued behind it: the access hashes, and the commits
+/// folded into one with how many they were; `None` when there is nothing to write.
+fn take_queued(first: Write, queue: &mut mailbox::Receiver<Write>) -> Option<Batch> {
+    let mut hashes = Vec::new();
+    let mut commit: Option<Commit> = None;
+    let mut commits = 0u64;
+    let mut take = |write: Write| match write {
+        Write::Hashes(more) => hashes.extend(more),
+        Write::Commit(more) => {
+            commits += 1;
+            match &mut commit {
+                Some(commit) => merge(commit, more),
+                None => commit = Some(more),
+            }
+        }
+    };
+    take(first);
+    while let Some(write) = queue.try_recv() {
+        take(write);
+    }
+    let commit = commit.filter(|c| !c.is_empty());
+    (!hashes.is_empty() || commit.is_some()).then_some((hashes, commit, commits))
+}
+
 /// Folds `later` into `earlier`, as if storage had applied both in order. Storage applies a
 /// commit's removals first, then its state, then its channels, so: a later removal erases the
 /// earlier position of that channel, a later position wins over an earlier one, and reset
@@ -67,40 +95,42 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
     /// whose hash is not stored yet would leave the channel unreadable after a crash).
     pub(crate) async fn run(mut self, mut queue: mailbox::Receiver<Write>) {
         while let Some(first) = queue.recv().await {
-            let mut hashes = Vec::new();
-            let mut commit: Option<Commit> = None;
-            let mut commits = 0u64;
-            let mut take = |write: Write| match write {
-                Write::Hashes(more) => hashes.extend(more),
-                Write::Commit(more) => {
-                    commits += 1;
-                    match &mut commit {
-                        Some(commit) => merge(commit, more),
-                        None => commit = Some(more),
-                    }
-                }
+            // Taken by a plain function and moved on whole: a value the loop looked at here
+            // would keep its room in the writer's future while it waits.
+            let Some((hashes, commit, commits)) = take_queued(first, &mut queue) else {
+                continue;
             };
-            take(first);
-            while let Some(write) = queue.try_recv() {
-                take(write);
-            }
-            if !hashes.is_empty() {
-                let count = hashes.len() as u64;
-                // Boxed while a write is under way: the writer waits on its queue inside the
-                // manager's future, which should not hold room for a storage call while idle.
-                let written = Box::pin(self.retry("access hashes", |storage, account| {
+            // Boxed while a write is under way: the writer waits on its queue inside the
+            // manager's future, which should not hold room for a storage call (nor for what
+            // it writes) while idle.
+            Box::pin(self.persist(hashes, commit, commits)).await;
+        }
+    }
+
+    /// Writes the access hashes, then the commit that folds `commits` engine commits.
+    async fn persist(
+        &mut self,
+        hashes: Vec<(ChannelId, i64)>,
+        commit: Option<Commit>,
+        commits: u64,
+    ) {
+        if !hashes.is_empty() {
+            let count = hashes.len() as u64;
+            let written = self
+                .retry("access hashes", |storage, account| {
                     let hashes = hashes.clone();
                     async move { storage.set_access_hashes(account, &hashes).await }
-                }))
+                })
                 .await;
-                if written {
-                    self.counters.access_hashes_written.add(count);
-                }
+            if written {
+                self.counters.access_hashes_written.add(count);
             }
-            if let Some(commit) = commit.filter(|c| !c.is_empty()) {
-                let fence = self.fence.clone();
-                let timer = Timer::start();
-                let written = Box::pin(self.retry("commit", |storage, account| {
+        }
+        if let Some(commit) = commit {
+            let fence = self.fence.clone();
+            let timer = Timer::start();
+            let written = self
+                .retry("commit", |storage, account| {
                     let commit = commit.clone();
                     let fence = fence.clone();
                     async move {
@@ -114,12 +144,11 @@ impl<S: StateStorage + AccessHashStorage> Writer<S> {
                             }
                         }
                     }
-                }))
+                })
                 .await;
-                self.counters.commit_ended(timer, written, commits);
-                if written {
-                    tracing::trace!(state = ?commit.state, channels = commit.channels.len(), "commit written");
-                }
+            self.counters.commit_ended(timer, written, commits);
+            if written {
+                tracing::trace!(state = ?commit.state, channels = commit.channels.len(), "commit written");
             }
         }
     }
