@@ -477,6 +477,8 @@ where
             members: Vec::new(),
             accounts: Vec::new(),
             assigned: BTreeSet::new(),
+            assigned_from: None,
+            accounts_changed: false,
             benched: HashMap::new(),
             next_renewal: Instant::now() + config.renew_every,
             next_registry: Instant::now(),
@@ -503,6 +505,11 @@ struct Run<'a, S, F: AccountFactory> {
     members: Vec<String>,
     accounts: Vec<AccountId>,
     assigned: BTreeSet<AccountId>,
+    /// The members `assigned` was computed from (with the accounts as they are, unless
+    /// `accounts_changed`).
+    assigned_from: Option<Vec<String>>,
+    /// The registry read last changed the accounts.
+    accounts_changed: bool,
     /// Accounts that stopped for good, left alone until then.
     benched: HashMap<AccountId, Instant>,
     next_renewal: Instant,
@@ -548,6 +555,7 @@ where
         if now >= self.next_registry {
             match storage.registered().await {
                 Ok(accounts) => {
+                    self.accounts_changed |= accounts != self.accounts;
                     self.accounts = accounts;
                     self.next_registry = now + config.registry_every;
                 }
@@ -556,7 +564,13 @@ where
                 }
             }
         }
-        self.assigned = assign(&config.member, &self.members, &self.accounts);
+        // The assignment costs a hash per account and member: computed again only when the
+        // members or the accounts changed.
+        if self.assigned_from.as_ref() != Some(&self.members) || self.accounts_changed {
+            self.assigned = assign(&config.member, &self.members, &self.accounts);
+            self.assigned_from = Some(self.members.clone());
+            self.accounts_changed = false;
+        }
         if now >= self.next_renewal {
             self.renew().await;
         }

@@ -441,3 +441,38 @@ async fn a_fleet_stopping_while_accounts_are_still_built_stops_them_too() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn accounts_registered_later_are_run_and_unregistered_ones_handed_back() {
+    let world = World::new(5, 100).await;
+    let late = 1_004;
+    world.storage.unregister(&[late]).await.expect("unregister");
+    let (fleet, run) = world.start("only");
+    until("the registered accounts run", || {
+        fleet.accounts().len() == 4
+    })
+    .await;
+    assert!(!fleet.accounts().contains(&late));
+
+    world.storage.register(&[late]).await.expect("register");
+    let picked_up = until("the new account runs", || fleet.accounts().contains(&late)).await;
+    let bound = fleet_config("x").registry_every + fleet_config("x").tick * 2;
+    assert!(picked_up <= bound, "picked up after {picked_up:?}");
+
+    world
+        .storage
+        .unregister(&[1_000])
+        .await
+        .expect("unregister");
+    until("the removed account is handed back", || {
+        !fleet.accounts().contains(&1_000)
+    })
+    .await;
+    assert!(
+        futures_block(world.storage.lease_holder(1_000))
+            .expect("holder")
+            .is_none()
+    );
+    fleet.shutdown();
+    run.await.expect("join");
+}
