@@ -272,19 +272,29 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 const CHATS: i64 = 32;
 
-#[tokio::test(start_paused = true)]
-async fn a_blocked_account_holds_up_only_its_shard_and_its_shutdown_abandons_only_its_events() {
-    let pool = DispatchPool::new(8, 1_024).expect("pool");
+/// Two accounts on `pool`, caught up: the first (account 1) with its handler blocked for good
+/// on one update, the second (account 2) recording the chats it handles.
+struct BlockedBeside {
+    stuck: Handle,
+    stuck_run: Run,
+    stuck_storage: Arc<MemoryStorage>,
+    /// How many of the blocked handler's calls were stopped (dropped).
+    dropped: Arc<AtomicUsize>,
+    other: Handle,
+    other_run: Run,
+    other_storage: Arc<MemoryStorage>,
+    chats: Arc<Mutex<HashSet<i64>>>,
+}
+
+async fn blocked_beside(pool: &DispatchPool) -> BlockedBeside {
     let (started, dropped) = (Arc::default(), Arc::default());
     let stuck_storage = Arc::new(MemoryStorage::new());
-    let (stuck, stuck_run) = start(1, blocking(&started, &dropped), &stuck_storage, &pool);
+    let (stuck, stuck_run) = start(1, blocking(&started, &dropped), &stuck_storage, pool);
     let chats = Arc::new(Mutex::new(HashSet::new()));
     let other_storage = Arc::new(MemoryStorage::new());
-    let (other, other_run) = start(2, recording(&chats), &other_storage, &pool);
+    let (other, other_run) = start(2, recording(&chats), &other_storage, pool);
     bounded("caught_up", stuck.caught_up()).await.expect("up");
     bounded("caught_up", other.caught_up()).await.expect("up");
-
-    // One chat of the first account blocks one shard for good.
     stuck
         .push_batch(messages(std::iter::once(1)))
         .expect("push");
@@ -292,6 +302,32 @@ async fn a_blocked_account_holds_up_only_its_shard_and_its_shutdown_abandons_onl
         started.load(Ordering::SeqCst) == 1
     })
     .await;
+    BlockedBeside {
+        stuck,
+        stuck_run,
+        stuck_storage,
+        dropped,
+        other,
+        other_run,
+        other_storage,
+        chats,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_account_holds_up_only_its_shard_and_its_shutdown_abandons_only_its_events() {
+    let pool = DispatchPool::new(8, 1_024).expect("pool");
+    // One chat of the first account blocks one shard for good.
+    let BlockedBeside {
+        stuck,
+        stuck_run,
+        stuck_storage,
+        dropped,
+        other,
+        other_run,
+        other_storage,
+        chats,
+    } = blocked_beside(&pool).await;
     // The second account's chats spread over the shards: those on the other seven are handled.
     other.push_batch(messages(100..100 + CHATS)).expect("push");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -345,20 +381,16 @@ async fn a_blocked_account_holds_up_only_its_shard_and_its_shutdown_abandons_onl
 async fn an_account_stuck_behind_another_abandons_its_own_events_at_shutdown() {
     // One shard: the second account's events wait behind the first account's blocked handler.
     let pool = DispatchPool::new(1, 1_024).expect("pool");
-    let (started, dropped) = (Arc::default(), Arc::default());
-    let (stuck, stuck_run) = start(1, blocking(&started, &dropped), &Arc::default(), &pool);
-    let chats = Arc::new(Mutex::new(HashSet::new()));
-    let storage = Arc::new(MemoryStorage::new());
-    let (waiting, waiting_run) = start(2, recording(&chats), &storage, &pool);
-    bounded("caught_up", stuck.caught_up()).await.expect("up");
-    bounded("caught_up", waiting.caught_up()).await.expect("up");
-    stuck
-        .push_batch(messages(std::iter::once(1)))
-        .expect("push");
-    wait_until("the blocking handler", || {
-        started.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let BlockedBeside {
+        stuck,
+        stuck_run,
+        dropped,
+        other: waiting,
+        other_run: waiting_run,
+        other_storage: storage,
+        chats,
+        ..
+    } = blocked_beside(&pool).await;
     waiting.push_batch(messages(100..110)).expect("push");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(chats.lock().expect("chats").is_empty());

@@ -305,6 +305,16 @@ async fn case(
     Ok(())
 }
 
+/// Runs one case on a fresh single-threaded runtime with tokio's paused clock.
+fn on_paused_clock<T>(case: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+        .block_on(case)
+}
+
 fn capacities() -> impl Strategy<Value = Option<(usize, usize, usize)>> {
     prop_oneof![
         3 => (1..=4usize, 1..=4usize, 1..=4usize).prop_map(Some),
@@ -324,12 +334,7 @@ proptest! {
         tiny in capacities(),
         faults in 0..3usize,
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
-        let verdict = runtime.block_on(case(seed, tiny, faults, false));
+        let verdict = on_paused_clock(case(seed, tiny, faults, false));
         prop_assert!(verdict.is_ok(), "seed {seed}, {tiny:?}, mix {faults}: {verdict:?}");
     }
 }
@@ -346,12 +351,7 @@ proptest! {
         tiny in capacities(),
         faults in 0..3usize,
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
-        let verdict = runtime.block_on(case(seed, tiny, faults, true));
+        let verdict = on_paused_clock(case(seed, tiny, faults, true));
         prop_assert!(verdict.is_ok(), "pooled, seed {seed}, {tiny:?}, mix {faults}: {verdict:?}");
     }
 }
