@@ -202,20 +202,7 @@ async fn a_crashed_owner_is_taken_over_within_the_ttl() {
     let (second, second_run) = start(&sim, &storage, &second_log, "second");
     let producing = sim.produce(&first, producer(53, 400, Faults::moderate(), false));
     tokio::time::sleep(Duration::from_millis(3_500)).await;
-    // A crash: the owner's future is gone mid-run, its lease is not released.
-    first_run.abort();
-    producing.abort();
-    let _ = producing.await;
-    assert!(first_run.await.is_err_and(|e| e.is_cancelled()));
-    let crashed_at = Instant::now();
-    // What the crash left in storage, read while the dead owner's lease still keeps the
-    // standby out: the state the standby resumes from.
-    assert_eq!(
-        second.fencing_token(),
-        None,
-        "the standby took over too early"
-    );
-    sim.crashed(&*storage).await.expect("oracle at the crash");
+    let crashed_at = common::crash_owner(&mut sim, &*storage, first_run, producing, &second).await;
 
     until_owner(&second).await;
     let waited = crashed_at.elapsed();

@@ -10,7 +10,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{ACCOUNT, Sim, config, producer, start_leased};
 use sync_runtime::sim::{ApiFaults, Recorder};
@@ -73,19 +73,7 @@ async fn a_crashed_owner_is_taken_over_on_a_cluster() {
     while sim.api.with_server(|s| s.events()) < 500 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    first_run.abort();
-    producing.abort();
-    let _ = producing.await;
-    assert!(first_run.await.is_err_and(|e| e.is_cancelled()));
-    let crashed = Instant::now();
-    // What the crash left in storage, read while the dead owner's lease still keeps the
-    // standby out: the state the standby resumes from.
-    assert_eq!(
-        second.fencing_token(),
-        None,
-        "the standby took over too early"
-    );
-    sim.crashed(&*storage).await.expect("oracle at the crash");
+    let crashed = common::crash_owner(&mut sim, &*storage, first_run, producing, &second).await;
     until_owner(&second).await;
     let waited = crashed.elapsed();
     assert!(

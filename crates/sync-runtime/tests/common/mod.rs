@@ -324,3 +324,28 @@ pub async fn until_owner(
     }
     started.elapsed()
 }
+
+/// Crashes the owner: its run and its producer are aborted mid-way (the lease is not
+/// released), then the oracle learns what storage kept, read while the dead owner's lease still
+/// keeps `standby` out, so it is the state the standby resumes from. Returns the instant of
+/// the crash.
+pub async fn crash_owner<S: StateStorage>(
+    sim: &mut Sim,
+    storage: &S,
+    owner: JoinHandle<Result<Summary, RunError>>,
+    producing: JoinHandle<()>,
+    standby: &ManagerHandle<TestUpdate, TestEntities>,
+) -> tokio::time::Instant {
+    owner.abort();
+    producing.abort();
+    let _ = producing.await;
+    assert!(owner.await.is_err_and(|e| e.is_cancelled()));
+    let crashed = tokio::time::Instant::now();
+    assert_eq!(
+        standby.fencing_token(),
+        None,
+        "the standby took over too early"
+    );
+    sim.crashed(storage).await.expect("oracle at the crash");
+    crashed
+}
