@@ -257,8 +257,6 @@ fn mix(mut x: u64) -> u64 {
 /// One account the fleet holds the lease of.
 struct Slot {
     held: Arc<Held>,
-    /// When the last renewal that succeeded was sent (or the lease acquired).
-    renewed: Instant,
     phase: Phase,
     /// Retryable stops in a row, for the restart backoff.
     failures: u32,
@@ -638,7 +636,6 @@ where
                         account,
                         Slot {
                             held: Arc::clone(&held),
-                            renewed: sent,
                             phase: Phase::Running,
                             failures: 0,
                         },
@@ -684,14 +681,11 @@ where
                 continue;
             };
             match error {
-                None => {
-                    slot.renewed = sent;
-                    slot.held.renewed(sent);
-                }
+                None => slot.held.renewed(sent),
                 Some(sync_storage::Error::Fenced { current, .. }) => {
                     slot.held.lose(LeaseLoss::TakenOver { current });
                 }
-                Some(error) if sent.saturating_duration_since(slot.renewed) >= config.lease_ttl => {
+                Some(error) if sent >= slot.held.fresh_until() => {
                     slot.held.lose(LeaseLoss::Expired {
                         last_error: error.to_string(),
                     });

@@ -188,12 +188,17 @@ impl Held {
     ///
     /// [`ManagerHandle::fencing_token`]: crate::ManagerHandle::fencing_token
     pub(crate) fn is_fresh(&self) -> bool {
-        !self.lost.is_cancelled()
-            && Instant::now()
-                < *self
-                    .fresh_until
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
+        !self.lost.is_cancelled() && Instant::now() < self.fresh_until()
+    }
+
+    /// Until when the lease surely holds: the last renewal that succeeded (or the
+    /// acquisition), as sent, plus the ttl. Past it, a renewal that still fails means the
+    /// lease is lost.
+    pub(crate) fn fresh_until(&self) -> Instant {
+        *self
+            .fresh_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records the first loss and stops the manager.
@@ -236,8 +241,7 @@ pub(crate) async fn keep_renewed(fencing: Arc<dyn Fencing>, held: Arc<Held>, con
     // Renewing less often than twice per ttl would let a slow renewal lose a live lease.
     let renew_every = config.renew_every.min(config.ttl / 2);
     let retry = (renew_every / 4).max(Duration::from_millis(10));
-    let mut last_renewed = Instant::now();
-    let mut next = last_renewed + renew_every;
+    let mut next = Instant::now() + renew_every;
     loop {
         tokio::select! {
             () = held.lost.cancelled() => return,
@@ -247,11 +251,10 @@ pub(crate) async fn keep_renewed(fencing: Arc<dyn Fencing>, held: Arc<Held>, con
         let outcome = tokio::select! {
             () = held.lost.cancelled() => return,
             // A renewal that outlives the lease is as good as failed.
-            outcome = tokio::time::timeout_at(last_renewed + config.ttl, fencing.renew(held.lease.clone())) => outcome,
+            outcome = tokio::time::timeout_at(held.fresh_until(), fencing.renew(held.lease.clone())) => outcome,
         };
         match outcome {
             Ok(Ok(())) => {
-                last_renewed = sent;
                 held.renewed(sent);
                 next = sent + renew_every;
             }
@@ -259,9 +262,9 @@ pub(crate) async fn keep_renewed(fencing: Arc<dyn Fencing>, held: Arc<Held>, con
                 held.lose(LeaseLoss::TakenOver { current });
                 return;
             }
-            Ok(Err(error)) if Instant::now() < last_renewed + config.ttl => {
+            Ok(Err(error)) if Instant::now() < held.fresh_until() => {
                 tracing::warn!(%error, "account lease not renewed; retrying");
-                next = (Instant::now() + retry).min(last_renewed + config.ttl);
+                next = (Instant::now() + retry).min(held.fresh_until());
             }
             Ok(Err(error)) => {
                 held.lose(LeaseLoss::Expired {
